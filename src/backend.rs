@@ -1,0 +1,140 @@
+//! Where sandboxes run. The engine talks only to the [`Backend`] trait; [`docker`] implements it
+//! with bollard. Another runtime (Kubernetes) would be a sibling file.
+
+pub mod docker;
+
+use std::collections::HashMap;
+use std::io;
+use std::pin::Pin;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::Stream;
+
+use crate::kernel::{ConnectionInfo, KernelEndpoint};
+
+pub use docker::DockerBackend;
+
+/// A stream of bytes (a tar archive) moving in or out of a sandbox.
+pub type ByteStream = Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>>;
+
+/// Resource limits for one sandbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub memory_mb: u64,
+    /// CPUs in thousandths (1000 = one CPU).
+    pub milli_cpus: u64,
+    pub pids: u64,
+}
+
+/// Everything needed to start a sandbox container.
+#[derive(Debug, Clone)]
+pub struct ContainerSpec {
+    /// Container name; unique per sandbox.
+    pub name: String,
+    pub image: String,
+    pub labels: HashMap<String, String>,
+    /// `KEY=value` pairs for the kernel's environment.
+    pub env: Vec<String>,
+    pub limits: Limits,
+    pub connection: ConnectionInfo,
+}
+
+/// What the backend knows about a sandbox container.
+#[derive(Debug, Clone)]
+pub struct ContainerInfo {
+    /// The runtime's id for the container.
+    pub container_id: String,
+    pub labels: HashMap<String, String>,
+    pub running: bool,
+    /// The kernel was (or the container's main process was) killed for exceeding memory.
+    pub oom_killed: bool,
+    /// How to reach the kernel from this host, once the container runs.
+    pub kernel: Option<KernelEndpoint>,
+}
+
+/// A command to run inside a sandbox.
+#[derive(Debug, Clone)]
+pub struct ExecSpec {
+    pub argv: Vec<String>,
+    pub workdir: String,
+    pub env: Vec<String>,
+    pub user: Option<String>,
+    /// Each of stdout and stderr is cut after this many bytes.
+    pub output_limit: usize,
+}
+
+/// What a command printed and how it ended.
+#[derive(Debug, Clone, Default)]
+pub struct ExecOutput {
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    pub exit_code: i64,
+    /// Output beyond `output_limit` was dropped.
+    pub truncated: bool,
+}
+
+/// Backend failures. Variants are decided from the runtime's status codes, not message text.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("the container runtime is unreachable")]
+    Unavailable(#[source] bollard::errors::Error),
+    #[error("{what} not found")]
+    NotFound { what: &'static str },
+    #[error("image {image} is missing; build it with `kernelbox image build`")]
+    ImageMissing { image: String },
+    #[error("{what} conflicts with the container's state")]
+    Conflict { what: &'static str },
+    #[error("the container runtime refused {operation} (status {status})")]
+    Refused {
+        operation: &'static str,
+        status: u16,
+        #[source]
+        source: bollard::errors::Error,
+    },
+    #[error("the container runtime failed during {operation}")]
+    Runtime {
+        operation: &'static str,
+        #[source]
+        source: bollard::errors::Error,
+    },
+    #[error("the container has no published port for the kernel's {channel} channel")]
+    NoKernelPort { channel: &'static str },
+    #[error("{operation} did not finish within {waited:?}")]
+    Timeout {
+        operation: &'static str,
+        waited: Duration,
+    },
+}
+
+/// A place that runs sandbox containers.
+#[async_trait]
+pub trait Backend: Send + Sync + 'static {
+    /// Checks that the runtime answers.
+    async fn ping(&self) -> Result<(), BackendError>;
+    /// Whether `image` exists, and its labels.
+    async fn image_labels(
+        &self,
+        image: &str,
+    ) -> Result<Option<HashMap<String, String>>, BackendError>;
+    /// Creates and starts a container; returns it with its kernel endpoint.
+    async fn create(&self, spec: &ContainerSpec) -> Result<ContainerInfo, BackendError>;
+    /// Containers (running or not) carrying every one of `labels`.
+    async fn list(&self, labels: &[(&str, &str)]) -> Result<Vec<ContainerInfo>, BackendError>;
+    /// One container.
+    async fn inspect(&self, container_id: &str) -> Result<ContainerInfo, BackendError>;
+    /// Runs a command to completion (the caller bounds its time) and collects its output.
+    async fn exec(&self, container_id: &str, spec: ExecSpec) -> Result<ExecOutput, BackendError>;
+    /// Extracts a tar stream into directory `dir` (which must exist).
+    async fn put_archive(
+        &self,
+        container_id: &str,
+        dir: &str,
+        tar: ByteStream,
+    ) -> Result<(), BackendError>;
+    /// A tar stream of `path` (a file or a directory, named by its last component).
+    fn get_archive(&self, container_id: &str, path: &str) -> ByteStream;
+    /// Removes the container, running or not. Removing a missing container succeeds.
+    async fn destroy(&self, container_id: &str) -> Result<(), BackendError>;
+}

@@ -1,0 +1,298 @@
+//! Settings. Every option is a CLI flag and a `KERNELBOX_*` environment variable; the names live
+//! in [`EnvVars`] so docs, clap and tests agree.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::backend::Limits;
+
+/// Environment variable names, one per option.
+pub struct EnvVars;
+
+impl EnvVars {
+    /// Address the HTTP server binds (`serve`).
+    pub const HOST: &'static str = "KERNELBOX_HOST";
+    /// Port the HTTP server binds (`serve`).
+    pub const PORT: &'static str = "KERNELBOX_PORT";
+    /// API key(s), comma-separated, required on every HTTP route but `/health`.
+    pub const API_KEY: &'static str = "KERNELBOX_API_KEY";
+    /// Sandbox image.
+    pub const IMAGE: &'static str = "KERNELBOX_IMAGE";
+    /// Sandboxes idle longer than this many seconds are destroyed.
+    pub const MAX_IDLE_SECS: &'static str = "KERNELBOX_MAX_IDLE_SECS";
+    /// How often the idle reaper runs, in seconds.
+    pub const CLEANUP_INTERVAL_SECS: &'static str = "KERNELBOX_CLEANUP_INTERVAL_SECS";
+    /// Allowed browser origins (comma-separated) for CORS and `/mcp` Origin checks.
+    pub const CORS_ORIGINS: &'static str = "KERNELBOX_CORS_ORIGINS";
+    /// Log filter, in `tracing` env-filter syntax (`info`, `kernelbox=debug`).
+    pub const LOG: &'static str = "KERNELBOX_LOG";
+    /// Most sandboxes alive at once.
+    pub const MAX_SANDBOXES: &'static str = "KERNELBOX_MAX_SANDBOXES";
+    /// Default execution timeout in seconds.
+    pub const EXEC_TIMEOUT_SECS: &'static str = "KERNELBOX_EXEC_TIMEOUT_SECS";
+    /// Largest execution timeout a request may ask for, in seconds.
+    pub const MAX_EXEC_TIMEOUT_SECS: &'static str = "KERNELBOX_MAX_EXEC_TIMEOUT_SECS";
+    /// Memory limit per sandbox, in MiB.
+    pub const MEMORY_MB: &'static str = "KERNELBOX_MEMORY_MB";
+    /// CPU limit per sandbox (fractions allowed).
+    pub const CPUS: &'static str = "KERNELBOX_CPUS";
+    /// Process limit per sandbox.
+    pub const PIDS: &'static str = "KERNELBOX_PIDS";
+    /// Text output (stdout + stderr) kept per execution, in bytes.
+    pub const OUTPUT_LIMIT_BYTES: &'static str = "KERNELBOX_OUTPUT_LIMIT_BYTES";
+    /// Rich output (images, HTML, JSON) kept per execution, in bytes.
+    pub const RICH_OUTPUT_LIMIT_BYTES: &'static str = "KERNELBOX_RICH_OUTPUT_LIMIT_BYTES";
+    /// Name of this kernelbox instance; it only manages sandboxes carrying its name.
+    pub const INSTANCE: &'static str = "KERNELBOX_INSTANCE";
+    /// Set to `true` to destroy this instance's sandboxes on shutdown.
+    pub const DESTROY_ON_EXIT: &'static str = "KERNELBOX_DESTROY_ON_EXIT";
+    /// Set to `true` to refuse to start when the image is missing instead of building it.
+    pub const NO_IMAGE_BUILD: &'static str = "KERNELBOX_NO_IMAGE_BUILD";
+}
+
+/// Command line.
+#[derive(Debug, Parser)]
+#[command(
+    name = "kernelbox",
+    version,
+    about = "Stateful Python sandboxes over MCP and REST"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve HTTP: REST routes and `/health`.
+    Serve(ServeArgs),
+    /// Serve MCP over stdin/stdout (for Claude Desktop).
+    Stdio(StdioArgs),
+    /// Manage the sandbox image.
+    Image {
+        #[command(subcommand)]
+        command: ImageCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// Build the sandbox image.
+    Build(ImageBuildArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ImageBuildArgs {
+    /// Build without pulling a base image: debootstrap a Debian rootfs and `docker import` it
+    /// (needs root and debootstrap).
+    #[arg(long)]
+    pub offline: bool,
+    /// Image tag to build.
+    #[arg(long, env = EnvVars::IMAGE, default_value = DEFAULT_IMAGE)]
+    pub image: String,
+    #[arg(long, env = EnvVars::LOG, default_value = "info")]
+    pub log: String,
+}
+
+pub const DEFAULT_IMAGE: &str = "kernelbox-sandbox:latest";
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to bind. Binding beyond loopback needs an API key (or `--insecure`).
+    #[arg(long, env = EnvVars::HOST, default_value = "127.0.0.1")]
+    pub host: IpAddr,
+    #[arg(long, env = EnvVars::PORT, default_value_t = 8000)]
+    pub port: u16,
+    /// API key(s), comma-separated. Each key is a tenant.
+    #[arg(long, env = EnvVars::API_KEY, value_delimiter = ',', hide_env_values = true)]
+    pub api_key: Vec<String>,
+    /// Allowed browser origins, comma-separated.
+    #[arg(long, env = EnvVars::CORS_ORIGINS, value_delimiter = ',')]
+    pub cors_origins: Vec<String>,
+    /// Allow binding a non-loopback address without an API key.
+    #[arg(long)]
+    pub insecure: bool,
+    #[command(flatten)]
+    pub engine: EngineArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct StdioArgs {
+    #[command(flatten)]
+    pub engine: EngineArgs,
+}
+
+/// Engine options shared by `serve` and `stdio`.
+#[derive(Debug, Clone, Args)]
+pub struct EngineArgs {
+    #[arg(long, env = EnvVars::IMAGE, default_value = DEFAULT_IMAGE)]
+    pub image: String,
+    #[arg(long, env = EnvVars::MAX_IDLE_SECS, default_value_t = 3600)]
+    pub max_idle_secs: u64,
+    #[arg(long, env = EnvVars::CLEANUP_INTERVAL_SECS, default_value_t = 60)]
+    pub cleanup_interval_secs: u64,
+    #[arg(long, env = EnvVars::MAX_SANDBOXES, default_value_t = 32)]
+    pub max_sandboxes: usize,
+    #[arg(long, env = EnvVars::EXEC_TIMEOUT_SECS, default_value_t = 120)]
+    pub exec_timeout_secs: u64,
+    #[arg(long, env = EnvVars::MAX_EXEC_TIMEOUT_SECS, default_value_t = 3600)]
+    pub max_exec_timeout_secs: u64,
+    #[arg(long, env = EnvVars::MEMORY_MB, default_value_t = 1024)]
+    pub memory_mb: u64,
+    #[arg(long, env = EnvVars::CPUS, default_value_t = 1.0)]
+    pub cpus: f64,
+    #[arg(long, env = EnvVars::PIDS, default_value_t = 256)]
+    pub pids: u64,
+    #[arg(long, env = EnvVars::OUTPUT_LIMIT_BYTES, default_value_t = 4 * 1024 * 1024)]
+    pub output_limit_bytes: usize,
+    #[arg(long, env = EnvVars::RICH_OUTPUT_LIMIT_BYTES, default_value_t = 16 * 1024 * 1024)]
+    pub rich_output_limit_bytes: usize,
+    /// Instance name (defaults to the mode: `serve` or `stdio`).
+    #[arg(long, env = EnvVars::INSTANCE)]
+    pub instance: Option<String>,
+    #[arg(long, env = EnvVars::LOG, default_value = "info")]
+    pub log: String,
+    /// On shutdown (SIGINT/SIGTERM), destroy this instance's sandboxes instead of leaving them
+    /// running for the next start to reattach.
+    #[arg(long, env = EnvVars::DESTROY_ON_EXIT)]
+    pub destroy_on_exit: bool,
+    /// Refuse to start when the image is missing, instead of building it.
+    #[arg(long, env = EnvVars::NO_IMAGE_BUILD)]
+    pub no_image_build: bool,
+}
+
+/// Invalid settings.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{option} must be {requirement}")]
+    Invalid {
+        option: &'static str,
+        requirement: &'static str,
+    },
+}
+
+/// The engine's settings, validated.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub image: String,
+    pub instance: String,
+    pub limits: Limits,
+    pub exec_timeout: Duration,
+    pub max_exec_timeout: Duration,
+    pub max_idle: Duration,
+    pub cleanup_interval: Duration,
+    pub max_sandboxes: usize,
+    pub output_limit_bytes: usize,
+    pub rich_output_limit_bytes: usize,
+    /// How long a new kernel has to answer.
+    pub kernel_ready_timeout: Duration,
+}
+
+impl EngineArgs {
+    /// Validates the options; `mode` names the default instance.
+    pub fn into_config(self, mode: &str) -> Result<EngineConfig, ConfigError> {
+        let positive = |value: u64, option| {
+            if value == 0 {
+                Err(ConfigError::Invalid {
+                    option,
+                    requirement: "greater than 0",
+                })
+            } else {
+                Ok(value)
+            }
+        };
+        if !(self.cpus > 0.0 && self.cpus <= 1024.0) {
+            return Err(ConfigError::Invalid {
+                option: "--cpus",
+                requirement: "between 0 and 1024",
+            });
+        }
+        if self.memory_mb < 64 {
+            return Err(ConfigError::Invalid {
+                option: "--memory-mb",
+                requirement: "at least 64",
+            });
+        }
+        let exec_timeout = positive(self.exec_timeout_secs, "--exec-timeout-secs")?;
+        let max_exec_timeout = positive(self.max_exec_timeout_secs, "--max-exec-timeout-secs")?;
+        if exec_timeout > max_exec_timeout {
+            return Err(ConfigError::Invalid {
+                option: "--exec-timeout-secs",
+                requirement: "at most --max-exec-timeout-secs",
+            });
+        }
+        let instance = self.instance.unwrap_or_else(|| mode.to_string());
+        if instance.is_empty()
+            || !instance
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            return Err(ConfigError::Invalid {
+                option: "--instance",
+                requirement: "non-empty ASCII letters, digits, '-', '_' or '.'",
+            });
+        }
+        Ok(EngineConfig {
+            image: self.image,
+            instance,
+            limits: Limits {
+                memory_mb: self.memory_mb,
+                milli_cpus: (self.cpus * 1000.0).round() as u64,
+                pids: positive(self.pids, "--pids")?,
+            },
+            exec_timeout: Duration::from_secs(exec_timeout),
+            max_exec_timeout: Duration::from_secs(max_exec_timeout),
+            max_idle: Duration::from_secs(positive(self.max_idle_secs, "--max-idle-secs")?),
+            cleanup_interval: Duration::from_secs(positive(
+                self.cleanup_interval_secs,
+                "--cleanup-interval-secs",
+            )?),
+            max_sandboxes: positive(self.max_sandboxes as u64, "--max-sandboxes")? as usize,
+            output_limit_bytes: self.output_limit_bytes,
+            rich_output_limit_bytes: self.rich_output_limit_bytes,
+            kernel_ready_timeout: Duration::from_secs(60),
+        })
+    }
+}
+
+impl EngineConfig {
+    /// Defaults, for tests and embedding: the same values the CLI uses.
+    pub fn defaults(instance: &str) -> Self {
+        let cli = Cli::parse_from(["kernelbox", "stdio", "--instance", instance]);
+        match cli.command {
+            Command::Stdio(args) => args.engine.into_config("stdio"),
+            _ => unreachable!("parsed the stdio subcommand"),
+        }
+        .unwrap_or_else(|error| unreachable!("defaults are valid: {error}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_design() {
+        let config = EngineConfig::defaults("test");
+        assert_eq!(config.limits.memory_mb, 1024);
+        assert_eq!(config.limits.milli_cpus, 1000);
+        assert_eq!(config.limits.pids, 256);
+        assert_eq!(config.exec_timeout, Duration::from_secs(120));
+        assert_eq!(config.instance, "test");
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let cli = Cli::parse_from(["kernelbox", "stdio", "--cpus", "0"]);
+        let Command::Stdio(args) = cli.command else {
+            unreachable!()
+        };
+        let error = args
+            .engine
+            .into_config("stdio")
+            .expect_err("cpus=0 is invalid");
+        assert!(error.to_string().contains("--cpus"));
+    }
+}

@@ -1,0 +1,112 @@
+//! Shell commands inside a sandbox, run as the sandbox user with a hard time limit.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use super::{Engine, EngineError, WORKSPACE, validate_env_name};
+use crate::backend::ExecSpec;
+
+/// Exit status `timeout(1)` reports when it stopped the command.
+const TIMEOUT_EXIT: i64 = 124;
+/// Extra time the runtime gets beyond the command's own limit before we stop waiting.
+const EXEC_SLACK: Duration = Duration::from_secs(15);
+
+/// A shell command to run.
+#[derive(Debug, Clone, Default)]
+pub struct CommandRequest {
+    /// Run by `bash -c`.
+    pub command: String,
+    /// Working directory; relative paths are under `/workspace`.
+    pub cwd: Option<String>,
+    pub timeout: Option<Duration>,
+    pub env: HashMap<String, String>,
+}
+
+/// How a command ended.
+#[derive(Debug, Clone, Serialize)]
+pub struct CommandResult {
+    pub stdout: String,
+    pub stderr: String,
+    pub exit_code: i64,
+    /// The command ran past its time limit and was killed.
+    pub timed_out: bool,
+    /// Output past the cap was dropped.
+    pub truncated: bool,
+    pub duration_ms: u64,
+}
+
+impl Engine {
+    /// Runs `bash -c command` in a sandbox and waits for it.
+    pub async fn run_command(
+        &self,
+        id: &str,
+        owner: Option<&str>,
+        request: CommandRequest,
+    ) -> Result<CommandResult, EngineError> {
+        let sandbox = self.get(id, owner)?;
+        sandbox.touch();
+        if request.command.trim().is_empty() {
+            return Err(EngineError::InvalidInput {
+                field: "command",
+                reason: "must not be empty".into(),
+            });
+        }
+        let timeout = request.timeout.unwrap_or(self.config.exec_timeout);
+        if timeout.is_zero() || timeout > self.config.max_exec_timeout {
+            return Err(EngineError::InvalidInput {
+                field: "timeout",
+                reason: format!(
+                    "must be between 1 and {} seconds",
+                    self.config.max_exec_timeout.as_secs()
+                ),
+            });
+        }
+        let mut env = Vec::with_capacity(request.env.len());
+        for (key, value) in &request.env {
+            validate_env_name(key)?;
+            env.push(format!("{key}={value}"));
+        }
+        let workdir = match request.cwd.as_deref() {
+            None | Some("") => WORKSPACE.to_string(),
+            Some(cwd) if cwd.starts_with('/') => cwd.to_string(),
+            Some(cwd) => format!("{WORKSPACE}/{cwd}"),
+        };
+        let secs = timeout.as_secs().max(1).to_string();
+        let spec = ExecSpec {
+            argv: [
+                "timeout",
+                "--kill-after=2",
+                &secs,
+                "bash",
+                "-c",
+                &request.command,
+            ]
+            .map(String::from)
+            .to_vec(),
+            workdir,
+            env,
+            user: None,
+            output_limit: self.config.output_limit_bytes,
+        };
+        let started = Instant::now();
+        let output = tokio::time::timeout(
+            timeout + EXEC_SLACK,
+            self.backend.exec(sandbox.container_id(), spec),
+        )
+        .await
+        .map_err(|_| EngineError::CommandTimeout {
+            secs: timeout.as_secs(),
+        })??;
+        sandbox.touch();
+        Ok(CommandResult {
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+            exit_code: output.exit_code,
+            timed_out: output.exit_code == TIMEOUT_EXIT || output.exit_code == 128 + 9,
+            truncated: output.truncated,
+            duration_ms: started.elapsed().as_millis() as u64,
+        })
+    }
+}

@@ -1,0 +1,630 @@
+//! Files and directory trees in a sandbox, confined to `/workspace`.
+//!
+//! A path is checked twice: lexically (no `..` climbing out, no absolute path elsewhere), then
+//! inside the container with `realpath`, so a symlink pointing outside is refused too. Archives
+//! coming in are rewritten entry by entry: `..`, absolute names and links leaving the target are
+//! rejected, and every entry is owned by the sandbox user.
+
+use std::io::{self, Read};
+use std::path::{Component, Path, PathBuf};
+
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use serde::Serialize;
+use tokio_util::io::{ReaderStream, StreamReader, SyncIoBridge};
+
+use super::{Engine, EngineError, Sandbox, WORKSPACE};
+use crate::backend::{ByteStream, ExecSpec};
+
+/// The sandbox user's uid/gid: files written in get this owner.
+const SANDBOX_UID: u64 = 1000;
+/// Largest file `read_file` returns whole.
+pub const READ_LIMIT: u64 = 256 * 1024 * 1024;
+
+/// Resolves a path inside the container: prints the kind (`d`, `f` or `n` for none) and the
+/// real path; exits 3 when the real path leaves the workspace. With `mkdir` as `$2`, creates the
+/// parent directory (for writes) or the directory itself (for tree uploads).
+const RESOLVE_SCRIPT: &str = r#"p=$(realpath -m -- "$1") || exit 2
+case "$p" in /workspace|/workspace/*) ;; *) printf '%s' "$p"; exit 3;; esac
+case "$2" in parent) mkdir -p -- "$(dirname -- "$p")" || exit 4;; dir) mkdir -p -- "$p" || exit 4;; esac
+if [ -d "$p" ]; then k=d; elif [ -e "$p" ]; then k=f; else k=n; fi
+printf '%s\n%s' "$k" "$p""#;
+
+/// Lists a directory: type, size, mtime and name, one per line, NUL-free.
+const LIST_SCRIPT: &str = r#"find "$1" -mindepth 1 -maxdepth 1 -printf '%y\t%s\t%T@\t%f\n' | sort -t "$(printf '\t')" -k4"#;
+
+/// Kind of a directory entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FileKind {
+    File,
+    Directory,
+    Symlink,
+    Other,
+}
+
+/// One entry of a directory listing.
+#[derive(Debug, Clone, Serialize)]
+pub struct FileEntry {
+    pub name: String,
+    /// Absolute path inside the sandbox.
+    pub path: String,
+    pub kind: FileKind,
+    pub size: u64,
+    /// Seconds since the Unix epoch.
+    pub modified: f64,
+}
+
+/// What a path resolved to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Existing {
+    File,
+    Directory,
+    Nothing,
+}
+
+/// What to create while resolving.
+#[derive(Debug, Clone, Copy)]
+enum Create {
+    Nothing,
+    Parent,
+    Directory,
+}
+
+/// Resolves a user path lexically against `/workspace`; refuses anything outside it.
+pub fn workspace_path(path: &str) -> Result<String, EngineError> {
+    let outside = || EngineError::PathOutsideWorkspace {
+        path: path.to_string(),
+    };
+    if path.contains('\0') {
+        return Err(EngineError::InvalidInput {
+            field: "path",
+            reason: "contains a NUL byte".into(),
+        });
+    }
+    let relative = match path.strip_prefix('/') {
+        Some(_) => Path::new(path)
+            .strip_prefix(WORKSPACE)
+            .map_err(|_| outside())?,
+        None => Path::new(path),
+    };
+    let mut resolved = PathBuf::from(WORKSPACE);
+    let mut depth = 0usize;
+    for component in relative.components() {
+        match component {
+            Component::Normal(part) => {
+                resolved.push(part);
+                depth += 1;
+            }
+            Component::ParentDir => {
+                if depth == 0 {
+                    return Err(outside());
+                }
+                resolved.pop();
+                depth -= 1;
+            }
+            Component::CurDir => {}
+            Component::RootDir | Component::Prefix(_) => return Err(outside()),
+        }
+    }
+    Ok(resolved.to_string_lossy().into_owned())
+}
+
+impl Engine {
+    async fn resolve(
+        &self,
+        sandbox: &Sandbox,
+        path: &str,
+        create: Create,
+    ) -> Result<(Existing, String), EngineError> {
+        let lexical = workspace_path(path)?;
+        let mode = match create {
+            Create::Nothing => "",
+            Create::Parent => "parent",
+            Create::Directory => "dir",
+        };
+        let spec = ExecSpec {
+            argv: ["sh", "-c", RESOLVE_SCRIPT, "resolve", &lexical, mode]
+                .map(String::from)
+                .to_vec(),
+            workdir: "/".into(),
+            env: Vec::new(),
+            user: None,
+            output_limit: 64 * 1024,
+        };
+        let output = self.backend.exec(sandbox.container_id(), spec).await?;
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        match output.exit_code {
+            0 => {}
+            3 => {
+                return Err(EngineError::PathOutsideWorkspace {
+                    path: path.to_string(),
+                });
+            }
+            4 => {
+                return Err(EngineError::InvalidInput {
+                    field: "path",
+                    reason: format!("cannot create the directory for {path}"),
+                });
+            }
+            _ => {
+                return Err(EngineError::PathNotFound {
+                    path: path.to_string(),
+                });
+            }
+        }
+        let (kind, real) = stdout.split_once('\n').unwrap_or(("n", &lexical));
+        let existing = match kind {
+            "d" => Existing::Directory,
+            "f" => Existing::File,
+            _ => Existing::Nothing,
+        };
+        Ok((existing, real.to_string()))
+    }
+
+    /// Writes a file (creating parent directories), owned by the sandbox user.
+    pub async fn write_file(
+        &self,
+        id: &str,
+        owner: Option<&str>,
+        path: &str,
+        content: Bytes,
+    ) -> Result<String, EngineError> {
+        let sandbox = self.get(id, owner)?;
+        sandbox.touch();
+        let (existing, real) = self.resolve(&sandbox, path, Create::Parent).await?;
+        if existing == Existing::Directory {
+            return Err(EngineError::IsADirectory {
+                path: path.to_string(),
+            });
+        }
+        let real_path = Path::new(&real);
+        let (Some(parent), Some(name)) = (real_path.parent(), real_path.file_name()) else {
+            return Err(EngineError::IsADirectory {
+                path: path.to_string(),
+            });
+        };
+        let mut header = tar::Header::new_gnu();
+        header.set_size(content.len() as u64);
+        header.set_mode(0o644);
+        header.set_uid(SANDBOX_UID);
+        header.set_gid(SANDBOX_UID);
+        header.set_mtime(chrono::Utc::now().timestamp().max(0) as u64);
+        header.set_entry_type(tar::EntryType::Regular);
+        let mut builder = tar::Builder::new(Vec::with_capacity(content.len() + 2048));
+        builder
+            .append_data(&mut header, name, content.as_ref())
+            .map_err(|error| EngineError::InvalidInput {
+                field: "path",
+                reason: error.to_string(),
+            })?;
+        let archive = builder
+            .into_inner()
+            .map_err(|error| EngineError::InvalidInput {
+                field: "path",
+                reason: error.to_string(),
+            })?;
+        let stream: ByteStream =
+            Box::pin(futures::stream::once(
+                async move { Ok(Bytes::from(archive)) },
+            ));
+        self.backend
+            .put_archive(sandbox.container_id(), &parent.to_string_lossy(), stream)
+            .await?;
+        Ok(real)
+    }
+
+    /// Reads a whole file (up to [`READ_LIMIT`] bytes).
+    pub async fn read_file(
+        &self,
+        id: &str,
+        owner: Option<&str>,
+        path: &str,
+    ) -> Result<Vec<u8>, EngineError> {
+        let sandbox = self.get(id, owner)?;
+        sandbox.touch();
+        let (existing, real) = self.resolve(&sandbox, path, Create::Nothing).await?;
+        match existing {
+            Existing::Nothing => {
+                return Err(EngineError::PathNotFound {
+                    path: path.to_string(),
+                });
+            }
+            Existing::Directory => {
+                return Err(EngineError::IsADirectory {
+                    path: path.to_string(),
+                });
+            }
+            Existing::File => {}
+        }
+        let tar_stream = self.backend.get_archive(sandbox.container_id(), &real);
+        let reader = SyncIoBridge::new(StreamReader::new(tar_stream));
+        let path_owned = path.to_string();
+        tokio::task::spawn_blocking(move || first_file(reader, READ_LIMIT))
+            .await
+            .map_err(|_| EngineError::ShuttingDown)?
+            .map_err(|error| match error.kind() {
+                io::ErrorKind::NotFound => EngineError::PathNotFound { path: path_owned },
+                io::ErrorKind::FileTooLarge => EngineError::TooLarge {
+                    what: "file",
+                    limit: READ_LIMIT,
+                },
+                _ => EngineError::InvalidInput {
+                    field: "path",
+                    reason: format!("cannot read {path_owned}: {error}"),
+                },
+            })
+    }
+
+    /// Lists a directory (default `/workspace`).
+    pub async fn list_files(
+        &self,
+        id: &str,
+        owner: Option<&str>,
+        path: &str,
+    ) -> Result<Vec<FileEntry>, EngineError> {
+        let sandbox = self.get(id, owner)?;
+        sandbox.touch();
+        let (existing, real) = self.resolve(&sandbox, path, Create::Nothing).await?;
+        match existing {
+            Existing::Nothing => {
+                return Err(EngineError::PathNotFound {
+                    path: path.to_string(),
+                });
+            }
+            Existing::File => {
+                return Err(EngineError::InvalidInput {
+                    field: "path",
+                    reason: format!("{path} is a file, not a directory"),
+                });
+            }
+            Existing::Directory => {}
+        }
+        let spec = ExecSpec {
+            argv: ["sh", "-c", LIST_SCRIPT, "list", &real]
+                .map(String::from)
+                .to_vec(),
+            workdir: "/".into(),
+            env: Vec::new(),
+            user: None,
+            output_limit: 16 * 1024 * 1024,
+        };
+        let output = self.backend.exec(sandbox.container_id(), spec).await?;
+        let listing = String::from_utf8_lossy(&output.stdout);
+        Ok(listing
+            .lines()
+            .filter_map(|line| {
+                let mut fields = line.splitn(4, '\t');
+                let kind = match fields.next()? {
+                    "f" => FileKind::File,
+                    "d" => FileKind::Directory,
+                    "l" => FileKind::Symlink,
+                    _ => FileKind::Other,
+                };
+                let size = fields.next()?.parse().unwrap_or(0);
+                let modified = fields.next()?.parse().unwrap_or(0.0);
+                let name = fields.next()?.to_string();
+                Some(FileEntry {
+                    path: format!("{}/{}", real.trim_end_matches('/'), name),
+                    name,
+                    kind,
+                    size,
+                    modified,
+                })
+            })
+            .collect())
+    }
+
+    /// Deletes a file or a directory tree. The workspace itself cannot be deleted.
+    pub async fn delete_path(
+        &self,
+        id: &str,
+        owner: Option<&str>,
+        path: &str,
+    ) -> Result<(), EngineError> {
+        let sandbox = self.get(id, owner)?;
+        sandbox.touch();
+        let lexical = workspace_path(path)?;
+        if lexical == WORKSPACE {
+            return Err(EngineError::InvalidInput {
+                field: "path",
+                reason: "the workspace itself cannot be deleted".into(),
+            });
+        }
+        // The parent must really be inside the workspace; the last component itself may be a
+        // symlink, and deleting a link never touches its target.
+        let lexical_path = Path::new(&lexical);
+        let parent = lexical_path
+            .parent()
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let (_, real_parent) = self.resolve(&sandbox, &parent, Create::Nothing).await?;
+        let name = lexical_path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let target = format!("{}/{}", real_parent.trim_end_matches('/'), name);
+        let spec = ExecSpec {
+            argv: [
+                "sh",
+                "-c",
+                r#"[ -e "$1" ] || [ -L "$1" ] || exit 3; rm -rf -- "$1""#,
+                "delete",
+                &target,
+            ]
+            .map(String::from)
+            .to_vec(),
+            workdir: "/".into(),
+            env: Vec::new(),
+            user: None,
+            output_limit: 64 * 1024,
+        };
+        let output = self.backend.exec(sandbox.container_id(), spec).await?;
+        match output.exit_code {
+            0 => Ok(()),
+            3 => Err(EngineError::PathNotFound {
+                path: path.to_string(),
+            }),
+            _ => Err(EngineError::InvalidInput {
+                field: "path",
+                reason: format!(
+                    "cannot delete {path}: {}",
+                    String::from_utf8_lossy(&output.stderr).trim()
+                ),
+            }),
+        }
+    }
+
+    /// A tar stream of a file or directory; entries are named relative to its parent.
+    pub async fn download_tree(
+        &self,
+        id: &str,
+        owner: Option<&str>,
+        path: &str,
+    ) -> Result<ByteStream, EngineError> {
+        let sandbox = self.get(id, owner)?;
+        sandbox.touch();
+        let (existing, real) = self.resolve(&sandbox, path, Create::Nothing).await?;
+        if existing == Existing::Nothing {
+            return Err(EngineError::PathNotFound {
+                path: path.to_string(),
+            });
+        }
+        Ok(self.backend.get_archive(sandbox.container_id(), &real))
+    }
+
+    /// Extracts a tar stream under directory `path` (created when missing). Entries with `..`,
+    /// absolute names, links that leave the target, devices and fifos are refused.
+    pub async fn upload_tree(
+        &self,
+        id: &str,
+        owner: Option<&str>,
+        path: &str,
+        tar: ByteStream,
+    ) -> Result<(), EngineError> {
+        let sandbox = self.get(id, owner)?;
+        sandbox.touch();
+        let (existing, real) = self.resolve(&sandbox, path, Create::Directory).await?;
+        if existing != Existing::Directory {
+            return Err(EngineError::InvalidInput {
+                field: "path",
+                reason: format!("{path} is not a directory"),
+            });
+        }
+        let (writer, reader) = tokio::io::duplex(256 * 1024);
+        let input = SyncIoBridge::new(StreamReader::new(tar));
+        let output = SyncIoBridge::new(writer);
+        let sanitizer = tokio::task::spawn_blocking(move || sanitize_archive(input, output));
+        let sanitized: ByteStream =
+            Box::pin(ReaderStream::new(reader).map_err(io::Error::other).boxed());
+        let uploaded = self
+            .backend
+            .put_archive(sandbox.container_id(), &real, sanitized)
+            .await;
+        let checked = sanitizer.await.map_err(|_| EngineError::ShuttingDown)?;
+        checked.map_err(|reason| EngineError::InvalidInput {
+            field: "archive",
+            reason,
+        })?;
+        uploaded?;
+        Ok(())
+    }
+}
+
+/// Reads the first regular file of a tar archive, up to `limit` bytes.
+fn first_file(reader: impl Read, limit: u64) -> io::Result<Vec<u8>> {
+    let mut archive = tar::Archive::new(reader);
+    for entry in archive.entries()? {
+        let mut entry = entry?;
+        if entry.header().entry_type().is_file() {
+            if entry.size() > limit {
+                return Err(io::Error::new(
+                    io::ErrorKind::FileTooLarge,
+                    "file too large",
+                ));
+            }
+            let mut content = Vec::with_capacity(entry.size() as usize);
+            entry.read_to_end(&mut content)?;
+            return Ok(content);
+        }
+    }
+    Err(io::Error::new(
+        io::ErrorKind::NotFound,
+        "no regular file in the archive",
+    ))
+}
+
+/// Normalizes an archive entry name; `None` when it is absolute or climbs out with `..`.
+fn safe_entry_path(name: &Path) -> Option<PathBuf> {
+    let mut clean = PathBuf::new();
+    for component in name.components() {
+        match component {
+            Component::Normal(part) => clean.push(part),
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if !clean.pop() {
+                    return None;
+                }
+            }
+            Component::RootDir | Component::Prefix(_) => return None,
+        }
+    }
+    Some(clean)
+}
+
+/// Copies a tar archive entry by entry, refusing unsafe entries and giving every entry to the
+/// sandbox user. Returns a reason on refusal.
+pub fn sanitize_archive(input: impl Read, output: impl io::Write) -> Result<(), String> {
+    let mut archive = tar::Archive::new(input);
+    let mut builder = tar::Builder::new(output);
+    let entries = archive
+        .entries()
+        .map_err(|error| format!("not a tar archive: {error}"))?;
+    for entry in entries {
+        let mut entry = entry.map_err(|error| format!("corrupt tar archive: {error}"))?;
+        let raw_name = entry
+            .path()
+            .map_err(|error| format!("bad entry name: {error}"))?
+            .into_owned();
+        let name = safe_entry_path(&raw_name)
+            .ok_or_else(|| format!("entry {} leaves the target directory", raw_name.display()))?;
+        if name.as_os_str().is_empty() {
+            continue;
+        }
+        let entry_type = entry.header().entry_type();
+        let mut header = entry.header().clone();
+        header.set_uid(SANDBOX_UID);
+        header.set_gid(SANDBOX_UID);
+        match entry_type {
+            tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::Directory => {}
+            tar::EntryType::Symlink | tar::EntryType::Link => {
+                let target = entry
+                    .link_name()
+                    .map_err(|error| format!("bad link in {}: {error}", raw_name.display()))?
+                    .ok_or_else(|| format!("link {} has no target", raw_name.display()))?
+                    .into_owned();
+                let base = if entry_type == tar::EntryType::Symlink {
+                    name.parent().map(Path::to_path_buf).unwrap_or_default()
+                } else {
+                    PathBuf::new()
+                };
+                if safe_entry_path(&base.join(&target)).is_none() {
+                    return Err(format!(
+                        "link {} points outside the target directory ({})",
+                        raw_name.display(),
+                        target.display()
+                    ));
+                }
+                builder
+                    .append_link(&mut header, &name, &target)
+                    .map_err(|error| format!("upload failed: {error}"))?;
+                continue;
+            }
+            // PAX and GNU long-name records are consumed by the reader.
+            tar::EntryType::XGlobalHeader | tar::EntryType::XHeader => continue,
+            other => {
+                return Err(format!(
+                    "entry {} has unsupported type {other:?}",
+                    raw_name.display()
+                ));
+            }
+        }
+        builder
+            .append_data(&mut header, &name, &mut entry)
+            .map_err(|error| format!("upload failed: {error}"))?;
+    }
+    builder
+        .finish()
+        .map_err(|error| format!("upload failed: {error}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn workspace_paths_stay_inside() {
+        assert_eq!(
+            workspace_path("a/b.txt").ok().as_deref(),
+            Some("/workspace/a/b.txt")
+        );
+        assert_eq!(workspace_path("").ok().as_deref(), Some("/workspace"));
+        assert_eq!(
+            workspace_path("/workspace/x/../y").ok().as_deref(),
+            Some("/workspace/y")
+        );
+        assert!(matches!(
+            workspace_path("../x"),
+            Err(EngineError::PathOutsideWorkspace { .. })
+        ));
+        assert!(matches!(
+            workspace_path("/etc/passwd"),
+            Err(EngineError::PathOutsideWorkspace { .. })
+        ));
+        assert!(matches!(
+            workspace_path("/workspacex"),
+            Err(EngineError::PathOutsideWorkspace { .. })
+        ));
+        assert!(matches!(
+            workspace_path("a/../../x"),
+            Err(EngineError::PathOutsideWorkspace { .. })
+        ));
+    }
+
+    fn archive_with(build: impl FnOnce(&mut tar::Builder<Vec<u8>>)) -> Vec<u8> {
+        let mut builder = tar::Builder::new(Vec::new());
+        build(&mut builder);
+        builder.into_inner().expect("archive")
+    }
+
+    fn file(builder: &mut tar::Builder<Vec<u8>>, name: &str) {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(2);
+        header.set_mode(0o644);
+        header.set_entry_type(tar::EntryType::Regular);
+        // Write the name bytes directly so hostile names survive the builder's own checks.
+        let bytes = name.as_bytes();
+        header.as_old_mut().name[..bytes.len()].copy_from_slice(bytes);
+        header.set_cksum();
+        builder.append(&header, &b"hi"[..]).expect("append");
+    }
+
+    fn link(builder: &mut tar::Builder<Vec<u8>>, name: &str, target: &str) {
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(tar::EntryType::Symlink);
+        header.set_size(0);
+        builder
+            .append_link(&mut header, name, target)
+            .expect("link");
+    }
+
+    #[test]
+    fn clean_archives_pass_and_are_reowned() {
+        let input = archive_with(|b| {
+            file(b, "dir/a.txt");
+            link(b, "dir/l", "a.txt");
+        });
+        let mut output = Vec::new();
+        sanitize_archive(&input[..], &mut output).expect("clean archive");
+        let mut archive = tar::Archive::new(&output[..]);
+        for entry in archive.entries().expect("entries") {
+            let entry = entry.expect("entry");
+            assert_eq!(entry.header().uid().expect("uid"), SANDBOX_UID);
+        }
+    }
+
+    #[test]
+    fn hostile_archives_are_refused() {
+        let cases: Vec<Vec<u8>> = vec![
+            archive_with(|b| file(b, "../evil")),
+            archive_with(|b| file(b, "/etc/x")),
+            archive_with(|b| link(b, "root", "/")),
+            archive_with(|b| link(b, "up", "../../etc")),
+            archive_with(|b| link(b, "a/b", "../../x")),
+        ];
+        for input in cases {
+            let mut output = Vec::new();
+            assert!(sanitize_archive(&input[..], &mut output).is_err());
+        }
+    }
+}

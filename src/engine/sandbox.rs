@@ -1,0 +1,331 @@
+//! One sandbox: its container, its kernel connection and the lock that lets one execution run
+//! at a time.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use super::{EngineError, SandboxInfo, labels};
+use crate::backend::{Backend, ContainerInfo, ExecSpec};
+use crate::kernel::{KernelClient, KernelEndpoint, KernelError};
+
+/// How long a new request waits for an execution that is being stopped.
+const WIND_DOWN_WAIT: Duration = Duration::from_secs(30);
+/// How long a polite kernel shutdown may take before the process is killed.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+/// What a sandbox is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SandboxStatus {
+    /// The kernel is idle and answers.
+    Running,
+    /// An execution is in progress.
+    Busy,
+    /// The kernel is being restarted.
+    Restarting,
+    /// The kernel does not answer.
+    Dead,
+}
+
+pub struct Sandbox {
+    id: String,
+    container_id: String,
+    owner: Option<String>,
+    tag: Option<String>,
+    image: String,
+    created_at: DateTime<Utc>,
+    endpoint: RwLock<KernelEndpoint>,
+    kernel: RwLock<Option<Arc<KernelClient>>>,
+    /// Held by the running execution (and by a restart).
+    pub(crate) exec_lock: Arc<tokio::sync::Mutex<()>>,
+    restarting: AtomicBool,
+    /// The running execution is being stopped (timeout, cancel, dead kernel): a new request
+    /// waits for it instead of being refused as busy.
+    winding_down: AtomicBool,
+    /// The running execution's event channel, without keeping it open.
+    running: Mutex<Option<tokio::sync::mpsc::WeakSender<super::ExecEvent>>>,
+    /// The last heartbeat was answered.
+    alive: AtomicBool,
+    /// The container's OOM-kill count when last read.
+    oom_kills_seen: AtomicU64,
+    last_used: Mutex<(Instant, DateTime<Utc>)>,
+    cancel: CancellationToken,
+}
+
+impl Sandbox {
+    /// A sandbox for a running container carrying kernelbox labels; `None` when the container
+    /// lacks its labels or published kernel ports.
+    pub(crate) fn from_container(container: &ContainerInfo, image: &str) -> Option<Self> {
+        let id = container.labels.get(labels::ID)?.clone();
+        let created_at = container
+            .labels
+            .get(labels::CREATED)
+            .and_then(|created| DateTime::parse_from_rfc3339(created).ok())
+            .map(|created| created.with_timezone(&Utc))
+            .unwrap_or_else(Utc::now);
+        Some(Self {
+            id,
+            container_id: container.container_id.clone(),
+            owner: container.labels.get(labels::OWNER).cloned(),
+            tag: container.labels.get(labels::TAG).cloned(),
+            image: image.to_string(),
+            created_at,
+            endpoint: RwLock::new(container.kernel.clone()?),
+            kernel: RwLock::new(None),
+            exec_lock: Arc::new(tokio::sync::Mutex::new(())),
+            restarting: AtomicBool::new(false),
+            winding_down: AtomicBool::new(false),
+            running: Mutex::new(None),
+            alive: AtomicBool::new(true),
+            oom_kills_seen: AtomicU64::new(0),
+            last_used: Mutex::new((Instant::now(), Utc::now())),
+            cancel: CancellationToken::new(),
+        })
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub fn container_id(&self) -> &str {
+        &self.container_id
+    }
+
+    pub fn owner(&self) -> Option<&str> {
+        self.owner.as_deref()
+    }
+
+    pub fn info(&self) -> SandboxInfo {
+        let last_used_at = self
+            .last_used
+            .lock()
+            .map(|last| last.1)
+            .unwrap_or_else(|_| Utc::now());
+        SandboxInfo {
+            id: self.id.clone(),
+            tag: self.tag.clone(),
+            status: self.status(),
+            created_at: self.created_at,
+            last_used_at,
+            image: self.image.clone(),
+        }
+    }
+
+    pub fn status(&self) -> SandboxStatus {
+        if self.restarting.load(Ordering::SeqCst) {
+            return SandboxStatus::Restarting;
+        }
+        match self.current_kernel() {
+            Some(kernel) if !kernel.is_closed() && self.alive.load(Ordering::SeqCst) => {
+                if self.is_busy() {
+                    SandboxStatus::Busy
+                } else {
+                    SandboxStatus::Running
+                }
+            }
+            _ => SandboxStatus::Dead,
+        }
+    }
+
+    pub(crate) fn is_busy(&self) -> bool {
+        self.exec_lock.try_lock().is_err()
+    }
+
+    /// Takes the execution lock: at once when free, after the running execution has stopped
+    /// when it is winding down, and `None` (busy) otherwise.
+    pub(crate) async fn acquire_exec(&self) -> Option<tokio::sync::OwnedMutexGuard<()>> {
+        if let Ok(guard) = self.exec_lock.clone().try_lock_owned() {
+            return Some(guard);
+        }
+        if !self.winding_down.load(Ordering::SeqCst) && !self.consumer_gone() {
+            return None;
+        }
+        tokio::time::timeout(WIND_DOWN_WAIT, self.exec_lock.clone().lock_owned())
+            .await
+            .ok()
+    }
+
+    /// Registers the running execution's event channel: once its consumer is gone, the
+    /// execution is winding down even before its task notices.
+    pub(crate) fn set_running(
+        &self,
+        events: Option<tokio::sync::mpsc::WeakSender<super::ExecEvent>>,
+    ) {
+        if let Ok(mut running) = self.running.lock() {
+            *running = events;
+        }
+    }
+
+    fn consumer_gone(&self) -> bool {
+        self.running
+            .lock()
+            .ok()
+            .and_then(|running| running.as_ref().and_then(|events| events.upgrade()))
+            .is_some_and(|events| events.is_closed())
+    }
+
+    pub(crate) fn set_winding_down(&self, winding_down: bool) {
+        self.winding_down.store(winding_down, Ordering::SeqCst);
+    }
+
+    /// Checks the kernel's heartbeat and records the answer.
+    pub(crate) async fn check_heartbeat(&self, within: Duration) -> bool {
+        let alive = match self.current_kernel() {
+            Some(kernel) if !kernel.is_closed() => kernel.heartbeat(within).await,
+            // No connection: the next use reconnects; report it as alive only if that works.
+            _ => self.connect_kernel(within).await.is_ok(),
+        };
+        self.alive.store(alive, Ordering::SeqCst);
+        alive
+    }
+
+    /// Marks the sandbox as used now.
+    pub(crate) fn touch(&self) {
+        if let Ok(mut last) = self.last_used.lock() {
+            *last = (Instant::now(), Utc::now());
+        }
+    }
+
+    pub(crate) fn idle_for(&self) -> Duration {
+        self.last_used
+            .lock()
+            .map(|last| last.0.elapsed())
+            .unwrap_or_default()
+    }
+
+    /// Cancelled when the sandbox is destroyed or the server shuts down.
+    pub(crate) fn cancelled(&self) -> tokio_util::sync::WaitForCancellationFuture<'_> {
+        self.cancel.cancelled()
+    }
+
+    pub(crate) fn cancel(&self) {
+        self.cancel.cancel();
+    }
+
+    fn current_kernel(&self) -> Option<Arc<KernelClient>> {
+        self.kernel.read().ok().and_then(|kernel| kernel.clone())
+    }
+
+    /// Connects (or reconnects) to the kernel and waits until it answers.
+    pub(crate) async fn connect_kernel(
+        &self,
+        ready_within: Duration,
+    ) -> Result<Arc<KernelClient>, EngineError> {
+        let endpoint = self
+            .endpoint
+            .read()
+            .map(|endpoint| endpoint.clone())
+            .map_err(|_| EngineError::Kernel(KernelError::Closed))?;
+        let client = Arc::new(
+            KernelClient::connect(&endpoint, ready_within)
+                .await
+                .map_err(EngineError::Kernel)?,
+        );
+        if let Ok(mut kernel) = self.kernel.write() {
+            *kernel = Some(client.clone());
+        }
+        Ok(client)
+    }
+
+    /// The kernel connection, reconnecting when the old one dropped (the kernel restarted).
+    pub(crate) async fn kernel(
+        &self,
+        ready_within: Duration,
+    ) -> Result<Arc<KernelClient>, EngineError> {
+        match self.current_kernel() {
+            Some(kernel) if !kernel.is_closed() => Ok(kernel),
+            _ => self.connect_kernel(ready_within).await,
+        }
+    }
+
+    /// Restarts the kernel: a polite shutdown first, a kill when the kernel does not go; the
+    /// container's supervisor starts a fresh kernel. Variables are lost; files stay. The caller
+    /// holds the exec lock.
+    pub(crate) async fn restart_kernel(
+        &self,
+        backend: &dyn Backend,
+        ready_within: Duration,
+    ) -> Result<(), EngineError> {
+        self.restarting.store(true, Ordering::SeqCst);
+        let result = self.restart_kernel_inner(backend, ready_within).await;
+        self.restarting.store(false, Ordering::SeqCst);
+        result
+    }
+
+    async fn restart_kernel_inner(
+        &self,
+        backend: &dyn Backend,
+        ready_within: Duration,
+    ) -> Result<(), EngineError> {
+        let old = self
+            .kernel
+            .write()
+            .ok()
+            .and_then(|mut kernel| kernel.take());
+        let mut gone = false;
+        if let Some(old) = &old
+            && !old.is_closed()
+            && old.shutdown(true, SHUTDOWN_GRACE).await.is_ok()
+        {
+            gone = tokio::time::timeout(SHUTDOWN_GRACE, old.closed())
+                .await
+                .is_ok();
+        }
+        if !gone {
+            tracing::info!(sandbox_id = %self.id, "kernel did not shut down; killing it");
+            self.kill_kernel(backend).await?;
+            if let Some(old) = &old {
+                let _ = tokio::time::timeout(SHUTDOWN_GRACE, old.closed()).await;
+            }
+        }
+        drop(old);
+        self.connect_kernel(ready_within).await.map(drop)
+    }
+
+    /// Kills the kernel process; the container's supervisor starts a fresh one.
+    pub(crate) async fn kill_kernel(&self, backend: &dyn Backend) -> Result<(), EngineError> {
+        let kill = ExecSpec {
+            // Anchored: the supervisor's own command line mentions the kernel too.
+            argv: ["pkill", "-KILL", "-f", "^python3 -m ipykernel_launcher"]
+                .map(String::from)
+                .to_vec(),
+            workdir: "/".into(),
+            env: Vec::new(),
+            user: None,
+            output_limit: 4096,
+        };
+        backend.exec(&self.container_id, kill).await?;
+        Ok(())
+    }
+
+    /// Whether the container's memory cgroup killed a process since the last call.
+    pub(crate) async fn oom_killed_since_last_check(&self, backend: &dyn Backend) -> bool {
+        let read = ExecSpec {
+            argv: [
+                "sh",
+                "-c",
+                "cat /sys/fs/cgroup/memory.events 2>/dev/null || cat /sys/fs/cgroup/memory/memory.oom_control",
+            ]
+            .map(String::from)
+            .to_vec(),
+            workdir: "/".into(),
+            env: Vec::new(),
+            user: None,
+            output_limit: 4096,
+        };
+        let Ok(output) = backend.exec(&self.container_id, read).await else {
+            return false;
+        };
+        let kills = String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .find_map(|line| line.strip_prefix("oom_kill "))
+            .and_then(|count| count.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+        kills > self.oom_kills_seen.swap(kills, Ordering::SeqCst)
+    }
+}

@@ -1,0 +1,143 @@
+//! One `execute_request` as a stream of [`KernelEvent`]s. It is finished only when both the
+//! shell `execute_reply` and the iopub `status: idle` have arrived: they race, and stopping at
+//! the first loses output.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use super::KernelError;
+use super::client::{Channel, Route, Routed};
+
+/// A MIME bundle: `{"text/plain": "...", "image/png": "<base64>", ...}`.
+pub type MimeBundle = Map<String, Value>;
+
+/// What the kernel produced, in order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum KernelEvent {
+    Stdout {
+        text: String,
+    },
+    Stderr {
+        text: String,
+    },
+    /// `display_data` / `update_display_data`.
+    Display {
+        data: MimeBundle,
+    },
+    /// `execute_result`: the value of the last expression.
+    Result {
+        data: MimeBundle,
+    },
+    Error {
+        ename: String,
+        evalue: String,
+        traceback: Vec<String>,
+    },
+    /// The execution finished; `status` is `ok`, `error` or `aborted`.
+    Done {
+        status: String,
+        execution_count: Option<i64>,
+    },
+}
+
+/// An execution in flight.
+pub struct KernelExecution {
+    route: Route,
+    reply: Option<Value>,
+    idle: bool,
+    finished: bool,
+}
+
+impl KernelExecution {
+    pub(crate) fn new(route: Route) -> Self {
+        Self {
+            route,
+            reply: None,
+            idle: false,
+            finished: false,
+        }
+    }
+
+    /// The request's `msg_id`.
+    pub fn msg_id(&self) -> &str {
+        self.route.msg_id()
+    }
+
+    /// The next event. After `Done` it returns `Ok(None)`. `Err(Closed)` means the kernel
+    /// connection dropped mid-way (the kernel died or was restarted).
+    pub async fn next(&mut self) -> Result<Option<KernelEvent>, KernelError> {
+        if self.finished {
+            return Ok(None);
+        }
+        loop {
+            if self.idle
+                && let Some(reply) = self.reply.take()
+            {
+                self.finished = true;
+                return Ok(Some(KernelEvent::Done {
+                    status: str_field(&reply, "status").unwrap_or_else(|| "ok".into()),
+                    execution_count: reply.get("execution_count").and_then(Value::as_i64),
+                }));
+            }
+            let Routed { channel, message } = self.route.recv().await.ok_or(KernelError::Closed)?;
+            let content = message.content;
+            match (channel, message.header.msg_type.as_str()) {
+                (Channel::Shell, "execute_reply") => self.reply = Some(content),
+                (Channel::IoPub, "status")
+                    if content.get("execution_state").and_then(Value::as_str) == Some("idle") =>
+                {
+                    self.idle = true;
+                }
+                (Channel::IoPub, "stream") => {
+                    let text = str_field(&content, "text").unwrap_or_default();
+                    return Ok(Some(match content.get("name").and_then(Value::as_str) {
+                        Some("stderr") => KernelEvent::Stderr { text },
+                        _ => KernelEvent::Stdout { text },
+                    }));
+                }
+                (Channel::IoPub, "display_data" | "update_display_data") => {
+                    return Ok(Some(KernelEvent::Display {
+                        data: bundle(content),
+                    }));
+                }
+                (Channel::IoPub, "execute_result") => {
+                    return Ok(Some(KernelEvent::Result {
+                        data: bundle(content),
+                    }));
+                }
+                (Channel::IoPub, "error") => {
+                    let traceback = content
+                        .get("traceback")
+                        .and_then(Value::as_array)
+                        .map(|lines| {
+                            lines
+                                .iter()
+                                .filter_map(Value::as_str)
+                                .map(String::from)
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    return Ok(Some(KernelEvent::Error {
+                        ename: str_field(&content, "ename").unwrap_or_default(),
+                        evalue: str_field(&content, "evalue").unwrap_or_default(),
+                        traceback,
+                    }));
+                }
+                // execute_input, clear_output, comm traffic: nothing to report.
+                _ => {}
+            }
+        }
+    }
+}
+
+fn str_field(content: &Value, field: &str) -> Option<String> {
+    content.get(field).and_then(Value::as_str).map(String::from)
+}
+
+fn bundle(mut content: Value) -> MimeBundle {
+    match content.get_mut("data").map(Value::take) {
+        Some(Value::Object(data)) => data,
+        _ => Map::new(),
+    }
+}

@@ -1,0 +1,17 @@
+//! kernelbox: stateful Python sandboxes (a Docker container running a stock IPython kernel each),
+//! served over MCP and REST.
+//!
+//! | module      | what it holds                                                      |
+//! |-------------|--------------------------------------------------------------------|
+//! | [`config`]  | settings, every one a CLI flag and a `KERNELBOX_*` variable        |
+//! | [`kernel`]  | the Jupyter messaging protocol over ZeroMQ                         |
+//! | [`backend`] | where sandboxes run: the [`backend::Backend`] trait and Docker     |
+//! | [`engine`]  | the sandbox table, executions, files and commands                  |
+//! | [`image`]   | building the sandbox image                                         |
+
+pub mod backend;
+pub mod config;
+pub mod engine;
+pub mod image;
+pub mod kernel;
+pub mod server;

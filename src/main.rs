@@ -1,0 +1,119 @@
+//! The `kernelbox` binary: parses the command line and runs the chosen mode.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Parser;
+use kernelbox::backend::DockerBackend;
+use kernelbox::config::{Cli, Command, EngineArgs, ImageCommand};
+use kernelbox::engine::{Engine, EngineError};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("kernelbox: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(main_exec(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!("{error:#}");
+            eprintln!("kernelbox: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn main_exec(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Image {
+            command: ImageCommand::Build(args),
+        } => {
+            init_logging(&args.log);
+            kernelbox::image::build(&args.image, args.offline).await?;
+            eprintln!("kernelbox: image {} is ready", args.image);
+            Ok(())
+        }
+        Command::Serve(args) => {
+            init_logging(&args.engine.log);
+            let destroy_on_exit = args.engine.destroy_on_exit;
+            let engine = start_engine(args.engine, "serve").await?;
+            kernelbox::server::serve(
+                engine,
+                args.host,
+                args.port,
+                destroy_on_exit,
+                shutdown_signal(),
+            )
+            .await?;
+            Ok(())
+        }
+        Command::Stdio(args) => {
+            init_logging(&args.engine.log);
+            let destroy_on_exit = args.engine.destroy_on_exit;
+            let engine = start_engine(args.engine, "stdio").await?;
+            shutdown_signal().await;
+            engine.shutdown(destroy_on_exit).await;
+            Ok(())
+        }
+    }
+}
+
+/// Connects to Docker, checks the image, reattaches to this instance's sandboxes and starts the
+/// idle reaper.
+async fn start_engine(args: EngineArgs, mode: &str) -> anyhow::Result<Arc<Engine>> {
+    let build_missing_image = !args.no_image_build;
+    let config = args.into_config(mode)?;
+    let backend = DockerBackend::connect()
+        .await
+        .context("cannot reach Docker (is the daemon running, and DOCKER_HOST right?)")?;
+    let image = config.image.clone();
+    let engine = Engine::new(Arc::new(backend), config);
+    if let Err(EngineError::ImageMissing { .. }) = engine.check_image().await {
+        if !build_missing_image {
+            anyhow::bail!(
+                "sandbox image {image} is missing or outdated; run `kernelbox image build` (or drop --no-image-build)"
+            );
+        }
+        let offline = kernelbox::image::can_build_offline();
+        tracing::warn!(%image, offline, "sandbox image missing or outdated; building it now (a few minutes, once)");
+        kernelbox::image::build(&image, offline).await?;
+    }
+    engine.check_image().await?;
+    let restored = engine.reattach().await?;
+    tracing::info!(instance = %engine.config().instance, restored, "engine ready");
+    engine.spawn_reaper();
+    engine.spawn_liveness();
+    Ok(engine)
+}
+
+/// Logs go to stderr only: stdout is the MCP stdio channel.
+fn init_logging(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// Resolves on ctrl-c or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let mut terminate =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = async {
+            match terminate.as_mut() {
+                Some(signal) => { signal.recv().await; }
+                None => std::future::pending::<()>().await,
+            }
+        } => {}
+    }
+    tracing::info!("shutting down");
+}

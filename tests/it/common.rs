@@ -1,0 +1,149 @@
+//! Shared test setup: the sandbox image (built once if missing), a Docker-backed engine with a
+//! unique instance name per test, and cleanup of that instance's containers even on failure.
+
+use std::process::Command;
+use std::sync::{Arc, OnceLock};
+
+use kernelbox::backend::DockerBackend;
+use kernelbox::config::EngineConfig;
+use kernelbox::engine::{CreateSandbox, Engine, ExecuteRequest, ExecutionResult, labels};
+
+/// Under `CI=true` a missing Docker engine fails the test; elsewhere the test is skipped.
+pub(crate) fn docker_required() -> bool {
+    std::env::var("CI")
+        .map(|value| value == "true" || value == "1")
+        .unwrap_or(false)
+}
+
+/// Checks the image once per test process and builds it (offline) when missing or outdated.
+pub(crate) fn ensure_image(image: &str) {
+    static READY: OnceLock<Result<(), String>> = OnceLock::new();
+    let ready = READY.get_or_init(|| {
+        let wanted = kernelbox::engine::IMAGE_VERSION.trim();
+        let inspect = Command::new("docker")
+            .args([
+                "image",
+                "inspect",
+                "--format",
+                &format!(
+                    "{{{{ index .Config.Labels \"{}\" }}}}",
+                    labels::IMAGE_VERSION
+                ),
+                image,
+            ])
+            .output()
+            .map_err(|error| format!("cannot run docker: {error}"))?;
+        if inspect.status.success() && String::from_utf8_lossy(&inspect.stdout).trim() == wanted {
+            return Ok(());
+        }
+        eprintln!("test setup: building the sandbox image {image} (offline)");
+        let status = Command::new(env!("CARGO_BIN_EXE_kernelbox"))
+            .args(["image", "build", "--offline", "--image", image])
+            .status()
+            .map_err(|error| format!("cannot run the image build: {error}"))?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(format!("image build failed: {status}"))
+        }
+    });
+    if let Err(error) = ready {
+        panic!("sandbox image unavailable: {error}");
+    }
+}
+
+/// An engine for one test. Dropping it removes every container of its instance.
+pub(crate) struct TestEngine {
+    pub(crate) engine: Arc<Engine>,
+    instance: String,
+}
+
+impl TestEngine {
+    /// `None` when Docker is unreachable outside CI (the test is skipped).
+    pub(crate) async fn start(name: &str) -> Option<Self> {
+        Self::start_with(name, |_| {}).await
+    }
+
+    pub(crate) async fn start_with(
+        name: &str,
+        adjust: impl FnOnce(&mut EngineConfig),
+    ) -> Option<Self> {
+        let backend = match DockerBackend::connect().await {
+            Ok(backend) => backend,
+            Err(error) if !docker_required() => {
+                eprintln!("skipping {name}: Docker unreachable ({error})");
+                return None;
+            }
+            Err(error) => panic!("Docker is required under CI=true: {error}"),
+        };
+        let instance = format!(
+            "test-{name}-{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        );
+        let mut config = EngineConfig::defaults(&instance);
+        adjust(&mut config);
+        ensure_image(&config.image);
+        let engine = Engine::new(Arc::new(backend), config);
+        Some(Self { engine, instance })
+    }
+
+    pub(crate) async fn sandbox(&self) -> String {
+        self.engine
+            .create(CreateSandbox::default())
+            .await
+            .expect("create sandbox")
+            .id
+    }
+
+    pub(crate) async fn run(&self, id: &str, code: &str) -> ExecutionResult {
+        self.engine
+            .execute(
+                id,
+                None,
+                ExecuteRequest {
+                    code: code.into(),
+                    timeout: None,
+                },
+            )
+            .await
+            .expect("start execution")
+            .finish()
+            .await
+            .expect("execution result")
+    }
+
+    pub(crate) fn instance(&self) -> &str {
+        &self.instance
+    }
+}
+
+impl Drop for TestEngine {
+    fn drop(&mut self) {
+        remove_instance_containers(&self.instance);
+    }
+}
+
+/// Removes every container of an instance with the docker CLI (works from `Drop`, in or out of
+/// a runtime, even while a test panics).
+pub(crate) fn remove_instance_containers(instance: &str) {
+    let listed = Command::new("docker")
+        .args([
+            "ps",
+            "-aq",
+            "--filter",
+            &format!("label={}={instance}", labels::INSTANCE),
+        ])
+        .output();
+    if let Ok(listed) = listed {
+        let ids: Vec<String> = String::from_utf8_lossy(&listed.stdout)
+            .split_whitespace()
+            .map(String::from)
+            .collect();
+        if !ids.is_empty() {
+            let _ = Command::new("docker")
+                .args(["rm", "-f", "-v"])
+                .args(&ids)
+                .output();
+        }
+    }
+}

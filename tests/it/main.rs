@@ -1,0 +1,6 @@
+//! End-to-end tests against a real Docker daemon and a real kernel, one binary for all.
+
+mod cli;
+mod common;
+mod engine;
+mod faults;

@@ -1,0 +1,72 @@
+//! Output caps bound the server's memory: 100 MB printed by the kernel is truncated with a
+//! marker and the process's peak RSS grows by less than twice the cap. A binary of its own, so
+//! no other test's allocations blur the measurement.
+
+#[path = "it/common.rs"]
+#[allow(dead_code)]
+mod common;
+
+use std::time::Duration;
+
+use kernelbox::engine::{ExecuteRequest, ExecutionOutcome};
+
+const CAP: usize = 4 * 1024 * 1024;
+
+fn rss_kib(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .expect("/proc/self/status")
+        .lines()
+        .find_map(|line| line.strip_prefix(field))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("an RSS field")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hundred_megabytes_of_output_are_capped() {
+    let Some(t) =
+        common::TestEngine::start_with("output-cap", |config| config.output_limit_bytes = CAP)
+            .await
+    else {
+        return;
+    };
+    let id = t.sandbox().await;
+    t.run(&id, "print('warm')").await;
+    // Reset the peak-RSS counter, then measure the peak during the flood.
+    std::fs::write("/proc/self/clear_refs", "5").expect("reset VmHWM");
+    let before = rss_kib("VmRSS:");
+    let result = t
+        .engine
+        .execute(
+            &id,
+            None,
+            ExecuteRequest {
+                code: "import sys\nline = 'y' * 1023 + '\\n'\nfor _ in range(100 * 1024):\n    sys.stdout.write(line)".into(),
+                timeout: Some(Duration::from_secs(120)),
+            },
+        )
+        .await
+        .expect("start")
+        .finish()
+        .await
+        .expect("result");
+    let growth_kib = rss_kib("VmHWM:").saturating_sub(before);
+    assert_eq!(result.outcome, ExecutionOutcome::Completed);
+    assert!(result.truncated);
+    assert!(
+        result.stdout.contains("[kernelbox: output truncated"),
+        "marker missing"
+    );
+    assert!(result.stdout.len() < CAP + 200);
+    eprintln!(
+        "peak RSS growth during 100 MB of output: {growth_kib} KiB (cap {} KiB)",
+        CAP / 1024
+    );
+    assert!(
+        growth_kib < 2 * CAP as u64 / 1024,
+        "RSS grew {growth_kib} KiB"
+    );
+    assert_eq!(
+        t.run(&id, "print('still here')").await.stdout,
+        "still here\n"
+    );
+}
