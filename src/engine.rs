@@ -8,10 +8,12 @@
 //! | [`files`]       | files and directory trees, confined to `/workspace`                |
 //! | [`commands`]    | shell commands                                                     |
 //! | [`labels`]      | the container labels that let a restarted server reattach          |
+//! | [`history`]     | recent executions, looked up by id after they ended                |
 
 pub mod commands;
 pub mod execution;
 pub mod files;
+pub mod history;
 pub mod labels;
 pub mod sandbox;
 
@@ -35,6 +37,7 @@ pub use execution::{
     ExecEvent, ExecuteRequest, ExecutionOutcome, ExecutionResult, ExecutionStream, Output,
 };
 pub use files::{FileEntry, FileKind};
+pub use history::ExecutionRecord;
 pub use sandbox::{Sandbox, SandboxStatus};
 
 /// The version of the sandbox image this build expects (the image's `io.kernelbox.image-version`).
@@ -43,6 +46,11 @@ pub const IMAGE_VERSION: &str = include_str!("../docker/IMAGE_VERSION");
 const LIVENESS_INTERVAL: Duration = Duration::from_secs(5);
 /// How long a heartbeat may take.
 const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How many recent executions are remembered, and how many bytes of results they may hold.
+const HISTORY_ENTRIES: usize = 256;
+const HISTORY_BYTES: usize = 64 * 1024 * 1024;
+/// The largest code string one execution accepts.
+pub const MAX_CODE_BYTES: usize = 2 * 1024 * 1024;
 /// Where user files live inside a sandbox.
 pub const WORKSPACE: &str = "/workspace";
 
@@ -51,6 +59,8 @@ pub const WORKSPACE: &str = "/workspace";
 pub enum EngineError {
     #[error("no sandbox with id {id}")]
     NotFound { id: String },
+    #[error("no execution with id {id} (only recent executions are kept)")]
+    ExecutionNotFound { id: String },
     #[error("sandbox {id} is busy with another execution; wait for it to finish or cancel it")]
     Busy { id: String },
     #[error("the limit of {limit} live sandboxes is reached; close one first")]
@@ -115,6 +125,7 @@ pub struct Engine {
     backend: Arc<dyn Backend>,
     config: EngineConfig,
     sandboxes: DashMap<String, Arc<Sandbox>>,
+    history: history::ExecutionHistory,
     tasks: TaskTracker,
     shutdown: CancellationToken,
 }
@@ -125,6 +136,7 @@ impl Engine {
             backend,
             config,
             sandboxes: DashMap::new(),
+            history: history::ExecutionHistory::new(HISTORY_ENTRIES, HISTORY_BYTES),
             tasks: TaskTracker::new(),
             shutdown: CancellationToken::new(),
         })
@@ -247,6 +259,20 @@ impl Engine {
             .map(|entry| entry.value().clone())
             .filter(|sandbox| owner.is_none() || sandbox.owner() == owner)
             .ok_or_else(|| EngineError::NotFound { id: id.to_string() })
+    }
+
+    /// A recent execution. With `owner`, another owner's execution is reported as not found.
+    pub fn execution(
+        &self,
+        execution_id: &str,
+        owner: Option<&str>,
+    ) -> Result<ExecutionRecord, EngineError> {
+        self.history
+            .get(execution_id)
+            .filter(|record| owner.is_none() || record.owner.as_deref() == owner)
+            .ok_or_else(|| EngineError::ExecutionNotFound {
+                id: execution_id.to_string(),
+            })
     }
 
     /// Information about one sandbox.

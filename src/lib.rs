@@ -8,10 +8,13 @@
 //! | [`backend`] | where sandboxes run: the [`backend::Backend`] trait and Docker     |
 //! | [`engine`]  | the sandbox table, executions, files and commands                  |
 //! | [`image`]   | building the sandbox image                                         |
+//! | [`http`]    | the HTTP surface: auth, errors, REST routes                        |
+//! | [`server`]  | `kernelbox serve`: the listener and the composed router            |
 
 pub mod backend;
 pub mod config;
 pub mod engine;
+pub mod http;
 pub mod image;
 pub mod kernel;
 pub mod server;

@@ -141,7 +141,7 @@ pub enum ExecEvent {
     },
     Error(PythonError),
     /// The last event.
-    Finished(Box<ExecutionResult>),
+    Finished(Arc<ExecutionResult>),
 }
 
 /// The events of a running execution. Dropping it cancels the execution.
@@ -159,7 +159,7 @@ impl ExecutionStream {
     pub async fn finish(mut self) -> Result<ExecutionResult, EngineError> {
         while let Some(event) = self.events.recv().await {
             if let ExecEvent::Finished(result) = event {
-                return Ok(*result);
+                return Ok(Arc::unwrap_or_clone(result));
             }
         }
         Err(EngineError::ShuttingDown)
@@ -175,6 +175,12 @@ impl Engine {
         request: ExecuteRequest,
     ) -> Result<ExecutionStream, EngineError> {
         let sandbox = self.get(id, owner)?;
+        if request.code.len() > super::MAX_CODE_BYTES {
+            return Err(EngineError::TooLarge {
+                what: "code",
+                limit: super::MAX_CODE_BYTES as u64,
+            });
+        }
         let timeout = request.timeout.unwrap_or(self.config.exec_timeout);
         if timeout.is_zero() || timeout > self.config.max_exec_timeout {
             return Err(EngineError::InvalidInput {
@@ -198,6 +204,14 @@ impl Engine {
         let execution_id = format!("exe_{}", uuid::Uuid::new_v4().simple());
         let (events, receiver) = mpsc::channel(EVENT_BUFFER);
         sandbox.set_running(Some(events.downgrade()));
+        let started_at = Utc::now();
+        self.history.started(super::ExecutionRecord {
+            execution_id: execution_id.clone(),
+            sandbox_id: id.to_string(),
+            owner: sandbox.owner().map(str::to_string),
+            started_at,
+            result: None,
+        });
         let run = Run {
             engine: self.clone(),
             sandbox: sandbox.clone(),
@@ -211,7 +225,7 @@ impl Engine {
             deadline: Instant::now() + timeout,
             timeout,
             execution_id: execution_id.clone(),
-            started_at: Utc::now(),
+            started_at,
             started: Instant::now(),
         };
         let span = tracing::info_span!("execute", sandbox_id = %id, execution_id = %execution_id);
@@ -278,10 +292,13 @@ impl Run {
                 execution_count: count,
             } => {
                 execution_count = count;
-                if status == "ok" {
-                    ExecutionOutcome::Completed
-                } else {
-                    ExecutionOutcome::Failed
+                match status.as_str() {
+                    "ok" => ExecutionOutcome::Completed,
+                    "aborted" => {
+                        self.collector.error.get_or_insert_with(aborted_error);
+                        ExecutionOutcome::Failed
+                    }
+                    _ => ExecutionOutcome::Failed,
                 }
             }
             Stop::Timeout => {
@@ -319,10 +336,9 @@ impl Run {
             truncated: false,
         });
         tracing::debug!(outcome = ?result.outcome, duration_ms = result.duration_ms, "execution finished");
-        let _ = self
-            .events
-            .send(ExecEvent::Finished(Box::new(result)))
-            .await;
+        let result = Arc::new(result);
+        self.engine.history.finished(result.clone());
+        let _ = self.events.send(ExecEvent::Finished(result)).await;
     }
 
     /// Moves kernel events to the consumer until the execution ends or must be stopped.
@@ -413,6 +429,14 @@ fn timeout_error(timeout: Duration, kernel_restarted: bool) -> PythonError {
             "execution exceeded the {} s time limit; {what}",
             timeout.as_secs_f64()
         ),
+        traceback: Vec::new(),
+    }
+}
+
+fn aborted_error() -> PythonError {
+    PythonError {
+        ename: "Aborted".into(),
+        evalue: "the kernel aborted the request without running it; run it again".into(),
         traceback: Vec::new(),
     }
 }

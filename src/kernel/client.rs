@@ -230,7 +230,10 @@ impl KernelClient {
             "store_history": true,
             "user_expressions": {},
             "allow_stdin": false,
-            "stop_on_error": true,
+            // The engine never queues a second request behind a running one, so aborting the
+            // queue on error gains nothing. With `true`, ipykernel stays in "aborting" mode for a
+            // moment after an error or interrupt and rejects the next request as `aborted`.
+            "stop_on_error": false,
         });
         let route = self.send_shell("execute_request", &content).await?;
         Ok(KernelExecution::new(route))

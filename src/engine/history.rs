@@ -1,0 +1,204 @@
+//! Recent executions, so a caller can look one up by id after it ended (REST
+//! `GET /executions/{id}`, MCP resource links to large images).
+//!
+//! The log is bounded twice: by the number of executions and by the bytes their results hold.
+//! The oldest finished executions are forgotten first; running ones are always kept.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use chrono::{DateTime, Utc};
+
+use super::execution::ExecutionResult;
+
+/// One execution as the log knows it.
+#[derive(Debug, Clone)]
+pub struct ExecutionRecord {
+    pub execution_id: String,
+    pub sandbox_id: String,
+    pub owner: Option<String>,
+    pub started_at: DateTime<Utc>,
+    /// `None` while the execution runs.
+    pub result: Option<Arc<ExecutionResult>>,
+}
+
+/// A bounded log of recent executions.
+pub(crate) struct ExecutionHistory {
+    max_entries: usize,
+    max_bytes: usize,
+    inner: Mutex<Entries>,
+}
+
+#[derive(Default)]
+struct Entries {
+    records: VecDeque<ExecutionRecord>,
+    bytes: usize,
+}
+
+impl ExecutionHistory {
+    pub(crate) fn new(max_entries: usize, max_bytes: usize) -> Self {
+        Self {
+            max_entries: max_entries.max(1),
+            max_bytes,
+            inner: Mutex::new(Entries::default()),
+        }
+    }
+
+    fn entries(&self) -> MutexGuard<'_, Entries> {
+        // A panic while holding this lock cannot leave the log inconsistent in a way that
+        // matters (at worst a size estimate is off), so a poisoned lock is used as is.
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Records an execution that just started.
+    pub(crate) fn started(&self, record: ExecutionRecord) {
+        let mut entries = self.entries();
+        entries.records.push_back(record);
+        self.evict(&mut entries);
+    }
+
+    /// Records the result of an execution.
+    pub(crate) fn finished(&self, result: Arc<ExecutionResult>) {
+        let mut entries = self.entries();
+        let size = approximate_size(&result);
+        if let Some(record) = entries
+            .records
+            .iter_mut()
+            .rev()
+            .find(|record| record.execution_id == result.execution_id)
+        {
+            record.result = Some(result);
+            entries.bytes += size;
+        }
+        self.evict(&mut entries);
+    }
+
+    /// The execution with this id, if it is still remembered.
+    pub(crate) fn get(&self, execution_id: &str) -> Option<ExecutionRecord> {
+        self.entries()
+            .records
+            .iter()
+            .rev()
+            .find(|record| record.execution_id == execution_id)
+            .cloned()
+    }
+
+    fn evict(&self, entries: &mut Entries) {
+        while entries.records.len() > self.max_entries || entries.bytes > self.max_bytes {
+            let Some(position) = entries
+                .records
+                .iter()
+                .position(|record| record.result.is_some())
+            else {
+                return;
+            };
+            if let Some(record) = entries.records.remove(position) {
+                entries.bytes = entries
+                    .bytes
+                    .saturating_sub(record.result.as_deref().map_or(0, approximate_size));
+            }
+        }
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.entries().records.len()
+    }
+}
+
+/// The bytes a result holds, near enough for a memory bound.
+fn approximate_size(result: &ExecutionResult) -> usize {
+    let outputs: usize = result
+        .outputs
+        .iter()
+        .flat_map(|output| output.data.iter())
+        .map(|(mime, value)| mime.len() + value.as_str().map_or(64, str::len))
+        .sum();
+    let error = result.error.as_ref().map_or(0, |error| {
+        error.ename.len()
+            + error.evalue.len()
+            + error.traceback.iter().map(String::len).sum::<usize>()
+    });
+    256 + result.stdout.len() + result.stderr.len() + outputs + error
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::execution::ExecutionOutcome;
+
+    fn record(id: &str) -> ExecutionRecord {
+        ExecutionRecord {
+            execution_id: id.into(),
+            sandbox_id: "sbx_test".into(),
+            owner: None,
+            started_at: Utc::now(),
+            result: None,
+        }
+    }
+
+    fn result(id: &str, stdout_bytes: usize) -> Arc<ExecutionResult> {
+        Arc::new(ExecutionResult {
+            execution_id: id.into(),
+            sandbox_id: "sbx_test".into(),
+            outcome: ExecutionOutcome::Completed,
+            stdout: "x".repeat(stdout_bytes),
+            stderr: String::new(),
+            outputs: Vec::new(),
+            error: None,
+            execution_count: Some(1),
+            started_at: Utc::now(),
+            duration_ms: 1,
+            truncated: false,
+        })
+    }
+
+    #[test]
+    fn finished_results_are_found_by_id() {
+        let history = ExecutionHistory::new(8, 1 << 20);
+        history.started(record("a"));
+        assert!(history.get("a").expect("running").result.is_none());
+        history.finished(result("a", 3));
+        assert_eq!(
+            history
+                .get("a")
+                .expect("finished")
+                .result
+                .expect("result")
+                .stdout,
+            "xxx"
+        );
+        assert!(history.get("b").is_none());
+    }
+
+    #[test]
+    fn the_oldest_finished_executions_go_first() {
+        let history = ExecutionHistory::new(2, 1 << 20);
+        history.started(record("running"));
+        for id in ["a", "b", "c"] {
+            history.started(record(id));
+            history.finished(result(id, 1));
+        }
+        assert_eq!(history.len(), 2);
+        assert!(
+            history.get("running").is_some(),
+            "running executions are kept"
+        );
+        assert!(history.get("c").is_some());
+        assert!(history.get("a").is_none());
+    }
+
+    #[test]
+    fn the_byte_bound_holds() {
+        let history = ExecutionHistory::new(100, 10_000);
+        for id in ["a", "b", "c"] {
+            history.started(record(id));
+            history.finished(result(id, 4_000));
+        }
+        assert!(history.get("a").is_none());
+        assert!(history.get("b").is_some());
+        assert!(history.get("c").is_some());
+    }
+}
