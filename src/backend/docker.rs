@@ -31,9 +31,12 @@ const CONNECTION_ENV: &str = "KERNELBOX_CONNECTION";
 
 /// The container's main process: write the connection file, then run the kernel, starting it
 /// again whenever it exits (shutdown with restart, `exit()`, OOM kill, crash). The container
-/// stays up, so files and installed packages survive a kernel restart.
+/// stays up, so files and installed packages survive a kernel restart. The user site directory
+/// is created first: Python only puts it on `sys.path` when it exists at startup, and `pip install`
+/// (as the sandbox user) installs there.
 const KERNEL_SUPERVISOR: &str = r#"printf '%s' "$KERNELBOX_CONNECTION" > /tmp/kernel.json
 unset KERNELBOX_CONNECTION
+mkdir -p "$(python3 -c 'import site; print(site.getusersitepackages())')"
 while :; do python3 -m ipykernel_launcher -f /tmp/kernel.json; done"#;
 
 /// Docker, reached through the usual `DOCKER_HOST` / local socket defaults.

@@ -5,9 +5,13 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::{Engine, EngineError, WORKSPACE, validate_env_name};
+use super::{Engine, EngineError, Sandbox, WORKSPACE, validate_env_name};
 use crate::backend::ExecSpec;
 
+/// How long `pip install` may take.
+const INSTALL_TIMEOUT: Duration = Duration::from_secs(600);
+/// How many packages one install may name.
+const MAX_PACKAGES: usize = 64;
 /// Exit status `timeout(1)` reports when it stopped the command.
 const TIMEOUT_EXIT: i64 = 124;
 /// Extra time the runtime gets beyond the command's own limit before we stop waiting.
@@ -73,18 +77,56 @@ impl Engine {
             Some(cwd) if cwd.starts_with('/') => cwd.to_string(),
             Some(cwd) => format!("{WORKSPACE}/{cwd}"),
         };
+        let argv = ["bash", "-c", &request.command].map(String::from).to_vec();
+        self.run_limited(&sandbox, argv, workdir, env, timeout)
+            .await
+    }
+
+    /// Installs Python packages with pip as the sandbox user (into `~/.local`, which the kernel
+    /// imports from without a restart). Each entry is a pip requirement (`pandas`,
+    /// `requests==2.32.3`) or a path to a wheel inside the sandbox.
+    pub async fn install_packages(
+        &self,
+        id: &str,
+        owner: Option<&str>,
+        packages: &[String],
+    ) -> Result<CommandResult, EngineError> {
+        let sandbox = self.get(id, owner)?;
+        sandbox.touch();
+        validate_packages(packages)?;
+        let mut argv: Vec<String> = [
+            "python3",
+            "-m",
+            "pip",
+            "install",
+            "--no-input",
+            "--progress-bar",
+            "off",
+        ]
+        .map(String::from)
+        .to_vec();
+        argv.extend(packages.iter().cloned());
+        let timeout = INSTALL_TIMEOUT.min(self.config.max_exec_timeout);
+        self.run_limited(&sandbox, argv, WORKSPACE.to_string(), Vec::new(), timeout)
+            .await
+    }
+
+    /// Runs `argv` under `timeout(1)` and waits for it, a little longer than its own limit.
+    async fn run_limited(
+        &self,
+        sandbox: &Sandbox,
+        argv: Vec<String>,
+        workdir: String,
+        env: Vec<String>,
+        timeout: Duration,
+    ) -> Result<CommandResult, EngineError> {
         let secs = timeout.as_secs().max(1).to_string();
-        let spec = ExecSpec {
-            argv: [
-                "timeout",
-                "--kill-after=2",
-                &secs,
-                "bash",
-                "-c",
-                &request.command,
-            ]
+        let mut limited: Vec<String> = ["timeout", "--kill-after=2", &secs]
             .map(String::from)
-            .to_vec(),
+            .to_vec();
+        limited.extend(argv);
+        let spec = ExecSpec {
+            argv: limited,
             workdir,
             env,
             user: None,
@@ -108,5 +150,48 @@ impl Engine {
             truncated: output.truncated,
             duration_ms: started.elapsed().as_millis() as u64,
         })
+    }
+}
+
+/// A package list pip can take as arguments: no options smuggled in, nothing empty.
+fn validate_packages(packages: &[String]) -> Result<(), EngineError> {
+    let invalid = |reason: String| EngineError::InvalidInput {
+        field: "packages",
+        reason,
+    };
+    if packages.is_empty() {
+        return Err(invalid("name at least one package".into()));
+    }
+    if packages.len() > MAX_PACKAGES {
+        return Err(invalid(format!("at most {MAX_PACKAGES} packages at once")));
+    }
+    for package in packages {
+        if package.is_empty()
+            || package.len() > 256
+            || package.starts_with('-')
+            || package.chars().any(|c| c.is_whitespace() || c.is_control())
+        {
+            return Err(invalid(format!(
+                "{package:?} is not a package requirement (like `pandas` or `requests==2.32.3`)"
+            )));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn package_lists_cannot_carry_options() {
+        let list = |items: &[&str]| items.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(
+            validate_packages(&list(&["pandas", "requests==2.32.3", "/workspace/x.whl"])).is_ok()
+        );
+        assert!(validate_packages(&list(&[])).is_err());
+        assert!(validate_packages(&list(&["--index-url=http://evil"])).is_err());
+        assert!(validate_packages(&list(&["a b"])).is_err());
+        assert!(validate_packages(&list(&[""])).is_err());
     }
 }

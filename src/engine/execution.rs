@@ -155,11 +155,12 @@ impl ExecutionStream {
         self.events.recv().await
     }
 
-    /// Waits for the end and returns the result.
-    pub async fn finish(mut self) -> Result<ExecutionResult, EngineError> {
+    /// Waits for the end and returns the result (shared with the engine's execution history,
+    /// so a large result is held once).
+    pub async fn finish(mut self) -> Result<Arc<ExecutionResult>, EngineError> {
         while let Some(event) = self.events.recv().await {
             if let ExecEvent::Finished(result) = event {
-                return Ok(Arc::unwrap_or_clone(result));
+                return Ok(result);
             }
         }
         Err(EngineError::ShuttingDown)

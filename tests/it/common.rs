@@ -95,7 +95,7 @@ impl TestEngine {
             .id
     }
 
-    pub(crate) async fn run(&self, id: &str, code: &str) -> ExecutionResult {
+    pub(crate) async fn run(&self, id: &str, code: &str) -> Arc<ExecutionResult> {
         self.engine
             .execute(
                 id,

@@ -23,7 +23,10 @@ async fn state_persists_and_sandboxes_are_isolated() {
     t.run(&a, "x = 'kept'").await;
     assert_eq!(t.run(&a, "print(x)").await.stdout, "kept\n");
     let other = t.run(&b, "print(x)").await;
-    assert_eq!(other.error.expect("NameError in b").ename, "NameError");
+    assert_eq!(
+        other.error.as_ref().expect("NameError in b").ename,
+        "NameError"
+    );
     let result = t.run(&a, "1+1").await;
     assert_eq!(result.result_text(), Some("2"));
     assert!(result.execution_count.is_some());
@@ -62,7 +65,7 @@ async fn exceptions_are_reported_and_the_sandbox_stays_usable() {
     let id = t.sandbox().await;
     let result = t.run(&id, "1/0").await;
     assert_eq!(result.outcome, ExecutionOutcome::Failed);
-    let error = result.error.expect("an error");
+    let error = result.error.as_ref().expect("an error");
     assert_eq!(error.ename, "ZeroDivisionError");
     assert!(
         error
@@ -398,7 +401,10 @@ async fn timeout_interrupts_and_keeps_state() {
             kernel_restarted: false
         }
     );
-    assert_eq!(result.error.expect("timeout error").ename, "TimeoutError");
+    assert_eq!(
+        result.error.as_ref().expect("timeout error").ename,
+        "TimeoutError"
+    );
     assert_eq!(t.run(&id, "print(kept + 1)").await.stdout, "42\n");
 }
 

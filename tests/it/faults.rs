@@ -43,7 +43,7 @@ async fn code_ignoring_interrupts_gets_its_kernel_restarted() {
             kernel_restarted: true
         }
     );
-    let error = result.error.expect("timeout error");
+    let error = result.error.as_ref().expect("timeout error");
     assert!(error.evalue.contains("restarted"), "{error:?}");
     assert!(error.evalue.contains("lost"), "{error:?}");
     let after = t.run(&id, "print('lost' in globals())").await;
@@ -84,6 +84,7 @@ async fn memory_bomb_reports_out_of_memory_and_recovers() {
     assert!(
         result
             .error
+            .as_ref()
             .expect("error")
             .evalue
             .contains("out of memory")
