@@ -18,6 +18,10 @@ impl EnvVars {
     pub const PORT: &'static str = "KERNELBOX_PORT";
     /// API key(s), comma-separated, required on every HTTP route but `/health`.
     pub const API_KEY: &'static str = "KERNELBOX_API_KEY";
+    /// `Host` values accepted on `/mcp`, comma-separated.
+    pub const ALLOWED_HOSTS: &'static str = "KERNELBOX_ALLOWED_HOSTS";
+    /// Allow a non-loopback bind without an API key (`1`/`true`).
+    pub const INSECURE: &'static str = "KERNELBOX_INSECURE";
     /// Sandbox image.
     pub const IMAGE: &'static str = "KERNELBOX_IMAGE";
     /// Sandboxes idle longer than this many seconds are destroyed.
@@ -112,8 +116,12 @@ pub struct ServeArgs {
     #[arg(long, env = EnvVars::CORS_ORIGINS, value_delimiter = ',')]
     pub cors_origins: Vec<String>,
     /// Allow binding a non-loopback address without an API key.
-    #[arg(long)]
+    #[arg(long, env = EnvVars::INSECURE)]
     pub insecure: bool,
+    /// `Host` header values `/mcp` accepts, comma-separated (DNS-rebinding protection). Default:
+    /// loopback names when bound to loopback, any host otherwise. Set it behind a reverse proxy.
+    #[arg(long, env = EnvVars::ALLOWED_HOSTS, value_delimiter = ',')]
+    pub allowed_hosts: Vec<String>,
     #[command(flatten)]
     pub engine: EngineArgs,
 }

@@ -306,6 +306,22 @@ impl Engine {
         Ok(())
     }
 
+    /// Destroys a sandbox without waiting for it: for a connection that owned a sandbox and went
+    /// away (its handler is dropped, nobody awaits). A sandbox already gone is fine.
+    pub fn destroy_in_background(self: &Arc<Self>, id: String) {
+        if tokio::runtime::Handle::try_current().is_err() {
+            tracing::warn!(sandbox_id = %id, "no runtime to destroy the sandbox; the idle reaper will");
+            return;
+        }
+        let engine = self.clone();
+        self.tasks.spawn(async move {
+            match engine.destroy(&id, None).await {
+                Ok(()) | Err(EngineError::NotFound { .. }) => {}
+                Err(error) => tracing::warn!(sandbox_id = %id, %error, "could not destroy sandbox"),
+            }
+        });
+    }
+
     /// Reattaches to this instance's containers after a restart: each keeps its id and kernel
     /// state. Containers whose kernel cannot be reached are removed. Returns how many came back.
     pub async fn reattach(&self) -> Result<usize, EngineError> {

@@ -9,6 +9,7 @@
 //! | [`engine`]  | the sandbox table, executions, files and commands                  |
 //! | [`image`]   | building the sandbox image                                         |
 //! | [`http`]    | the HTTP surface: auth, errors, REST routes                        |
+//! | [`mcp`]     | the MCP face: tools and resources over stdio and Streamable HTTP   |
 //! | [`server`]  | `kernelbox serve`: the listener and the composed router            |
 
 pub mod backend;
@@ -17,4 +18,5 @@ pub mod engine;
 pub mod http;
 pub mod image;
 pub mod kernel;
+pub mod mcp;
 pub mod server;

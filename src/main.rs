@@ -8,6 +8,9 @@ use clap::Parser;
 use kernelbox::backend::DockerBackend;
 use kernelbox::config::{Cli, Command, EngineArgs, ImageCommand};
 use kernelbox::engine::{Engine, EngineError};
+use kernelbox::http::auth::ApiKeys;
+use kernelbox::server::{AppSettings, ServeOptions};
+use tokio_util::sync::CancellationToken;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -40,24 +43,29 @@ async fn main_exec(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Serve(args) => {
             init_logging(&args.engine.log);
-            let destroy_on_exit = args.engine.destroy_on_exit;
+            let options = ServeOptions {
+                host: args.host,
+                port: args.port,
+                insecure: args.insecure,
+                destroy_on_exit: args.engine.destroy_on_exit,
+                settings: AppSettings {
+                    api_keys: Arc::new(ApiKeys::new(&args.api_key)),
+                    allowed_hosts: args.allowed_hosts,
+                    allowed_origins: args.cors_origins,
+                    shutdown: CancellationToken::new(),
+                },
+            };
             let engine = start_engine(args.engine, "serve").await?;
-            kernelbox::server::serve(
-                engine,
-                args.host,
-                args.port,
-                destroy_on_exit,
-                shutdown_signal(),
-            )
-            .await?;
+            kernelbox::server::serve(engine, options, shutdown_signal()).await?;
             Ok(())
         }
         Command::Stdio(args) => {
             init_logging(&args.engine.log);
             let destroy_on_exit = args.engine.destroy_on_exit;
             let engine = start_engine(args.engine, "stdio").await?;
-            shutdown_signal().await;
+            let served = kernelbox::mcp::transport::serve_stdio(engine.clone(), shutdown_signal()).await;
             engine.shutdown(destroy_on_exit).await;
+            served?;
             Ok(())
         }
     }

@@ -32,6 +32,18 @@ pub enum SandboxStatus {
     Dead,
 }
 
+impl SandboxStatus {
+    /// The word the faces show.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Running => "running",
+            Self::Busy => "busy",
+            Self::Restarting => "restarting",
+            Self::Dead => "dead",
+        }
+    }
+}
+
 pub struct Sandbox {
     id: String,
     container_id: String,

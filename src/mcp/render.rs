@@ -1,0 +1,329 @@
+//! Engine results as MCP tool results: text for the model, images as image content (or resource
+//! links past a size cap), `isError` for failures, and `structuredContent` for programs.
+//!
+//! This is also the one place where engine errors become what an MCP client sees.
+
+use base64::Engine as _;
+use rmcp::model::{CallToolResult, ContentBlock, Resource};
+use serde_json::{Value, json};
+
+use super::resources;
+use super::{Target, ToolFailure};
+use crate::engine::commands::CommandResult;
+use crate::engine::execution::{ExecutionOutcome, OutputKind};
+use crate::engine::{EngineError, ExecEvent, ExecutionResult, FileEntry, FileKind, SandboxInfo};
+
+/// Images up to this many base64 characters are sent inline; larger ones as resource links.
+pub(crate) const INLINE_IMAGE_LIMIT: usize = 2 * 1024 * 1024;
+/// Image types clients render inline.
+const INLINE_IMAGE_TYPES: [&str; 4] = ["image/png", "image/jpeg", "image/gif", "image/webp"];
+
+fn with_structured(mut result: CallToolResult, structured: Value) -> CallToolResult {
+    result.structured_content = Some(structured);
+    result
+}
+
+fn error_result(text: String) -> CallToolResult {
+    CallToolResult::error(vec![ContentBlock::text(text)])
+}
+
+/// A failed call, as the model should read it. Internal details are logged, not shown.
+pub(crate) fn failure(failure: &ToolFailure) -> CallToolResult {
+    let text = match failure {
+        ToolFailure::Engine(EngineError::Backend(error)) => {
+            tracing::error!(%error, detail = ?error, "tool call failed in the container runtime");
+            "the sandbox runtime failed; try again, or restart the kernel or the session".to_string()
+        }
+        ToolFailure::Engine(EngineError::Kernel(error)) => {
+            tracing::warn!(%error, "kernel unreachable during a tool call");
+            "the sandbox's kernel is not reachable; call restart_kernel, or close the session and create a new one".to_string()
+        }
+        other => other.to_string(),
+    };
+    error_result(text)
+}
+
+/// A short confirmation, naming the session.
+pub(crate) fn message(target: &Target, text: &str) -> CallToolResult {
+    with_structured(
+        CallToolResult::success(vec![ContentBlock::text(with_session_note(target, text))]),
+        json!({ "session_id": target.id, "message": text }),
+    )
+}
+
+/// Tells a stateless client which session a call created.
+fn with_session_note(target: &Target, text: &str) -> String {
+    if target.created {
+        format!(
+            "[session_id: {} (new session; pass it as session_id to keep using it)]\n{text}",
+            target.id
+        )
+    } else {
+        text.to_string()
+    }
+}
+
+/// What a running execution's event says, as a progress message.
+pub(crate) fn progress_message(event: &ExecEvent) -> Option<String> {
+    match event {
+        ExecEvent::Stdout { text } | ExecEvent::Stderr { text } => Some(text.clone()),
+        ExecEvent::Display { data } | ExecEvent::Result { data } => Some(
+            data.get("text/plain")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+                .unwrap_or_else(|| {
+                    let kinds: Vec<&str> = data.keys().map(String::as_str).collect();
+                    format!("[output: {}]", kinds.join(", "))
+                }),
+        ),
+        ExecEvent::Error(error) => Some(format!("{}: {}", error.ename, error.evalue)),
+        ExecEvent::Finished(_) => None,
+    }
+}
+
+/// The result of `execute_code`.
+pub(crate) fn execution(result: &ExecutionResult, target: &Target) -> CallToolResult {
+    let mut text = String::new();
+    let mut content = Vec::new();
+    let mut outputs = Vec::new();
+    if !result.stdout.is_empty() {
+        text.push_str(&result.stdout);
+    }
+    if !result.stderr.is_empty() {
+        push_section(&mut text, "[stderr]\n");
+        text.push_str(&result.stderr);
+    }
+    for (index, output) in result.outputs.iter().enumerate() {
+        let mut bundle = serde_json::Map::new();
+        for (mime, value) in &output.data {
+            let inline_image = INLINE_IMAGE_TYPES.contains(&mime.as_str());
+            match value.as_str() {
+                Some(data) if inline_image && data.len() <= INLINE_IMAGE_LIMIT => {
+                    content.push(ContentBlock::image(data, mime.clone()));
+                    bundle.insert(mime.clone(), json!({ "inline_image": true }));
+                }
+                Some(data) if inline_image || mime == "image/svg+xml" => {
+                    let uri = resources::output_uri(&result.sandbox_id, &result.execution_id, index, mime);
+                    content.push(ContentBlock::resource_link(
+                        Resource::new(&uri, format!("output {index} ({mime})"))
+                            .with_mime_type(mime.clone())
+                            .with_size(data.len() as u64),
+                    ));
+                    bundle.insert(mime.clone(), json!({ "resource": uri }));
+                }
+                _ => {
+                    bundle.insert(mime.clone(), value.clone());
+                }
+            }
+        }
+        if let Some(plain) = output.data.get("text/plain").and_then(Value::as_str) {
+            match output.kind {
+                OutputKind::Result => {
+                    push_section(&mut text, "");
+                    match result.execution_count {
+                        Some(count) => text.push_str(&format!("Out[{count}]: {plain}")),
+                        None => text.push_str(plain),
+                    }
+                }
+                OutputKind::Display if !output.data.keys().any(|mime| mime.starts_with("image/")) => {
+                    push_section(&mut text, "");
+                    text.push_str(plain);
+                }
+                OutputKind::Display => {}
+            }
+        }
+        outputs.push(json!({ "kind": output.kind, "data": bundle }));
+    }
+    if let Some(error) = &result.error {
+        push_section(&mut text, "");
+        if error.traceback.is_empty() {
+            text.push_str(&format!("{}: {}", error.ename, error.evalue));
+        } else {
+            text.push_str(&error.traceback.join("\n"));
+            if !error.traceback.iter().any(|line| line.contains(&error.ename)) {
+                text.push_str(&format!("\n{}: {}", error.ename, error.evalue));
+            }
+        }
+    }
+    if let ExecutionOutcome::Cancelled { .. } = result.outcome {
+        push_section(&mut text, "The execution was cancelled.");
+    }
+    if text.is_empty() && content.is_empty() {
+        text.push_str("(no output)");
+    }
+    let text = with_session_note(target, &text);
+    let mut blocks = vec![ContentBlock::text(text)];
+    blocks.extend(content);
+    let structured = json!({
+        "session_id": target.id,
+        "execution_id": result.execution_id,
+        "status": result.outcome.status(),
+        "execution_count": result.execution_count,
+        "stdout": result.stdout,
+        "stderr": result.stderr,
+        "result": result.result_text(),
+        "outputs": outputs,
+        "error": result.error.as_ref().map(|error| json!({
+            "ename": error.ename,
+            "evalue": error.evalue,
+            "traceback": error.traceback.join("\n"),
+        })),
+        "truncated": result.truncated,
+        "duration_ms": result.duration_ms,
+    });
+    let failed = !matches!(result.outcome, ExecutionOutcome::Completed);
+    let base = if failed {
+        CallToolResult::error(blocks)
+    } else {
+        CallToolResult::success(blocks)
+    };
+    with_structured(base, structured)
+}
+
+fn push_section(text: &mut String, header: &str) {
+    if !text.is_empty() && !text.ends_with('\n') {
+        text.push('\n');
+    }
+    text.push_str(header);
+}
+
+/// The result of `run_command` and `install_packages`: an error when the exit code is not 0.
+pub(crate) fn command(result: &CommandResult, target: &Target) -> CallToolResult {
+    let mut text = String::new();
+    text.push_str(&result.stdout);
+    if !result.stderr.is_empty() {
+        push_section(&mut text, "[stderr]\n");
+        text.push_str(&result.stderr);
+    }
+    push_section(&mut text, "");
+    if result.timed_out {
+        text.push_str("[the command ran past its time limit and was killed]");
+    } else {
+        text.push_str(&format!("[exit code {}]", result.exit_code));
+    }
+    let structured = json!({
+        "session_id": target.id,
+        "stdout": result.stdout,
+        "stderr": result.stderr,
+        "exit_code": result.exit_code,
+        "timed_out": result.timed_out,
+        "truncated": result.truncated,
+        "duration_ms": result.duration_ms,
+    });
+    let blocks = vec![ContentBlock::text(with_session_note(target, &text))];
+    let base = if result.exit_code == 0 && !result.timed_out {
+        CallToolResult::success(blocks)
+    } else {
+        CallToolResult::error(blocks)
+    };
+    with_structured(base, structured)
+}
+
+/// A file's content: text as text, common images as images, anything else as base64.
+pub(crate) fn file(target: &Target, path: &str, content: Vec<u8>) -> CallToolResult {
+    let size = content.len();
+    let mime = image_type(&content);
+    let (blocks, encoding) = match (mime, String::from_utf8(content)) {
+        (None, Ok(text)) => (vec![ContentBlock::text(with_session_note(target, &text))], "utf-8"),
+        (Some(mime), Err(error)) => {
+            let data = base64::engine::general_purpose::STANDARD.encode(error.as_bytes());
+            (
+                vec![
+                    ContentBlock::text(with_session_note(target, &format!("{path} ({size} bytes, {mime})"))),
+                    ContentBlock::image(data, mime),
+                ],
+                "base64",
+            )
+        }
+        (_, Ok(text)) => (vec![ContentBlock::text(with_session_note(target, &text))], "utf-8"),
+        (None, Err(error)) => {
+            let data = base64::engine::general_purpose::STANDARD.encode(error.as_bytes());
+            (
+                vec![ContentBlock::text(with_session_note(
+                    target,
+                    &format!("{path} is binary ({size} bytes); base64:\n{data}"),
+                ))],
+                "base64",
+            )
+        }
+    };
+    with_structured(
+        CallToolResult::success(blocks),
+        json!({ "session_id": target.id, "path": path, "size": size, "encoding": encoding }),
+    )
+}
+
+/// The image type of a file, from its first bytes.
+fn image_type(content: &[u8]) -> Option<&'static str> {
+    if content.starts_with(b"\x89PNG\r\n\x1a\n") {
+        Some("image/png")
+    } else if content.starts_with(&[0xff, 0xd8, 0xff]) {
+        Some("image/jpeg")
+    } else if content.starts_with(b"GIF87a") || content.starts_with(b"GIF89a") {
+        Some("image/gif")
+    } else if content.len() > 12 && &content[..4] == b"RIFF" && &content[8..12] == b"WEBP" {
+        Some("image/webp")
+    } else {
+        None
+    }
+}
+
+/// A directory listing.
+pub(crate) fn listing(target: &Target, entries: &[FileEntry]) -> CallToolResult {
+    let mut text = String::new();
+    for entry in entries {
+        let marker = match entry.kind {
+            FileKind::Directory => "/",
+            FileKind::Symlink => "@",
+            FileKind::File | FileKind::Other => "",
+        };
+        text.push_str(&format!("{}{marker}\t{} bytes\n", entry.path, entry.size));
+    }
+    if entries.is_empty() {
+        text.push_str("(empty directory)");
+    }
+    with_structured(
+        CallToolResult::success(vec![ContentBlock::text(with_session_note(target, &text))]),
+        json!({ "session_id": target.id, "entries": entries }),
+    )
+}
+
+/// A new session.
+pub(crate) fn session_created(info: &SandboxInfo) -> CallToolResult {
+    with_structured(
+        CallToolResult::success(vec![ContentBlock::text(format!(
+            "Created session {}. Pass session_id \"{}\" to the other tools to use it.",
+            info.id, info.id
+        ))]),
+        json!({ "session_id": info.id, "session": info }),
+    )
+}
+
+/// The sessions a caller can use.
+pub(crate) fn sessions(sessions: &[SandboxInfo]) -> CallToolResult {
+    let mut text = String::new();
+    for session in sessions {
+        text.push_str(&format!(
+            "{}\t{}\tcreated {}\tlast used {}\n",
+            session.id,
+            session.status.as_str(),
+            session.created_at.to_rfc3339(),
+            session.last_used_at.to_rfc3339()
+        ));
+    }
+    if sessions.is_empty() {
+        text.push_str("(no sessions)");
+    }
+    with_structured(
+        CallToolResult::success(vec![ContentBlock::text(text)]),
+        json!({ "sessions": sessions }),
+    )
+}
+
+/// A closed session.
+pub(crate) fn closed(id: &str) -> CallToolResult {
+    with_structured(
+        CallToolResult::success(vec![ContentBlock::text(format!("Closed session {id}."))]),
+        json!({ "session_id": id, "closed": true }),
+    )
+}
