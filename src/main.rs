@@ -63,7 +63,8 @@ async fn main_exec(cli: Cli) -> anyhow::Result<()> {
             init_logging(&args.engine.log);
             let destroy_on_exit = args.engine.destroy_on_exit;
             let engine = start_engine(args.engine, "stdio").await?;
-            let served = kernelbox::mcp::transport::serve_stdio(engine.clone(), shutdown_signal()).await;
+            let served =
+                kernelbox::mcp::transport::serve_stdio(engine.clone(), shutdown_signal()).await;
             engine.shutdown(destroy_on_exit).await;
             served?;
             Ok(())
@@ -101,8 +102,15 @@ async fn start_engine(args: EngineArgs, mode: &str) -> anyhow::Result<Arc<Engine
 
 /// Logs go to stderr only: stdout is the MCP stdio channel.
 fn init_logging(filter: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // The zeromq crate reports every reconnect attempt to a kernel that is going away (a
+    // destroyed sandbox, a restarting kernel) as a warning; the engine reports what matters.
+    let directives = if filter.contains("zeromq") {
+        filter.to_string()
+    } else {
+        format!("{filter},zeromq=error")
+    };
+    let filter = tracing_subscriber::EnvFilter::try_new(&directives)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,zeromq=error"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -133,7 +133,7 @@ impl KernelboxMcp {
         *default = Some(info.id.clone());
         Ok(Target {
             id: info.id,
-            created: true,
+            created: false,
             tenant,
         })
     }
@@ -166,6 +166,7 @@ impl KernelboxMcp {
 /// A resolved sandbox for one call.
 pub(crate) struct Target {
     pub(crate) id: String,
+    /// A stateless call created this sandbox: the result must tell the id.
     pub(crate) created: bool,
     pub(crate) tenant: Tenant,
 }

@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::engine::Engine;
 use crate::http::auth::{ApiKeys, require_api_key};
-use crate::mcp::transport::{HttpSettings, http_service};
+use crate::mcp::transport::{HttpSettings, http_service, session_delete_no_content};
 
 /// Server failures.
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +76,7 @@ pub fn app(engine: Arc<Engine>, settings: AppSettings) -> Router {
     );
     let protected = Router::new()
         .nest_service("/mcp", mcp)
+        .layer(middleware::from_fn(session_delete_no_content))
         .layer(middleware::from_fn_with_state(
             settings.api_keys.clone(),
             require_api_key,
@@ -115,9 +116,7 @@ impl ServeOptions {
         if !self.settings.allowed_hosts.is_empty() || !self.host.is_loopback() {
             return self.settings.allowed_hosts.clone();
         }
-        ["localhost", "127.0.0.1", "::1"]
-            .map(String::from)
-            .to_vec()
+        ["localhost", "127.0.0.1", "::1"].map(String::from).to_vec()
     }
 }
 
@@ -128,8 +127,7 @@ pub async fn serve(
     mut options: ServeOptions,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
-    if !options.host.is_loopback() && !options.settings.api_keys.is_enabled() && !options.insecure
-    {
+    if !options.host.is_loopback() && !options.settings.api_keys.is_enabled() && !options.insecure {
         return Err(ServerError::InsecureBind { host: options.host });
     }
     options.settings.allowed_hosts = options.effective_allowed_hosts();

@@ -13,8 +13,13 @@ use crate::engine::commands::CommandResult;
 use crate::engine::execution::{ExecutionOutcome, OutputKind};
 use crate::engine::{EngineError, ExecEvent, ExecutionResult, FileEntry, FileKind, SandboxInfo};
 
-/// Images up to this many base64 characters are sent inline; larger ones as resource links.
-pub(crate) const INLINE_IMAGE_LIMIT: usize = 2 * 1024 * 1024;
+/// Base64 characters of images sent inline per result; images past this budget become resource
+/// links. Together with [`TEXT_LIMIT`] this keeps a result under the 1 MiB per-message limit of
+/// common clients (the official Python SDK refuses larger SSE events).
+pub(crate) const INLINE_IMAGE_BUDGET: usize = 512 * 1024;
+/// Bytes of stdout and of stderr shown in a result; the whole output stays readable as a
+/// resource.
+pub(crate) const TEXT_LIMIT: usize = 96 * 1024;
 /// Image types clients render inline.
 const INLINE_IMAGE_TYPES: [&str; 4] = ["image/png", "image/jpeg", "image/gif", "image/webp"];
 
@@ -32,7 +37,8 @@ pub(crate) fn failure(failure: &ToolFailure) -> CallToolResult {
     let text = match failure {
         ToolFailure::Engine(EngineError::Backend(error)) => {
             tracing::error!(%error, detail = ?error, "tool call failed in the container runtime");
-            "the sandbox runtime failed; try again, or restart the kernel or the session".to_string()
+            "the sandbox runtime failed; try again, or restart the kernel or the session"
+                .to_string()
         }
         ToolFailure::Engine(EngineError::Kernel(error)) => {
             tracing::warn!(%error, "kernel unreachable during a tool call");
@@ -86,24 +92,39 @@ pub(crate) fn execution(result: &ExecutionResult, target: &Target) -> CallToolRe
     let mut text = String::new();
     let mut content = Vec::new();
     let mut outputs = Vec::new();
-    if !result.stdout.is_empty() {
-        text.push_str(&result.stdout);
-    }
-    if !result.stderr.is_empty() {
+    let mut image_budget = INLINE_IMAGE_BUDGET;
+    let stdout = clip(
+        &result.stdout,
+        TEXT_LIMIT,
+        &resources::stream_uri(result, "stdout"),
+    );
+    let stderr = clip(
+        &result.stderr,
+        TEXT_LIMIT,
+        &resources::stream_uri(result, "stderr"),
+    );
+    text.push_str(&stdout);
+    if !stderr.is_empty() {
         push_section(&mut text, "[stderr]\n");
-        text.push_str(&result.stderr);
+        text.push_str(&stderr);
     }
     for (index, output) in result.outputs.iter().enumerate() {
         let mut bundle = serde_json::Map::new();
         for (mime, value) in &output.data {
             let inline_image = INLINE_IMAGE_TYPES.contains(&mime.as_str());
             match value.as_str() {
-                Some(data) if inline_image && data.len() <= INLINE_IMAGE_LIMIT => {
+                Some(data) if inline_image && data.len() <= image_budget => {
+                    image_budget -= data.len();
                     content.push(ContentBlock::image(data, mime.clone()));
                     bundle.insert(mime.clone(), json!({ "inline_image": true }));
                 }
                 Some(data) if inline_image || mime == "image/svg+xml" => {
-                    let uri = resources::output_uri(&result.sandbox_id, &result.execution_id, index, mime);
+                    let uri = resources::output_uri(
+                        &result.sandbox_id,
+                        &result.execution_id,
+                        index,
+                        mime,
+                    );
                     content.push(ContentBlock::resource_link(
                         Resource::new(&uri, format!("output {index} ({mime})"))
                             .with_mime_type(mime.clone())
@@ -125,7 +146,9 @@ pub(crate) fn execution(result: &ExecutionResult, target: &Target) -> CallToolRe
                         None => text.push_str(plain),
                     }
                 }
-                OutputKind::Display if !output.data.keys().any(|mime| mime.starts_with("image/")) => {
+                OutputKind::Display
+                    if !output.data.keys().any(|mime| mime.starts_with("image/")) =>
+                {
                     push_section(&mut text, "");
                     text.push_str(plain);
                 }
@@ -140,7 +163,11 @@ pub(crate) fn execution(result: &ExecutionResult, target: &Target) -> CallToolRe
             text.push_str(&format!("{}: {}", error.ename, error.evalue));
         } else {
             text.push_str(&error.traceback.join("\n"));
-            if !error.traceback.iter().any(|line| line.contains(&error.ename)) {
+            if !error
+                .traceback
+                .iter()
+                .any(|line| line.contains(&error.ename))
+            {
                 text.push_str(&format!("\n{}: {}", error.ename, error.evalue));
             }
         }
@@ -159,9 +186,9 @@ pub(crate) fn execution(result: &ExecutionResult, target: &Target) -> CallToolRe
         "execution_id": result.execution_id,
         "status": result.outcome.status(),
         "execution_count": result.execution_count,
-        "stdout": result.stdout,
-        "stderr": result.stderr,
-        "result": result.result_text(),
+        "stdout": stdout,
+        "stderr": stderr,
+        "result": result.result_text().map(|text| clip(text, TEXT_LIMIT, "the execution's outputs")),
         "outputs": outputs,
         "error": result.error.as_ref().map(|error| json!({
             "ename": error.ename,
@@ -180,6 +207,29 @@ pub(crate) fn execution(result: &ExecutionResult, target: &Target) -> CallToolRe
     with_structured(base, structured)
 }
 
+/// `text` cut to about `limit` bytes (its head and its tail, on character boundaries), with a
+/// marker saying where the rest is.
+fn clip<'a>(text: &'a str, limit: usize, rest_at: &str) -> std::borrow::Cow<'a, str> {
+    if text.len() <= limit {
+        return text.into();
+    }
+    let mut head_end = limit / 2;
+    while !text.is_char_boundary(head_end) {
+        head_end -= 1;
+    }
+    let mut tail_start = text.len() - limit / 2;
+    while !text.is_char_boundary(tail_start) {
+        tail_start += 1;
+    }
+    format!(
+        "{}\n[kernelbox: {} bytes omitted here; the whole output is at {rest_at}]\n{}",
+        &text[..head_end],
+        tail_start - head_end,
+        &text[tail_start..]
+    )
+    .into()
+}
+
 fn push_section(text: &mut String, header: &str) {
     if !text.is_empty() && !text.ends_with('\n') {
         text.push('\n');
@@ -189,11 +239,21 @@ fn push_section(text: &mut String, header: &str) {
 
 /// The result of `run_command` and `install_packages`: an error when the exit code is not 0.
 pub(crate) fn command(result: &CommandResult, target: &Target) -> CallToolResult {
+    let stdout = clip(
+        &result.stdout,
+        TEXT_LIMIT,
+        "run the command again with its output redirected to a file",
+    );
+    let stderr = clip(
+        &result.stderr,
+        TEXT_LIMIT,
+        "run the command again with its output redirected to a file",
+    );
     let mut text = String::new();
-    text.push_str(&result.stdout);
-    if !result.stderr.is_empty() {
+    text.push_str(&stdout);
+    if !stderr.is_empty() {
         push_section(&mut text, "[stderr]\n");
-        text.push_str(&result.stderr);
+        text.push_str(&stderr);
     }
     push_section(&mut text, "");
     if result.timed_out {
@@ -203,8 +263,8 @@ pub(crate) fn command(result: &CommandResult, target: &Target) -> CallToolResult
     }
     let structured = json!({
         "session_id": target.id,
-        "stdout": result.stdout,
-        "stderr": result.stderr,
+        "stdout": stdout,
+        "stderr": stderr,
         "exit_code": result.exit_code,
         "timed_out": result.timed_out,
         "truncated": result.truncated,
@@ -224,18 +284,27 @@ pub(crate) fn file(target: &Target, path: &str, content: Vec<u8>) -> CallToolRes
     let size = content.len();
     let mime = image_type(&content);
     let (blocks, encoding) = match (mime, String::from_utf8(content)) {
-        (None, Ok(text)) => (vec![ContentBlock::text(with_session_note(target, &text))], "utf-8"),
+        (None, Ok(text)) => (
+            vec![ContentBlock::text(with_session_note(target, &text))],
+            "utf-8",
+        ),
         (Some(mime), Err(error)) => {
             let data = base64::engine::general_purpose::STANDARD.encode(error.as_bytes());
             (
                 vec![
-                    ContentBlock::text(with_session_note(target, &format!("{path} ({size} bytes, {mime})"))),
+                    ContentBlock::text(with_session_note(
+                        target,
+                        &format!("{path} ({size} bytes, {mime})"),
+                    )),
                     ContentBlock::image(data, mime),
                 ],
                 "base64",
             )
         }
-        (_, Ok(text)) => (vec![ContentBlock::text(with_session_note(target, &text))], "utf-8"),
+        (_, Ok(text)) => (
+            vec![ContentBlock::text(with_session_note(target, &text))],
+            "utf-8",
+        ),
         (None, Err(error)) => {
             let data = base64::engine::general_purpose::STANDARD.encode(error.as_bytes());
             (
@@ -326,4 +395,26 @@ pub(crate) fn closed(id: &str) -> CallToolResult {
         CallToolResult::success(vec![ContentBlock::text(format!("Closed session {id}."))]),
         json!({ "session_id": id, "closed": true }),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_text_is_kept_whole() {
+        assert_eq!(clip("hello", 10, "x"), "hello");
+    }
+
+    #[test]
+    fn long_text_keeps_head_and_tail_with_a_marker() {
+        let text = format!("{}{}", "a".repeat(100), "é".repeat(100));
+        let clipped = clip(&text, 50, "session://s/executions/e/stdout");
+        assert!(clipped.starts_with("aaaa"));
+        assert!(clipped.ends_with("é"));
+        assert!(clipped.contains(
+            "bytes omitted here; the whole output is at session://s/executions/e/stdout"
+        ));
+        assert!(clipped.len() < 200);
+    }
 }

@@ -6,6 +6,7 @@
 //! | `session://{session_id}`                          | one session (JSON)                   |
 //! | `session://{session_id}/files/{path}`             | a file in /workspace (text or blob)  |
 //! | `session://{session_id}/executions/{id}/outputs/{n}.{ext}` | an image too large to inline |
+//! | `session://{session_id}/executions/{id}/stdout` (or `stderr`) | an execution's whole output |
 
 use base64::Engine as _;
 use rmcp::ErrorData;
@@ -32,9 +33,12 @@ pub(crate) fn list(engine: &Engine, tenant: &Tenant) -> ListResourcesResult {
     ];
     for session in engine.list(tenant.owner()) {
         resources.push(
-            Resource::new(format!("{SESSION_SCHEME}{}", session.id), session.id.clone())
-                .with_description(format!("Sandbox session ({})", session.status.as_str()))
-                .with_mime_type("application/json"),
+            Resource::new(
+                format!("{SESSION_SCHEME}{}", session.id),
+                session.id.clone(),
+            )
+            .with_description(format!("Sandbox session ({})", session.status.as_str()))
+            .with_mime_type("application/json"),
         );
     }
     ListResourcesResult::with_all_items(resources)
@@ -51,6 +55,14 @@ pub(crate) fn templates() -> ListResourceTemplatesResult {
                 "A file in a session's /workspace (path relative to /workspace); text as text, binary as a blob",
             ),
     ])
+}
+
+/// The URI of an execution's whole stdout or stderr.
+pub(crate) fn stream_uri(result: &crate::engine::ExecutionResult, stream: &str) -> String {
+    format!(
+        "{SESSION_SCHEME}{}/executions/{}/{stream}",
+        result.sandbox_id, result.execution_id
+    )
 }
 
 /// The URI of a rich output too large to send inline.
@@ -115,7 +127,9 @@ async fn read_file(
         })?;
     if content.len() > READ_LIMIT {
         return Err(ErrorData::invalid_params(
-            format!("the file is larger than {READ_LIMIT} bytes; read it with run_command or execute_code"),
+            format!(
+                "the file is larger than {READ_LIMIT} bytes; read it with run_command or execute_code"
+            ),
             None,
         ));
     }
@@ -130,7 +144,8 @@ async fn read_file(
     Ok(ReadResourceResult::new(vec![contents]))
 }
 
-/// `{execution_id}/outputs/{index}.{ext}`: an output of a remembered execution.
+/// `{execution_id}/outputs/{index}.{ext}` or `{execution_id}/stdout|stderr`: output of a
+/// remembered execution.
 fn read_output(
     engine: &Engine,
     owner: Option<&str>,
@@ -138,7 +153,31 @@ fn read_output(
     session_id: &str,
     output: &str,
 ) -> Result<ReadResourceResult, ErrorData> {
-    let (execution_id, rest) = output.split_once("/outputs/").ok_or_else(|| not_found(uri))?;
+    let finished = |execution_id: &str| {
+        engine
+            .execution(execution_id, owner)
+            .ok()
+            .and_then(|record| record.result)
+            .filter(|result| result.sandbox_id == session_id)
+            .ok_or_else(|| not_found(uri))
+    };
+    if let Some((execution_id, stream)) = output.split_once('/')
+        && (stream == "stdout" || stream == "stderr")
+    {
+        let result = finished(execution_id)?;
+        let text = if stream == "stdout" {
+            &result.stdout
+        } else {
+            &result.stderr
+        };
+        return Ok(ReadResourceResult::new(vec![ResourceContents::text(
+            text.as_str(),
+            uri,
+        )]));
+    }
+    let (execution_id, rest) = output
+        .split_once("/outputs/")
+        .ok_or_else(|| not_found(uri))?;
     let (index, extension) = rest.split_once('.').ok_or_else(|| not_found(uri))?;
     let index: usize = index.parse().map_err(|_| not_found(uri))?;
     let mime = match extension {
@@ -149,13 +188,7 @@ fn read_output(
         "svg" => "image/svg+xml",
         _ => return Err(not_found(uri)),
     };
-    let record = engine
-        .execution(execution_id, owner)
-        .map_err(|_| not_found(uri))?;
-    let result = record
-        .result
-        .filter(|result| result.sandbox_id == session_id)
-        .ok_or_else(|| not_found(uri))?;
+    let result = finished(execution_id)?;
     let data = result
         .outputs
         .get(index)

@@ -67,8 +67,10 @@ pub struct SessionArg {
     /// The sandbox session to use. Optional: without it the connection's default session is used
     /// (created on first use), or, for stateless HTTP clients, a new session is created and its
     /// id returned.
+    // Typed as a plain string in the schema: `x-mcp-header` may only annotate a property whose
+    // `type` is a single primitive, and the field is optional through `default` anyway.
     #[serde(default)]
-    #[schemars(extend("x-mcp-header" = "Session-Id"))]
+    #[schemars(with = "String", extend("x-mcp-header" = "Session-Id"))]
     pub session_id: Option<String>,
 }
 
@@ -177,7 +179,10 @@ impl KernelboxMcp {
         Parameters(args): Parameters<ExecuteCodeArgs>,
         context: RequestContext<RoleServer>,
     ) -> ToolResult {
-        let target = match self.target(args.session.session_id.as_deref(), &context).await {
+        let target = match self
+            .target(args.session.session_id.as_deref(), &context)
+            .await
+        {
             Ok(target) => target,
             Err(failure) => return Ok(render::failure(&failure)),
         };
@@ -237,7 +242,9 @@ impl KernelboxMcp {
         context: RequestContext<RoleServer>,
     ) -> ToolResult {
         let outcome = async {
-            let target = self.target(args.session.session_id.as_deref(), &context).await?;
+            let target = self
+                .target(args.session.session_id.as_deref(), &context)
+                .await?;
             self.engine
                 .restart_kernel(&target.id, target.tenant.owner())
                 .await?;
@@ -260,7 +267,9 @@ impl KernelboxMcp {
         context: RequestContext<RoleServer>,
     ) -> ToolResult {
         let outcome = async {
-            let target = self.target(args.session.session_id.as_deref(), &context).await?;
+            let target = self
+                .target(args.session.session_id.as_deref(), &context)
+                .await?;
             let request = CommandRequest {
                 command: args.command,
                 cwd: args.cwd,
@@ -287,7 +296,9 @@ impl KernelboxMcp {
         context: RequestContext<RoleServer>,
     ) -> ToolResult {
         let outcome = async {
-            let target = self.target(args.session.session_id.as_deref(), &context).await?;
+            let target = self
+                .target(args.session.session_id.as_deref(), &context)
+                .await?;
             let result = self
                 .engine
                 .install_packages(&target.id, target.tenant.owner(), &args.packages)
@@ -319,7 +330,9 @@ impl KernelboxMcp {
                     })?,
             };
             let size = content.len();
-            let target = self.target(args.session.session_id.as_deref(), &context).await?;
+            let target = self
+                .target(args.session.session_id.as_deref(), &context)
+                .await?;
             let path = self
                 .engine
                 .write_file(&target.id, target.tenant.owner(), &args.path, content)
@@ -342,7 +355,9 @@ impl KernelboxMcp {
         context: RequestContext<RoleServer>,
     ) -> ToolResult {
         let outcome = async {
-            let target = self.target(args.session.session_id.as_deref(), &context).await?;
+            let target = self
+                .target(args.session.session_id.as_deref(), &context)
+                .await?;
             let content = self
                 .engine
                 .read_file(&target.id, target.tenant.owner(), &args.path)
@@ -369,7 +384,9 @@ impl KernelboxMcp {
         context: RequestContext<RoleServer>,
     ) -> ToolResult {
         let outcome = async {
-            let target = self.target(args.session.session_id.as_deref(), &context).await?;
+            let target = self
+                .target(args.session.session_id.as_deref(), &context)
+                .await?;
             let path = args.path.unwrap_or_default();
             let entries = self
                 .engine
@@ -391,7 +408,9 @@ impl KernelboxMcp {
         context: RequestContext<RoleServer>,
     ) -> ToolResult {
         let outcome = async {
-            let target = self.target(args.session.session_id.as_deref(), &context).await?;
+            let target = self
+                .target(args.session.session_id.as_deref(), &context)
+                .await?;
             self.engine
                 .delete_path(&target.id, target.tenant.owner(), &args.path)
                 .await?;
@@ -435,11 +454,7 @@ impl KernelboxMcp {
         context: RequestContext<RoleServer>,
     ) -> ToolResult {
         let tenant = tenant(&context);
-        match self
-            .engine
-            .destroy(&args.session_id, tenant.owner())
-            .await
-        {
+        match self.engine.destroy(&args.session_id, tenant.owner()).await {
             Ok(()) => {
                 self.forget_default(&args.session_id).await;
                 Ok(render::closed(&args.session_id))

@@ -34,7 +34,8 @@ pub async fn serve_stdio(
 ) -> Result<(), McpServeError> {
     let handler = KernelboxMcp::new(engine);
     let (stdin, stdout) = rmcp::transport::stdio_pipes();
-    let transport = AsyncRwTransport::new_server(stdin, stdout).with_max_line_length(MAX_MESSAGE_BYTES);
+    let transport =
+        AsyncRwTransport::new_server(stdin, stdout).with_max_line_length(MAX_MESSAGE_BYTES);
     let running = handler
         .clone()
         .serve(transport)
@@ -78,6 +79,8 @@ pub fn http_service(
         .with_allowed_origins(settings.allowed_origins)
         .enforce_origin_validation()
         .with_max_request_body_bytes(MAX_MESSAGE_BYTES)
+        // Stateless (2026-07-28) answers without progress go out as one JSON body, not SSE.
+        .with_json_response(true)
         .with_sse_keep_alive(Some(Duration::from_secs(10)))
         .with_cancellation_token(settings.shutdown);
     config = if settings.allowed_hosts.is_empty() {
@@ -90,4 +93,18 @@ pub fn http_service(
         Arc::new(sessions),
         config,
     )
+}
+
+/// Middleware for `/mcp`: a session `DELETE` answers 204 rather than rmcp's 202, which the
+/// official Python SDK logs as a failed termination.
+pub async fn session_delete_no_content(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let is_delete = request.method() == axum::http::Method::DELETE;
+    let mut response = next.run(request).await;
+    if is_delete && response.status() == axum::http::StatusCode::ACCEPTED {
+        *response.status_mut() = axum::http::StatusCode::NO_CONTENT;
+    }
+    response
 }

@@ -1,0 +1,325 @@
+"""End-to-end MCP scenarios against kernelbox, driven by the official MCP Python SDK.
+
+The Rust tests in tests/it/mcp.rs start the server (or hand over the stdio command) and run one
+scenario each:
+
+    python scenarios.py stdio <mode> <kernelbox> <args...>
+    python scenarios.py stress <count> <kernelbox> <args...>
+    python scenarios.py http-legacy <url>
+    python scenarios.py http-stateless <url>
+    python scenarios.py cancel-http <url>
+
+A scenario asserts as it goes and exits non-zero on the first failure. It prints one line
+`RESULT <json>` with facts the Rust side checks against Docker (sandbox ids, timings).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import sys
+import time
+
+import anyio
+from mcp.client.client import Client
+from mcp.client.stdio import StdioServerParameters
+
+EXPECTED_TOOLS = {
+    "execute_code",
+    "restart_kernel",
+    "run_command",
+    "install_packages",
+    "write_file",
+    "read_file",
+    "list_files",
+    "delete_file",
+    "create_session",
+    "list_sessions",
+    "close_session",
+}
+
+
+def check(condition: bool, message: str) -> None:
+    if not condition:
+        raise AssertionError(message)
+
+
+def text_of(result) -> str:
+    return "\n".join(block.text for block in result.content if getattr(block, "type", "") == "text")
+
+
+def result_line(facts: dict) -> None:
+    print("RESULT " + json.dumps(facts), flush=True)
+
+
+async def call(client: Client, name: str, arguments: dict, **kwargs):
+    return await client.call_tool(name, arguments, **kwargs)
+
+
+async def check_tools(client: Client) -> None:
+    listed = await client.list_tools()
+    names = {tool.name for tool in listed.tools}
+    check(names == EXPECTED_TOOLS, f"tools listed: {sorted(names)}")
+    for tool in listed.tools:
+        schema = tool.input_schema
+        check(schema.get("type") == "object", f"{tool.name} schema is not an object: {schema}")
+        check(bool(tool.description) and len(tool.description) > 30, f"{tool.name} lacks a description")
+    execute = next(tool for tool in listed.tools if tool.name == "execute_code")
+    properties = execute.input_schema["properties"]
+    check("code" in properties and "code" in execute.input_schema.get("required", []), "code is required")
+    check(properties["session_id"].get("x-mcp-header") == "Session-Id", f"session_id header: {properties['session_id']}")
+
+
+async def check_execution_basics(client: Client) -> str:
+    first = await call(client, "execute_code", {"code": "x = 6*7"})
+    check(not first.is_error, f"x = 6*7 failed: {text_of(first)}")
+    session_id = first.structured_content["session_id"]
+    printed = await call(client, "execute_code", {"code": "print(x)"})
+    check(printed.structured_content["stdout"] == "42\n", f"print(x): {printed.structured_content}")
+    check("42" in text_of(printed), f"print(x) text: {text_of(printed)}")
+    check(printed.structured_content["session_id"] == session_id, "the default session changed")
+
+    plot = await call(
+        client,
+        "execute_code",
+        {"code": "import matplotlib.pyplot as plt\nplt.plot([1, 2, 3], [1, 4, 9])\nplt.show()"},
+    )
+    images = [block for block in plot.content if block.type == "image"]
+    check(len(images) == 1, f"plot gave {len(images)} images: {plot.content}")
+    check(images[0].mime_type == "image/png", f"mime {images[0].mime_type}")
+    check(base64.b64decode(images[0].data).startswith(b"\x89PNG\r\n\x1a\n"), "not a PNG")
+
+    failure = await call(client, "execute_code", {"code": "1/0"})
+    check(failure.is_error is True, "1/0 is not an error")
+    check("ZeroDivisionError" in text_of(failure), f"1/0 text: {text_of(failure)}")
+    check("\x1b[" not in text_of(failure), "ANSI codes in the traceback")
+    check(failure.structured_content["error"]["ename"] == "ZeroDivisionError", "structured error")
+    return session_id
+
+
+async def check_progress(client: Client) -> int:
+    messages: list[tuple[float, str | None]] = []
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        messages.append((time.monotonic(), message))
+
+    code = "import time\nfor i in range(6):\n    print(f'tick {i}', flush=True)\n    time.sleep(0.5)"
+    result = await call(client, "execute_code", {"code": code}, progress_callback=on_progress)
+    finished = time.monotonic()
+    ticks = [m for _, m in messages if m and "tick" in m]
+    check(len(ticks) >= 3, f"only {len(ticks)} progress messages: {messages}")
+    early = [t for t, m in messages if m and "tick" in m and t < finished - 1.0]
+    check(len(early) >= 3, "progress did not arrive while the code ran")
+    check(result.structured_content["stdout"].count("tick") == 6, "final stdout")
+    return len(ticks)
+
+
+async def check_cancellation(client: Client, session_id: str | None = None) -> float:
+    """Cancels a `while True` call and measures how soon the next call answers."""
+    started = anyio.Event()
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        started.set()
+
+    arguments = {"code": "import time\nwhile True:\n    print('spin', flush=True)\n    time.sleep(0.05)"}
+    if session_id:
+        arguments["session_id"] = session_id
+    with anyio.move_on_after(30):
+        async with anyio.create_task_group() as group:
+
+            async def spin() -> None:
+                await call(client, "execute_code", arguments, progress_callback=on_progress)
+
+            group.start_soon(spin)
+            await started.wait()
+            group.cancel_scope.cancel()
+    check(started.is_set(), "the spinning call never reported progress")
+    begun = time.monotonic()
+    follow = {"code": "print('after')"}
+    if session_id:
+        follow["session_id"] = session_id
+    after = await call(client, "execute_code", follow)
+    elapsed = time.monotonic() - begun
+    check(after.structured_content["stdout"] == "after\n", f"after cancel: {after.structured_content}")
+    check(elapsed < 1.0, f"the next call took {elapsed:.2f} s")
+    return elapsed
+
+
+async def check_bad_input(client: Client, session_id: str) -> None:
+    unknown = await call(client, "execute_code", {"code": "1", "session_id": "sbx_doesnotexist0000000"})
+    check(unknown.is_error is True and "unknown session_id" in text_of(unknown), f"unknown session: {text_of(unknown)}")
+
+    try:
+        wrong = await call(client, "execute_code", {"code": 12345})
+        check(wrong.is_error is True, f"wrong type accepted: {wrong}")
+    except Exception as error:  # a JSON-RPC invalid-params error is a clear answer too
+        check("code" in str(error) or "invalid" in str(error).lower(), f"wrong type error: {error}")
+
+    huge = await call(client, "execute_code", {"code": "#" * (20 * 1024 * 1024)})
+    check(huge.is_error is True and "larger than" in text_of(huge), f"20 MB code: {text_of(huge)[:200]}")
+
+    escape = await call(client, "read_file", {"path": "../../etc/passwd"})
+    check(escape.is_error is True and "outside" in text_of(escape), f"escape: {text_of(escape)}")
+    escape = await call(client, "write_file", {"path": "/etc/evil", "content": "x"})
+    check(escape.is_error is True and "outside" in text_of(escape), f"escape write: {text_of(escape)}")
+
+    still = await call(client, "execute_code", {"code": "print(x)", "session_id": session_id})
+    check(still.structured_content["stdout"] == "42\n", "state lost after bad input")
+
+
+async def check_files_and_commands(client: Client) -> None:
+    wrote = await call(client, "write_file", {"path": "data/hello.txt", "content": "hello\n"})
+    check(not wrote.is_error, text_of(wrote))
+    blob = base64.b64encode(bytes(range(256))).decode()
+    wrote = await call(client, "write_file", {"path": "data/blob.bin", "content": blob, "encoding": "base64"})
+    check(not wrote.is_error, text_of(wrote))
+    read = await call(client, "read_file", {"path": "data/hello.txt"})
+    check(text_of(read) == "hello\n", f"read: {text_of(read)!r}")
+    listing = await call(client, "list_files", {"path": "data"})
+    names = sorted(entry["name"] for entry in listing.structured_content["entries"])
+    check(names == ["blob.bin", "hello.txt"], f"listing: {names}")
+    command = await call(client, "run_command", {"command": "wc -c < data/blob.bin && id -un"})
+    check(command.structured_content["stdout"] == "256\nsandbox\n", f"command: {command.structured_content}")
+    failing = await call(client, "run_command", {"command": "exit 3"})
+    check(failing.is_error is True and failing.structured_content["exit_code"] == 3, "exit 3")
+    deleted = await call(client, "delete_file", {"path": "data"})
+    check(not deleted.is_error, text_of(deleted))
+    gone = await call(client, "read_file", {"path": "data/hello.txt"})
+    check(gone.is_error is True, "deleted file still readable")
+
+
+async def check_restart(client: Client) -> None:
+    await call(client, "execute_code", {"code": "kept = 1"})
+    restarted = await call(client, "restart_kernel", {})
+    check(not restarted.is_error, text_of(restarted))
+    after = await call(client, "execute_code", {"code": "print('kept' in globals())"})
+    check(after.structured_content["stdout"] == "False\n", "restart kept variables")
+
+
+async def scenario_stdio(mode: str, command: list[str]) -> None:
+    params = StdioServerParameters(command=command[0], args=command[1:])
+    async with Client(params, mode=mode) as client:
+        await check_tools(client)
+        session_id = await check_execution_basics(client)
+        progress = await check_progress(client)
+        cancel_seconds = await check_cancellation(client)
+        await check_bad_input(client, session_id)
+        await check_files_and_commands(client)
+        await check_restart(client)
+        result_line(
+            {
+                "session_id": session_id,
+                "protocol": client.protocol_version,
+                "progress_messages": progress,
+                "next_call_after_cancel_s": cancel_seconds,
+            }
+        )
+
+
+async def scenario_stress(count: int, command: list[str]) -> None:
+    params = StdioServerParameters(command=command[0], args=command[1:])
+    async with Client(params, mode="legacy") as client:
+        await call(client, "execute_code", {"code": "pass"})
+        lost = 0
+        started = time.monotonic()
+        for _ in range(count):
+            result = await call(client, "execute_code", {"code": "print(1+1)"})
+            if result.structured_content["stdout"] != "2\n" or text_of(result) != "2\n":
+                lost += 1
+        elapsed = time.monotonic() - started
+        check(lost == 0, f"{lost} of {count} calls lost their output")
+        result_line({"calls": count, "lost": lost, "seconds": elapsed, "per_call_ms": elapsed / count * 1000})
+
+
+async def scenario_http_legacy(url: str) -> None:
+    async with Client(url, mode="legacy") as first, Client(url, mode="legacy") as second:
+        check(first.protocol_version < "2026-07-28", f"legacy protocol: {first.protocol_version}")
+        a = await call(first, "execute_code", {"code": "owner = 'first'\nprint(owner)"})
+        b = await call(second, "execute_code", {"code": "print(globals().get('owner'))"})
+        check(a.structured_content["stdout"] == "first\n", "first client")
+        check(b.structured_content["stdout"] == "None\n", "the second client sees the first's state")
+        first_id = a.structured_content["session_id"]
+        second_id = b.structured_content["session_id"]
+        check(first_id != second_id, "two clients share a sandbox")
+        again = await call(first, "execute_code", {"code": "print(owner)"})
+        check(again.structured_content["session_id"] == first_id, "the first client's session changed")
+        await check_cancellation(first)
+        result_line({"first": first_id, "second": second_id})
+        # Leaving the context managers ends both MCP sessions (HTTP DELETE).
+
+
+async def scenario_http_stateless(url: str) -> None:
+    async with Client(url) as client:
+        check(client.protocol_version >= "2026-07-28", f"stateless protocol: {client.protocol_version}")
+        await check_tools(client)
+        first = await call(client, "execute_code", {"code": "value = 7\nprint(value)"})
+        session_id = first.structured_content["session_id"]
+        check(session_id.startswith("sbx_"), f"no session id: {first.structured_content}")
+        check(session_id in text_of(first), "the id is not in the text")
+        again = await call(client, "execute_code", {"code": "print(value * 6)", "session_id": session_id})
+        check(again.structured_content["stdout"] == "42\n", f"state not kept: {again.structured_content}")
+        other = await call(client, "execute_code", {"code": "print(globals().get('value'))"})
+        other_id = other.structured_content["session_id"]
+        check(other_id != session_id and other.structured_content["stdout"] == "None\n", "no new session")
+
+        created = await call(client, "create_session", {"env": {"GREETING": "hi"}})
+        created_id = created.structured_content["session_id"]
+        env = await call(client, "run_command", {"command": "echo $GREETING", "session_id": created_id})
+        check(env.structured_content["stdout"] == "hi\n", f"env: {env.structured_content}")
+        listed = await call(client, "list_sessions", {})
+        ids = {session["id"] for session in listed.structured_content["sessions"]}
+        check({session_id, other_id, created_id} <= ids, f"list_sessions: {ids}")
+
+        await call(client, "write_file", {"path": "notes.txt", "content": "resource text", "session_id": session_id})
+        resources = await client.list_resources()
+        uris = {str(resource.uri) for resource in resources.resources}
+        check("sessions://" in uris and f"session://{session_id}" in uris, f"resources: {uris}")
+        templates = await client.list_resource_templates()
+        check(len(templates.resource_templates) >= 2, "templates")
+        read = await client.read_resource(f"session://{session_id}/files/notes.txt")
+        check(read.contents[0].text == "resource text", f"file resource: {read.contents}")
+        info = await client.read_resource(f"session://{session_id}")
+        check(json.loads(info.contents[0].text)["id"] == session_id, "session resource")
+        listing = await client.read_resource("sessions://")
+        check(session_id in listing.contents[0].text, "sessions resource")
+
+        big = await call(
+            client,
+            "execute_code",
+            {
+                "session_id": session_id,
+                "code": "import numpy as np\nfrom PIL import Image\nfrom IPython.display import display\n"
+                "display(Image.fromarray(np.random.default_rng(1).integers(0, 255, (460, 460, 3), dtype=np.uint8)))",
+            },
+        )
+        links = [block for block in big.content if block.type == "resource_link"]
+        check(len(links) == 1, f"large image: {[block.type for block in big.content]}")
+        image = await client.read_resource(str(links[0].uri))
+        check(base64.b64decode(image.contents[0].blob).startswith(b"\x89PNG"), "large image resource")
+
+        await check_cancellation(client, session_id)
+
+        for closing in (session_id, other_id, created_id):
+            closed = await call(client, "close_session", {"session_id": closing})
+            check(not closed.is_error, text_of(closed))
+        gone = await call(client, "execute_code", {"code": "1", "session_id": session_id})
+        check(gone.is_error is True and "unknown session_id" in text_of(gone), "closed session still answers")
+        result_line({"closed": [session_id, other_id, created_id]})
+
+
+def main() -> None:
+    scenario, *rest = sys.argv[1:]
+    if scenario == "stdio":
+        anyio.run(scenario_stdio, rest[0], rest[1:])
+    elif scenario == "stress":
+        anyio.run(scenario_stress, int(rest[0]), rest[1:])
+    elif scenario == "http-legacy":
+        anyio.run(scenario_http_legacy, rest[0])
+    elif scenario == "http-stateless":
+        anyio.run(scenario_http_stateless, rest[0])
+    else:
+        raise SystemExit(f"unknown scenario {scenario}")
+
+
+if __name__ == "__main__":
+    main()
