@@ -147,3 +147,63 @@ pub(crate) fn remove_instance_containers(instance: &str) {
         }
     }
 }
+
+/// A Python with the official MCP SDK, in a venv under the target directory, made once per test
+/// process (`pip install` needs PyPI).
+pub(crate) fn python_with_mcp() -> std::path::PathBuf {
+    static PYTHON: OnceLock<Result<std::path::PathBuf, String>> = OnceLock::new();
+    let python = PYTHON.get_or_init(|| {
+        let venv = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("mcp-venv");
+        let python = venv.join("bin").join("python");
+        let marker = venv.join(format!("mcp-{MCP_SDK_VERSION}.installed"));
+        if marker.exists() {
+            return Ok(python);
+        }
+        let run = |command: &mut Command| -> Result<(), String> {
+            let output = command
+                .output()
+                .map_err(|error| format!("cannot run {command:?}: {error}"))?;
+            if output.status.success() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{command:?} failed: {}",
+                    String::from_utf8_lossy(&output.stderr)
+                ))
+            }
+        };
+        eprintln!("test setup: installing the MCP Python SDK {MCP_SDK_VERSION} into {venv:?}");
+        run(Command::new("python3").arg("-m").arg("venv").arg(&venv))?;
+        run(Command::new(&python).args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            &format!("mcp=={MCP_SDK_VERSION}"),
+        ]))?;
+        std::fs::write(&marker, b"").map_err(|error| error.to_string())?;
+        Ok(python)
+    });
+    match python {
+        Ok(python) => python.clone(),
+        Err(error) => panic!("the MCP Python SDK is unavailable: {error}"),
+    }
+}
+
+/// The official MCP Python SDK release the end-to-end tests drive kernelbox with.
+pub(crate) const MCP_SDK_VERSION: &str = "2.3.0";
+
+/// Whether a sandbox's container still exists.
+pub(crate) fn container_exists(sandbox_id: &str) -> bool {
+    let listed = Command::new("docker")
+        .args([
+            "ps",
+            "-aq",
+            "--filter",
+            &format!("label={}={sandbox_id}", labels::ID),
+        ])
+        .output()
+        .expect("docker ps");
+    !String::from_utf8_lossy(&listed.stdout).trim().is_empty()
+}

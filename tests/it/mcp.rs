@@ -1,0 +1,263 @@
+//! The MCP face end to end: the official MCP Python SDK (tests/mcp/scenarios.py) drives
+//! `kernelbox stdio` and the `/mcp` route of the real router over real HTTP, against real Docker.
+
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kernelbox::http::auth::ApiKeys;
+use kernelbox::server::{AppSettings, app};
+use serde_json::Value;
+use tokio::process::Command;
+use tokio_util::sync::CancellationToken;
+
+use crate::common::{TestEngine, container_exists, python_with_mcp};
+
+const SCENARIOS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/mcp/scenarios.py");
+
+/// Runs one scenario and returns the facts it printed on its `RESULT` line.
+async fn scenario(args: &[&str]) -> Value {
+    let python = python_with_mcp();
+    let output = Command::new(python)
+        .arg(SCENARIOS)
+        .args(args)
+        .env("KERNELBOX_LOG", "warn")
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(600), output)
+        .await
+        .expect("scenario finished within 10 minutes")
+        .expect("run the scenario");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "scenario {args:?} failed ({}):\n{stdout}\n{stderr}",
+        output.status
+    );
+    let line = stdout
+        .lines()
+        .find_map(|line| line.strip_prefix("RESULT "))
+        .unwrap_or_else(|| panic!("no RESULT line:\n{stdout}\n{stderr}"));
+    eprintln!("scenario {}: {line}", args[0]);
+    serde_json::from_str(line).expect("RESULT is JSON")
+}
+
+/// Waits until Docker no longer has the sandbox's container.
+async fn wait_until_removed(sandbox_id: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while container_exists(sandbox_id) {
+        assert!(
+            Instant::now() < deadline,
+            "container of {sandbox_id} still exists"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn stdio_command(instance: &str) -> Vec<String> {
+    [
+        env!("CARGO_BIN_EXE_kernelbox"),
+        "stdio",
+        "--instance",
+        instance,
+        "--no-image-build",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+async fn stdio_scenario(name: &str, mode: &str) {
+    let Some(t) = TestEngine::start(name).await else {
+        return;
+    };
+    let command = stdio_command(t.instance());
+    let mut args = vec!["stdio", mode];
+    args.extend(command.iter().map(String::as_str));
+    let facts = scenario(&args).await;
+    let session_id = facts["session_id"].as_str().expect("session id");
+    assert!(
+        facts["next_call_after_cancel_s"].as_f64().expect("seconds") < 1.0,
+        "{facts}"
+    );
+    // The client closed stdin: the connection's default sandbox is gone.
+    assert!(
+        !container_exists(session_id),
+        "the default sandbox outlived its stdio connection"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stdio_legacy_handshake() {
+    stdio_scenario("mcp-stdio-legacy", "legacy").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stdio_default_mode() {
+    stdio_scenario("mcp-stdio-auto", "auto").await;
+}
+
+/// 10,000 consecutive `print(1+1)` calls: none may lose its output to the race between
+/// `execute_reply` and the iopub `idle` status.
+#[tokio::test(flavor = "multi_thread")]
+async fn ten_thousand_calls_lose_no_output() {
+    let Some(t) = TestEngine::start("mcp-stress").await else {
+        return;
+    };
+    let command = stdio_command(t.instance());
+    let mut args = vec!["stress", "10000"];
+    args.extend(command.iter().map(String::as_str));
+    let facts = scenario(&args).await;
+    assert_eq!(facts["lost"], 0, "{facts}");
+    assert_eq!(facts["calls"], 10000);
+}
+
+/// Serves the real router (REST, `/mcp`) on a free loopback port for one test.
+struct TestServer {
+    url: String,
+    shutdown: CancellationToken,
+    _engine: TestEngine,
+}
+
+impl TestServer {
+    async fn start(name: &str, api_keys: &[&str]) -> Option<Self> {
+        let engine = TestEngine::start(name).await?;
+        let shutdown = CancellationToken::new();
+        let router = app(
+            engine.engine.clone(),
+            AppSettings {
+                api_keys: Arc::new(ApiKeys::new(api_keys)),
+                allowed_hosts: vec!["127.0.0.1".into(), "localhost".into()],
+                allowed_origins: Vec::new(),
+                shutdown: shutdown.clone(),
+            },
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await
+        });
+        Some(Self {
+            url: format!("http://{addr}/mcp"),
+            shutdown,
+            _engine: engine,
+        })
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn http_legacy_sessions_get_isolated_sandboxes() {
+    let Some(server) = TestServer::start("mcp-http-legacy", &[]).await else {
+        return;
+    };
+    let facts = scenario(&["http-legacy", &server.url]).await;
+    // Ending each client's MCP session (HTTP DELETE) destroyed its sandbox.
+    for key in ["first", "second"] {
+        wait_until_removed(facts[key].as_str().expect("id")).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn http_stateless_sessions_tools_and_resources() {
+    let Some(server) = TestServer::start("mcp-http-stateless", &[]).await else {
+        return;
+    };
+    let facts = scenario(&["http-stateless", &server.url]).await;
+    for id in facts["closed"].as_array().expect("closed ids") {
+        assert!(!container_exists(id.as_str().expect("id")));
+    }
+}
+
+/// `curl` against the endpoint: (status, body).
+async fn curl(args: &[&str]) -> (u16, String) {
+    let output = Command::new("curl")
+        .args(["-sS", "-o", "-", "-w", "\n%{http_code}"])
+        .args(args)
+        .output()
+        .await
+        .expect("run curl");
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    let (body, status) = text.rsplit_once('\n').expect("status line");
+    (
+        status.trim().parse().expect("status code"),
+        body.to_string(),
+    )
+}
+
+const INITIALIZE: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"curl","version":"1"}}}"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn http_endpoint_checks_key_origin_and_host() {
+    let Some(server) = TestServer::start("mcp-http-guard", &["secret-one"]).await else {
+        return;
+    };
+    let post = |extra: &[&str]| {
+        let mut args = vec![
+            "-X",
+            "POST",
+            "-H",
+            "content-type: application/json",
+            "-H",
+            "accept: application/json, text/event-stream",
+            "--data",
+            INITIALIZE,
+        ];
+        args.extend_from_slice(extra);
+        args.push(&server.url);
+        args.into_iter().map(String::from).collect::<Vec<_>>()
+    };
+    let run = |args: Vec<String>| async move {
+        curl(&args.iter().map(String::as_str).collect::<Vec<_>>()).await
+    };
+
+    let (status, body) = run(post(&[])).await;
+    assert_eq!(status, 401, "{body}");
+    let error: Value = serde_json::from_str(&body).expect("JSON error body");
+    assert_eq!(error["error"]["code"], "unauthorized");
+
+    let (status, _) = run(post(&["-H", "x-api-key: wrong"])).await;
+    assert_eq!(status, 401);
+
+    let (status, body) = run(post(&["-H", "authorization: Bearer secret-one"])).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("kernelbox"), "{body}");
+
+    let (status, body) = run(post(&[
+        "-H",
+        "x-api-key: secret-one",
+        "-H",
+        "origin: http://evil.example",
+    ]))
+    .await;
+    assert_eq!(status, 403, "a foreign Origin was accepted: {body}");
+
+    let (status, _) = run(post(&[
+        "-H",
+        "x-api-key: secret-one",
+        "-H",
+        "origin: http://localhost:6274",
+    ]))
+    .await;
+    assert_eq!(status, 200, "MCP Inspector's origin is refused");
+
+    let (status, _) = run(post(&[
+        "-H",
+        "x-api-key: secret-one",
+        "-H",
+        "host: evil.example",
+    ]))
+    .await;
+    assert_eq!(status, 403, "a foreign Host was accepted (DNS rebinding)");
+}
