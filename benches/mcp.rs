@@ -38,7 +38,10 @@ fn report(name: &str, samples: &mut [Duration]) {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let instance = format!("bench-mcp-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let instance = format!(
+        "bench-mcp-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
     let engine = Engine::new(
         Arc::new(DockerBackend::connect().await?),
         EngineConfig::defaults(&instance),
@@ -54,7 +57,8 @@ async fn run(engine: &Arc<Engine>, instance: &str) -> anyhow::Result<()> {
     report("engine (no MCP)", &mut direct);
     let mut http = http_calls(engine).await?;
     report("MCP Streamable HTTP", &mut http);
-    let mut stdio = stdio_calls(instance).await?;
+    // Its own instance: a second process must not reattach to this one's sandboxes.
+    let mut stdio = stdio_calls(&format!("{instance}-stdio")).await?;
     report("MCP stdio", &mut stdio);
     Ok(())
 }
@@ -139,7 +143,10 @@ async fn http_calls(engine: &Arc<Engine>) -> anyhow::Result<Vec<Duration>> {
         .map(str::to_string)
         .ok_or_else(|| anyhow::anyhow!("no Mcp-Session-Id"))?;
     response.text().await?;
-    post(INITIALIZED.into(), Some(&session)).await?.text().await?;
+    post(INITIALIZED.into(), Some(&session))
+        .await?
+        .text()
+        .await?;
     let mut samples = Vec::with_capacity(ITERATIONS);
     for index in 0..WARMUP + ITERATIONS {
         let started = Instant::now();
@@ -147,12 +154,19 @@ async fn http_calls(engine: &Arc<Engine>) -> anyhow::Result<Vec<Duration>> {
             .await?
             .text()
             .await?;
-        anyhow::ensure!(body.contains(r#""stdout":"2\n""#), "HTTP lost output: {body}");
+        anyhow::ensure!(
+            body.contains(r#""stdout":"2\n""#),
+            "HTTP lost output: {body}"
+        );
         if index >= WARMUP {
             samples.push(started.elapsed());
         }
     }
-    client.delete(&url).header("mcp-session-id", &session).send().await?;
+    client
+        .delete(&url)
+        .header("mcp-session-id", &session)
+        .send()
+        .await?;
     shutdown.cancel();
     let _ = server.await;
     Ok(samples)
@@ -161,13 +175,26 @@ async fn http_calls(engine: &Arc<Engine>) -> anyhow::Result<Vec<Duration>> {
 /// The real binary over stdio, one JSON-RPC message per line.
 async fn stdio_calls(instance: &str) -> anyhow::Result<Vec<Duration>> {
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_kernelbox"))
-        .args(["stdio", "--instance", instance, "--no-image-build", "--log", "warn"])
+        .args([
+            "stdio",
+            "--instance",
+            instance,
+            "--no-image-build",
+            "--log",
+            "warn",
+        ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .kill_on_drop(true)
         .spawn()?;
     let mut stdin = child.stdin.take().ok_or_else(|| anyhow::anyhow!("stdin"))?;
-    let mut lines = BufReader::new(child.stdout.take().ok_or_else(|| anyhow::anyhow!("stdout"))?).lines();
+    let mut lines = BufReader::new(
+        child
+            .stdout
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("stdout"))?,
+    )
+    .lines();
     let mut exchange = async |message: String, expect_reply: bool| -> anyhow::Result<String> {
         stdin.write_all(message.as_bytes()).await?;
         stdin.write_all(b"\n").await?;
@@ -176,9 +203,9 @@ async fn stdio_calls(instance: &str) -> anyhow::Result<Vec<Duration>> {
             return Ok(String::new());
         }
         loop {
-            let line = lines
-                .next_line()
-                .await?
+            let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+                .await
+                .map_err(|_| anyhow::anyhow!("no reply from kernelbox stdio within 60 s"))??
                 .ok_or_else(|| anyhow::anyhow!("kernelbox stdio closed"))?;
             if line.contains(r#""result""#) || line.contains(r#""error""#) {
                 return Ok(line);
@@ -191,12 +218,17 @@ async fn stdio_calls(instance: &str) -> anyhow::Result<Vec<Duration>> {
     for index in 0..WARMUP + ITERATIONS {
         let started = Instant::now();
         let reply = exchange(call_request(index + 1).to_string(), true).await?;
-        anyhow::ensure!(reply.contains(r#""stdout":"2\n""#), "stdio lost output: {reply}");
+        anyhow::ensure!(
+            reply.contains(r#""stdout":"2\n""#),
+            "stdio lost output: {reply}"
+        );
         if index >= WARMUP {
             samples.push(started.elapsed());
         }
     }
     drop(exchange);
+    // EOF on stdin ends the MCP session; the server then removes its default sandbox and exits.
+    drop(stdin);
     child.wait().await?;
     Ok(samples)
 }

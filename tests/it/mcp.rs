@@ -261,3 +261,12 @@ async fn http_endpoint_checks_key_origin_and_host() {
     .await;
     assert_eq!(status, 403, "a foreign Host was accepted (DNS rebinding)");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn http_tenants_cannot_reach_each_others_sessions() {
+    let Some(server) = TestServer::start("mcp-http-tenants", &["key-one", "key-two"]).await else {
+        return;
+    };
+    let facts = scenario(&["http-tenants", &server.url, "key-one", "key-two"]).await;
+    assert!(!container_exists(facts["owned"].as_str().expect("id")));
+}

@@ -7,7 +7,7 @@ scenario each:
     python scenarios.py stress <count> <kernelbox> <args...>
     python scenarios.py http-legacy <url>
     python scenarios.py http-stateless <url>
-    python scenarios.py cancel-http <url>
+    python scenarios.py http-tenants <url> <key> <other key>
 
 A scenario asserts as it goes and exits non-zero on the first failure. It prints one line
 `RESULT <json>` with facts the Rust side checks against Docker (sandbox ids, timings).
@@ -244,8 +244,56 @@ async def scenario_http_legacy(url: str) -> None:
         again = await call(first, "execute_code", {"code": "print(owner)"})
         check(again.structured_content["session_id"] == first_id, "the first client's session changed")
         await check_cancellation(first)
-        result_line({"first": first_id, "second": second_id})
+        beats = await check_keepalive(second)
+        result_line({"first": first_id, "second": second_id, "keepalives": beats})
         # Leaving the context managers ends both MCP sessions (HTTP DELETE).
+
+
+async def check_keepalive(client: Client) -> int:
+    """A silent run still sends progress notifications (keep-alives) at least every 10 s."""
+    beats: list[float] = []
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        beats.append(time.monotonic())
+
+    started = time.monotonic()
+    result = await call(client, "execute_code", {"code": "import time\ntime.sleep(11)"}, progress_callback=on_progress)
+    check(not result.is_error, text_of(result))
+    check(len(beats) >= 1, "no keep-alive during 11 silent seconds")
+    gaps = [later - earlier for earlier, later in zip([started, *beats], beats)]
+    check(max(gaps) <= 10.5, f"keep-alive gaps: {gaps}")
+    return len(beats)
+
+
+async def scenario_http_tenants(url: str, first_key: str, second_key: str) -> None:
+    """Each API key is a tenant: another tenant's session id is unknown to it."""
+    import httpx2
+    from mcp.client.streamable_http import streamable_http_client
+
+    def client_for(key: str) -> Client:
+        http = httpx2.AsyncClient(headers={"x-api-key": key}, timeout=120)
+        return Client(streamable_http_client(url, http_client=http), mode="legacy")
+
+    async with client_for(first_key) as first, client_for(second_key) as second:
+        created = await call(first, "create_session", {})
+        owned = created.structured_content["session_id"]
+        await call(first, "execute_code", {"code": "secret = 'first tenant'", "session_id": owned})
+        stolen = await call(second, "execute_code", {"code": "print(secret)", "session_id": owned})
+        check(stolen.is_error is True and "unknown session_id" in text_of(stolen), f"foreign session: {text_of(stolen)}")
+        listed = await call(second, "list_sessions", {})
+        ids = {session["id"] for session in listed.structured_content["sessions"]}
+        check(owned not in ids, "another tenant's session is listed")
+        closed = await call(second, "close_session", {"session_id": owned})
+        check(closed.is_error is True, "another tenant closed the session")
+        try:
+            await second.read_resource(f"session://{owned}")
+            check(False, "another tenant read the session resource")
+        except Exception as error:
+            check("no resource" in str(error), f"resource error: {error}")
+        mine = await call(first, "execute_code", {"code": "print(secret)", "session_id": owned})
+        check(mine.structured_content["stdout"] == "first tenant\n", "the owner lost its session")
+        await call(first, "close_session", {"session_id": owned})
+        result_line({"owned": owned})
 
 
 async def scenario_http_stateless(url: str) -> None:
@@ -317,6 +365,8 @@ def main() -> None:
         anyio.run(scenario_http_legacy, rest[0])
     elif scenario == "http-stateless":
         anyio.run(scenario_http_stateless, rest[0])
+    elif scenario == "http-tenants":
+        anyio.run(scenario_http_tenants, rest[0], rest[1], rest[2])
     else:
         raise SystemExit(f"unknown scenario {scenario}")
 
