@@ -1,5 +1,6 @@
 //! The `kernelbox` binary: parses the command line and runs the chosen mode.
 
+use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -8,6 +9,8 @@ use clap::Parser;
 use kernelbox::backend::DockerBackend;
 use kernelbox::config::{Cli, Command, EngineArgs, ImageCommand};
 use kernelbox::engine::{Engine, EngineError};
+use kernelbox::http::auth::ApiKeys;
+use kernelbox::server::HttpConfig;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -40,12 +43,18 @@ async fn main_exec(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Serve(args) => {
             init_logging(&args.engine.log);
+            let http = HttpConfig {
+                keys: Arc::new(ApiKeys::new(&args.api_key)),
+                cors_origins: args.cors_origins,
+            };
+            // Before anything slow: refuse an open non-loopback bind at once.
+            kernelbox::server::check_bind(args.host, &http.keys, args.insecure)?;
             let destroy_on_exit = args.engine.destroy_on_exit;
             let engine = start_engine(args.engine, "serve").await?;
             kernelbox::server::serve(
                 engine,
-                args.host,
-                args.port,
+                http,
+                SocketAddr::new(args.host, args.port),
                 destroy_on_exit,
                 shutdown_signal(),
             )

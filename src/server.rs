@@ -1,15 +1,20 @@
 //! The HTTP server behind `kernelbox serve`: binds with TCP_NODELAY and serves the routes until
-//! shutdown. Routes: `GET /health` (the REST and MCP faces mount here as they land).
+//! shutdown. Routes: `GET /health` (open), the REST API with `/metrics`, `/openapi.json` and
+//! `/docs` (behind the API key when keys are set).
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use axum::extract::State;
+use axum::http::{HeaderName, HeaderValue, Method};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::Serialize;
+use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::engine::Engine;
+use crate::http::auth::{API_KEY_HEADER, ApiKeys};
+use crate::http::error::ApiError;
 
 /// Server failures.
 #[derive(Debug, thiserror::Error)]
@@ -22,6 +27,68 @@ pub enum ServerError {
     },
     #[error("the HTTP server failed")]
     Serve(#[source] std::io::Error),
+    #[error(
+        "refusing to serve {host} without an API key: set --api-key (KERNELBOX_API_KEY), bind 127.0.0.1, or pass --insecure"
+    )]
+    InsecureBind { host: IpAddr },
+    #[error("--cors-origins: {origin:?} is not a valid origin")]
+    InvalidOrigin { origin: String },
+}
+
+/// What the HTTP faces share beyond the engine.
+#[derive(Debug, Default, Clone)]
+pub struct HttpConfig {
+    /// API keys; empty means no auth.
+    pub keys: Arc<ApiKeys>,
+    /// Browser origins allowed by CORS (`*` allows any); empty means no CORS headers.
+    pub cors_origins: Vec<String>,
+}
+
+/// Refuses to expose the server beyond loopback without an API key, unless `insecure`.
+pub fn check_bind(host: IpAddr, keys: &ApiKeys, insecure: bool) -> Result<(), ServerError> {
+    if host.is_loopback() || keys.is_enabled() || insecure {
+        Ok(())
+    } else {
+        Err(ServerError::InsecureBind { host })
+    }
+}
+
+/// The CORS layer for the configured origins; `None` when there are none.
+fn cors(origins: &[String]) -> Result<Option<CorsLayer>, ServerError> {
+    let origins: Vec<&str> = origins
+        .iter()
+        .map(|origin| origin.trim())
+        .filter(|origin| !origin.is_empty())
+        .collect();
+    if origins.is_empty() {
+        return Ok(None);
+    }
+    let allow = if origins.contains(&"*") {
+        AllowOrigin::any()
+    } else {
+        let parsed = origins
+            .iter()
+            .map(|origin| {
+                HeaderValue::from_str(origin).map_err(|_| ServerError::InvalidOrigin {
+                    origin: origin.to_string(),
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        AllowOrigin::list(parsed)
+    };
+    Ok(Some(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods([Method::GET, Method::POST, Method::PUT, Method::DELETE])
+            .allow_headers([
+                axum::http::header::AUTHORIZATION,
+                axum::http::header::CONTENT_TYPE,
+                HeaderName::from_static(API_KEY_HEADER),
+            ])
+            .expose_headers([HeaderName::from_static(
+                crate::http::rest::execute::EXECUTION_ID_HEADER,
+            )]),
+    ))
 }
 
 /// `GET /health`.
@@ -33,11 +100,18 @@ pub struct Health {
     pub sandboxes: usize,
 }
 
-/// The router, without a socket (tests call it with `oneshot`).
-pub fn app(engine: Arc<Engine>) -> Router {
-    Router::new()
+/// The router, without a socket (tests serve it on `127.0.0.1:0` or call it with `oneshot`).
+pub fn app(engine: Arc<Engine>, config: &HttpConfig) -> Result<Router, ServerError> {
+    let router = Router::new()
         .route("/health", get(health))
-        .with_state(engine)
+        .with_state(engine.clone())
+        .merge(crate::http::rest::router(engine, config.keys.clone()))
+        .fallback(|| async { ApiError::no_route() })
+        .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() });
+    Ok(match cors(&config.cors_origins)? {
+        Some(cors) => router.layer(cors),
+        None => router,
+    })
 }
 
 async fn health(State(engine): State<Arc<Engine>>) -> Json<Health> {
@@ -54,12 +128,12 @@ async fn health(State(engine): State<Arc<Engine>>) -> Json<Health> {
 /// start to reattach, unless `destroy_on_exit`.
 pub async fn serve(
     engine: Arc<Engine>,
-    host: IpAddr,
-    port: u16,
+    config: HttpConfig,
+    addr: SocketAddr,
     destroy_on_exit: bool,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
-    let addr = SocketAddr::new(host, port);
+    let app = app(engine.clone(), &config)?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|source| ServerError::Bind { addr, source })?;
@@ -71,10 +145,44 @@ pub async fn serve(
             tracing::debug!(%error, "could not set TCP_NODELAY");
         }
     });
-    axum::serve(listener, app(engine.clone()))
+    axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
         .map_err(ServerError::Serve)?;
     engine.shutdown(destroy_on_exit).await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_loopback_is_open_without_a_key() {
+        let none = ApiKeys::default();
+        let some = ApiKeys::new(["k"]);
+        let loopback: IpAddr = "127.0.0.1".parse().expect("ip");
+        let v6_loopback: IpAddr = "::1".parse().expect("ip");
+        let any: IpAddr = "0.0.0.0".parse().expect("ip");
+        assert!(check_bind(loopback, &none, false).is_ok());
+        assert!(check_bind(v6_loopback, &none, false).is_ok());
+        assert!(matches!(
+            check_bind(any, &none, false),
+            Err(ServerError::InsecureBind { .. })
+        ));
+        assert!(check_bind(any, &some, false).is_ok());
+        assert!(check_bind(any, &none, true).is_ok());
+    }
+
+    #[test]
+    fn cors_origins_are_checked() {
+        assert!(matches!(cors(&[]), Ok(None)));
+        assert!(matches!(cors(&[" ".into()]), Ok(None)));
+        assert!(matches!(cors(&["https://a.example".into()]), Ok(Some(_))));
+        assert!(matches!(cors(&["*".into()]), Ok(Some(_))));
+        assert!(matches!(
+            cors(&["bad\norigin".into()]),
+            Err(ServerError::InvalidOrigin { .. })
+        ));
+    }
 }
