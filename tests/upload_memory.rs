@@ -112,8 +112,8 @@ async fn a_gibibyte_upload_keeps_the_server_small() {
     let body = futures::stream::iter(
         (0..CHUNKS).map(move |index| Ok::<_, std::io::Error>(chunk(index, &seed))),
     );
-    let part = reqwest::multipart::Part::stream(reqwest::Body::wrap_stream(body))
-        .file_name("big.bin");
+    let part =
+        reqwest::multipart::Part::stream(reqwest::Body::wrap_stream(body)).file_name("big.bin");
     let started = Instant::now();
     let response = http
         .post(format!("{base}/containers/{id}/files/big"))

@@ -168,6 +168,11 @@ impl From<EngineError> for ApiError {
             E::Backend(crate::backend::BackendError::Unavailable(_)) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "docker_unreachable")
             }
+            // The runtime refused what the request asked for (say, more CPUs than the host has).
+            E::Backend(crate::backend::BackendError::Refused { status: 400, .. }) => {
+                tracing::info!(error = %error, detail = ?error, "the container runtime refused a request");
+                (StatusCode::UNPROCESSABLE_ENTITY, "invalid_request")
+            }
             E::Kernel(_) => (StatusCode::SERVICE_UNAVAILABLE, "kernel_unavailable"),
             E::UploadInterrupted(_) => (StatusCode::BAD_REQUEST, "upload_interrupted"),
             E::Backend(_) | E::Spool(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
@@ -179,5 +184,42 @@ impl From<EngineError> for ApiError {
             error.to_string()
         };
         Self::new(status, code, message)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::BackendError;
+
+    fn refused(status: u16) -> EngineError {
+        EngineError::Backend(BackendError::Refused {
+            operation: "container create",
+            status,
+            source: bollard::errors::Error::DockerResponseServerError {
+                status_code: status,
+                message: "daemon detail that must not leak".into(),
+            },
+        })
+    }
+
+    #[test]
+    fn engine_errors_map_to_statuses_without_internal_detail() {
+        let not_found = ApiError::from(EngineError::NotFound { id: "sbx_x".into() });
+        assert_eq!(not_found.status, StatusCode::NOT_FOUND);
+        assert_eq!(not_found.code, "not_found");
+        let busy = ApiError::from(EngineError::Busy { id: "sbx_x".into() });
+        assert_eq!(busy.status, StatusCode::CONFLICT);
+        let bad_request = ApiError::from(refused(400));
+        assert_eq!(bad_request.status, StatusCode::UNPROCESSABLE_ENTITY);
+        let internal = ApiError::from(refused(500));
+        assert_eq!(internal.status, StatusCode::INTERNAL_SERVER_ERROR);
+        for error in [bad_request, internal] {
+            assert!(
+                !error.message.contains("daemon detail"),
+                "{}",
+                error.message
+            );
+        }
     }
 }

@@ -83,7 +83,9 @@ fn error_code(body: &Value) -> &str {
 }
 
 async fn create(server: &RestServer, key: Option<&str>) -> String {
-    let mut request = server.post("/containers").json(&json!({"tag": "rest-test"}));
+    let mut request = server
+        .post("/containers")
+        .json(&json!({"tag": "rest-test"}));
     if let Some(key) = key {
         request = request.header("x-api-key", key);
     }
@@ -164,11 +166,7 @@ fn tar_gz(files: &BTreeMap<String, Vec<u8>>, dirs: &[&str]) -> Vec<u8> {
             .append_data(&mut header, path, &content[..])
             .expect("file");
     }
-    builder
-        .into_inner()
-        .expect("tar")
-        .finish()
-        .expect("gzip")
+    builder.into_inner().expect("tar").finish().expect("gzip")
 }
 
 /// Files (path → content) and directories of a tar.gz, names without a leading `./`.
@@ -462,7 +460,10 @@ async fn the_whole_flow_over_http() {
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(response.headers()["content-type"], "application/gzip");
     let (back, back_dirs) = untar_gz(&response.bytes().await.expect("tree bytes"));
-    assert_eq!(back.keys().collect::<Vec<_>>(), files.keys().collect::<Vec<_>>());
+    assert_eq!(
+        back.keys().collect::<Vec<_>>(),
+        files.keys().collect::<Vec<_>>()
+    );
     for (path, content) in &files {
         assert!(back[path] == *content, "{path} differs");
     }
@@ -669,7 +670,10 @@ async fn keys_guard_every_route_and_tenants_are_apart() {
         (reqwest::Method::GET, format!("/containers/{id}")),
         (reqwest::Method::DELETE, format!("/containers/{id}")),
         (reqwest::Method::GET, format!("/executions/{execution_id}")),
-        (reqwest::Method::GET, format!("/containers/{id}/directories")),
+        (
+            reqwest::Method::GET,
+            format!("/containers/{id}/directories"),
+        ),
     ] {
         let response = server
             .http
@@ -923,7 +927,10 @@ async fn errors_share_one_shape() {
         .send()
         .await
         .expect("busy");
-    assert_eq!(error_code(&json_of(busy, StatusCode::CONFLICT).await), "busy");
+    assert_eq!(
+        error_code(&json_of(busy, StatusCode::CONFLICT).await),
+        "busy"
+    );
     let state = json_of(
         server
             .get(&format!("/executions/{execution_id}"))
@@ -972,4 +979,20 @@ async fn errors_share_one_shape() {
     .await;
     assert_eq!(timed_out["status"], "timeout");
     assert_eq!(timed_out["error"]["name"], "TimeoutError");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_open_bind_beyond_loopback_is_refused() {
+    let refused = tokio::process::Command::new(env!("CARGO_BIN_EXE_kernelbox"))
+        .args(["serve", "--host", "0.0.0.0", "--port", "0"])
+        .env_remove("KERNELBOX_API_KEY")
+        .output()
+        .await
+        .expect("run kernelbox serve");
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("refusing to serve 0.0.0.0 without an API key"),
+        "{stderr}"
+    );
 }

@@ -111,12 +111,12 @@ pub(crate) async fn create(
         serde_json::from_slice(&body)
             .map_err(|error| ApiError::invalid(format!("invalid JSON body: {error}")))?
     };
-    if let Some(tag) = &request.tag {
-        if tag.chars().count() > MAX_TAG_CHARS || tag.chars().any(char::is_control) {
-            return Err(ApiError::invalid(format!(
-                "tag must be at most {MAX_TAG_CHARS} characters, without control characters"
-            )));
-        }
+    if let Some(tag) = &request.tag
+        && (tag.chars().count() > MAX_TAG_CHARS || tag.chars().any(char::is_control))
+    {
+        return Err(ApiError::invalid(format!(
+            "tag must be at most {MAX_TAG_CHARS} characters, without control characters"
+        )));
     }
     let env = request.env.unwrap_or_default();
     for (name, value) in &env {

@@ -343,7 +343,11 @@ async fn tree_response(
     path = "/containers/{id}/directories",
     tag = "files",
     params(("id" = String, Path, description = "Container id")),
-    request_body(content = Vec<u8>, content_type = "application/gzip", description = "A tar.gz archive"),
+    request_body(description = "A tar.gz archive (or a plain tar sent as application/x-tar)", content(
+        (Vec<u8> = "application/gzip"),
+        (Vec<u8> = "application/octet-stream"),
+        (Vec<u8> = "application/x-tar"),
+    )),
     responses(
         (status = 201, description = "Extracted", body = UploadedTree),
         (status = 401, description = "Missing or wrong API key", body = ErrorBody),
@@ -392,7 +396,11 @@ pub(crate) async fn download_workspace_tree(
         ("id" = String, Path, description = "Container id"),
         ("path" = String, Path, description = "Directory, relative to /workspace"),
     ),
-    request_body(content = Vec<u8>, content_type = "application/gzip", description = "A tar.gz archive"),
+    request_body(description = "A tar.gz archive (or a plain tar sent as application/x-tar)", content(
+        (Vec<u8> = "application/gzip"),
+        (Vec<u8> = "application/octet-stream"),
+        (Vec<u8> = "application/x-tar"),
+    )),
     responses(
         (status = 201, description = "Extracted", body = UploadedTree),
         (status = 400, description = "Path outside /workspace", body = ErrorBody),
