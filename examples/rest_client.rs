@@ -44,7 +44,10 @@ async fn main() -> anyhow::Result<()> {
             .await?,
     )
     .await?;
-    println!("execute: status={} text={:?}", result["status"], result["text"]);
+    println!(
+        "execute: status={} text={:?}",
+        result["status"], result["text"]
+    );
 
     // Execute, streamed: events print as the kernel produces them.
     let response = http
@@ -119,7 +122,11 @@ async fn main() -> anyhow::Result<()> {
         let mut entry = entry?;
         let mut bytes = Vec::new();
         entry.read_to_end(&mut bytes)?;
-        println!("  workspace: {} ({} bytes)", entry.path()?.display(), bytes.len());
+        println!(
+            "  workspace: {} ({} bytes)",
+            entry.path()?.display(),
+            bytes.len()
+        );
     }
 
     // A shell command.
@@ -130,7 +137,10 @@ async fn main() -> anyhow::Result<()> {
             .await?,
     )
     .await?;
-    println!("command: exit={} stdout={:?}", command["exit_code"], command["stdout"]);
+    println!(
+        "command: exit={} stdout={:?}",
+        command["exit_code"], command["stdout"]
+    );
 
     // Destroy.
     http.delete(format!("{base}/containers/{id}"))

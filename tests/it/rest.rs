@@ -25,7 +25,15 @@ struct RestServer {
 
 impl RestServer {
     async fn start(name: &str, keys: &[&str]) -> Option<Self> {
-        let engine = TestEngine::start(name).await?;
+        Self::start_with(name, keys, |_| {}).await
+    }
+
+    async fn start_with(
+        name: &str,
+        keys: &[&str],
+        adjust: impl FnOnce(&mut kernelbox::config::EngineConfig),
+    ) -> Option<Self> {
+        let engine = TestEngine::start_with(name, adjust).await?;
         let config = HttpConfig {
             keys: Arc::new(ApiKeys::new(keys)),
             cors_origins: Vec::new(),
@@ -995,4 +1003,58 @@ async fn an_open_bind_beyond_loopback_is_refused() {
         stderr.contains("refusing to serve 0.0.0.0 without an API key"),
         "{stderr}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn uploads_past_the_limit_are_413() {
+    const LIMIT: u64 = 1024 * 1024;
+    let Some(server) = RestServer::start_with("rest-limit", &[], |config| {
+        config.max_upload_bytes = LIMIT;
+    })
+    .await
+    else {
+        return;
+    };
+    let id = create(&server, None).await;
+    let form = reqwest::multipart::Form::new().part(
+        "file",
+        reqwest::multipart::Part::bytes(vec![7u8; 2 * LIMIT as usize]).file_name("big.bin"),
+    );
+    let response = server
+        .post(&format!("/containers/{id}/files/up"))
+        .multipart(form)
+        .send()
+        .await
+        .expect("file upload");
+    assert_eq!(
+        error_code(&json_of(response, StatusCode::PAYLOAD_TOO_LARGE).await),
+        "too_large"
+    );
+    // A tree counts unpacked: 2 MiB of zeros is a tiny tar.gz, and still too large.
+    let mut files = BTreeMap::new();
+    files.insert("zeros.bin".to_string(), vec![0u8; 2 * LIMIT as usize]);
+    let archive = tar_gz(&files, &[]);
+    assert!(archive.len() < LIMIT as usize / 10);
+    let response = server
+        .post(&format!("/containers/{id}/directories/up"))
+        .body(archive)
+        .send()
+        .await
+        .expect("tree upload");
+    assert_eq!(
+        error_code(&json_of(response, StatusCode::PAYLOAD_TOO_LARGE).await),
+        "too_large"
+    );
+    // Under the limit is fine.
+    let form = reqwest::multipart::Form::new().part(
+        "file",
+        reqwest::multipart::Part::bytes(vec![7u8; LIMIT as usize / 2]).file_name("ok.bin"),
+    );
+    let response = server
+        .post(&format!("/containers/{id}/files/up"))
+        .multipart(form)
+        .send()
+        .await
+        .expect("small upload");
+    assert_eq!(response.status(), StatusCode::CREATED);
 }
