@@ -98,6 +98,8 @@ pub fn router(engine: Arc<Engine>, keys: Arc<ApiKeys>) -> axum::Router {
         .route("/docs", get(openapi::docs_page))
         .route_layer(middleware::from_fn_with_state(keys, require_api_key))
         .layer(DefaultBodyLimit::max(JSON_BODY_LIMIT))
+        // A span per request (method and URI, so the container id), seen with `--log tower_http=debug`.
+        .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(engine)
 }
 
