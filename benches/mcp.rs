@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use kernelbox::backend::DockerBackend;
 use kernelbox::config::EngineConfig;
 use kernelbox::engine::{CreateSandbox, Engine, ExecuteRequest};
-use kernelbox::server::{AppSettings, app};
+use kernelbox::server::{HttpConfig, app};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio_util::sync::CancellationToken;
@@ -106,11 +106,11 @@ async fn http_calls(engine: &Arc<Engine>) -> anyhow::Result<Vec<Duration>> {
     let shutdown = CancellationToken::new();
     let router = app(
         engine.clone(),
-        AppSettings {
+        &HttpConfig {
             shutdown: shutdown.clone(),
             ..Default::default()
         },
-    );
+    )?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}/mcp", listener.local_addr()?);
     let listener = axum::serve::ListenerExt::tap_io(listener, |stream| {

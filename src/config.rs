@@ -48,6 +48,8 @@ impl EnvVars {
     pub const OUTPUT_LIMIT_BYTES: &'static str = "KERNELBOX_OUTPUT_LIMIT_BYTES";
     /// Rich output (images, HTML, JSON) kept per execution, in bytes.
     pub const RICH_OUTPUT_LIMIT_BYTES: &'static str = "KERNELBOX_RICH_OUTPUT_LIMIT_BYTES";
+    /// Largest upload (a file, or a directory archive once unpacked from gzip), in bytes.
+    pub const MAX_UPLOAD_BYTES: &'static str = "KERNELBOX_MAX_UPLOAD_BYTES";
     /// Name of this kernelbox instance; it only manages sandboxes carrying its name.
     pub const INSTANCE: &'static str = "KERNELBOX_INSTANCE";
     /// Set to `true` to destroy this instance's sandboxes on shutdown.
@@ -157,6 +159,9 @@ pub struct EngineArgs {
     pub output_limit_bytes: usize,
     #[arg(long, env = EnvVars::RICH_OUTPUT_LIMIT_BYTES, default_value_t = 16 * 1024 * 1024)]
     pub rich_output_limit_bytes: usize,
+    /// Largest upload (a file, or a directory archive after gunzip), in bytes.
+    #[arg(long, env = EnvVars::MAX_UPLOAD_BYTES, default_value_t = 8 * 1024 * 1024 * 1024)]
+    pub max_upload_bytes: u64,
     /// Instance name (defaults to the mode: `serve` or `stdio`).
     #[arg(long, env = EnvVars::INSTANCE)]
     pub instance: Option<String>,
@@ -194,6 +199,8 @@ pub struct EngineConfig {
     pub max_sandboxes: usize,
     pub output_limit_bytes: usize,
     pub rich_output_limit_bytes: usize,
+    /// Largest upload, in bytes (files, and directory archives after gunzip).
+    pub max_upload_bytes: u64,
     /// How long a new kernel has to answer.
     pub kernel_ready_timeout: Duration,
 }
@@ -260,6 +267,7 @@ impl EngineArgs {
             max_sandboxes: positive(self.max_sandboxes as u64, "--max-sandboxes")? as usize,
             output_limit_bytes: self.output_limit_bytes,
             rich_output_limit_bytes: self.rich_output_limit_bytes,
+            max_upload_bytes: positive(self.max_upload_bytes, "--max-upload-bytes")?,
             kernel_ready_timeout: Duration::from_secs(60),
         })
     }

@@ -9,12 +9,14 @@
 //! | [`commands`]    | shell commands                                                     |
 //! | [`labels`]      | the container labels that let a restarted server reattach          |
 //! | [`history`]     | recent executions, looked up by id after they ended                |
+//! | [`metrics`]     | counters and histograms for `GET /metrics`                         |
 
 pub mod commands;
 pub mod execution;
 pub mod files;
 pub mod history;
 pub mod labels;
+pub mod metrics;
 pub mod sandbox;
 
 use std::collections::HashMap;
@@ -36,7 +38,7 @@ use crate::kernel::{ConnectionInfo, KernelError};
 pub use execution::{
     ExecEvent, ExecuteRequest, ExecutionOutcome, ExecutionResult, ExecutionStream, Output,
 };
-pub use files::{FileEntry, FileKind};
+pub use files::{FileDownload, FileEntry, FileKind, UploadedFile};
 pub use history::ExecutionRecord;
 pub use sandbox::{Sandbox, SandboxStatus};
 
@@ -85,6 +87,10 @@ pub enum EngineError {
     Backend(BackendError),
     #[error("the server is shutting down")]
     ShuttingDown,
+    #[error("the upload was interrupted before it ended")]
+    UploadInterrupted(#[source] std::io::Error),
+    #[error("cannot buffer the upload on the server")]
+    Spool(#[source] std::io::Error),
 }
 
 impl From<BackendError> for EngineError {
@@ -126,6 +132,7 @@ pub struct Engine {
     config: EngineConfig,
     sandboxes: DashMap<String, Arc<Sandbox>>,
     history: history::ExecutionHistory,
+    metrics: metrics::EngineMetrics,
     tasks: TaskTracker,
     shutdown: CancellationToken,
 }
@@ -137,6 +144,7 @@ impl Engine {
             config,
             sandboxes: DashMap::new(),
             history: history::ExecutionHistory::new(HISTORY_ENTRIES, HISTORY_BYTES),
+            metrics: metrics::EngineMetrics::new(),
             tasks: TaskTracker::new(),
             shutdown: CancellationToken::new(),
         })
@@ -148,6 +156,11 @@ impl Engine {
 
     pub(crate) fn backend(&self) -> &dyn Backend {
         self.backend.as_ref()
+    }
+
+    /// The metrics in the Prometheus text format (`GET /metrics`).
+    pub fn metrics_text(&self) -> String {
+        self.metrics.render(self.sandboxes.len())
     }
 
     /// Checks that the runtime answers and the image exists at the version this build needs.
@@ -178,8 +191,8 @@ impl Engine {
         let limits = self.limits_for(&request)?;
         let id = new_sandbox_id();
         let span = tracing::info_span!("sandbox", sandbox_id = %id);
-        async {
-            let started = std::time::Instant::now();
+        let started = std::time::Instant::now();
+        let created = async {
             let created_at = Utc::now();
             let connection = ConnectionInfo::for_container();
             let mut env: Vec<String> = Vec::with_capacity(request.env.len());
@@ -226,7 +239,12 @@ impl Engine {
             Ok(info)
         }
         .instrument(span)
-        .await
+        .await;
+        match &created {
+            Ok(_) => self.metrics.sandbox_created(started.elapsed()),
+            Err(_) => self.metrics.sandbox_create_failed(),
+        }
+        created
     }
 
     fn limits_for(&self, request: &CreateSandbox) -> Result<Limits, EngineError> {

@@ -1,5 +1,6 @@
 //! The `kernelbox` binary: parses the command line and runs the chosen mode.
 
+use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -9,8 +10,7 @@ use kernelbox::backend::DockerBackend;
 use kernelbox::config::{Cli, Command, EngineArgs, ImageCommand};
 use kernelbox::engine::{Engine, EngineError};
 use kernelbox::http::auth::ApiKeys;
-use kernelbox::server::{AppSettings, ServeOptions};
-use tokio_util::sync::CancellationToken;
+use kernelbox::server::HttpConfig;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -43,20 +43,24 @@ async fn main_exec(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Serve(args) => {
             init_logging(&args.engine.log);
-            let options = ServeOptions {
-                host: args.host,
-                port: args.port,
-                insecure: args.insecure,
-                destroy_on_exit: args.engine.destroy_on_exit,
-                settings: AppSettings {
-                    api_keys: Arc::new(ApiKeys::new(&args.api_key)),
-                    allowed_hosts: args.allowed_hosts,
-                    allowed_origins: args.cors_origins,
-                    shutdown: CancellationToken::new(),
-                },
+            let http = HttpConfig {
+                keys: Arc::new(ApiKeys::new(&args.api_key)),
+                cors_origins: args.cors_origins,
+                allowed_hosts: args.allowed_hosts,
+                shutdown: Default::default(),
             };
+            // Before anything slow: refuse an open non-loopback bind at once.
+            kernelbox::server::check_bind(args.host, &http.keys, args.insecure)?;
+            let destroy_on_exit = args.engine.destroy_on_exit;
             let engine = start_engine(args.engine, "serve").await?;
-            kernelbox::server::serve(engine, options, shutdown_signal()).await?;
+            kernelbox::server::serve(
+                engine,
+                http,
+                SocketAddr::new(args.host, args.port),
+                destroy_on_exit,
+                shutdown_signal(),
+            )
+            .await?;
             Ok(())
         }
         Command::Stdio(args) => {

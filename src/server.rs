@@ -1,22 +1,29 @@
 //! The HTTP server behind `kernelbox serve`: composes the faces into one router, binds with
 //! TCP_NODELAY and serves until shutdown.
 //!
-//! | path      | face                                                              |
-//! |-----------|-------------------------------------------------------------------|
-//! | `/health` | liveness, open without a key                                      |
-//! | `/mcp`    | MCP over Streamable HTTP ([`crate::mcp`]), behind the API key     |
+//! | path                                   | face                                         |
+//! |----------------------------------------|----------------------------------------------|
+//! | `/health`                              | liveness, open without a key                 |
+//! | `/mcp`                                 | MCP over Streamable HTTP ([`crate::mcp`])    |
+//! | `/containers/…`, `/executions/…`       | the REST API ([`crate::http::rest`])         |
+//! | `/metrics`, `/openapi.json`, `/docs`   | Prometheus metrics, the OpenAPI document     |
+//!
+//! Everything but `/health` is behind the API key when keys are set.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use axum::extract::State;
+use axum::http::{HeaderName, HeaderValue, Method};
 use axum::routing::get;
 use axum::{Json, Router, middleware};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
+use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::engine::Engine;
-use crate::http::auth::{ApiKeys, require_api_key};
+use crate::http::auth::{API_KEY_HEADER, ApiKeys, require_api_key};
+use crate::http::error::ApiError;
 use crate::mcp::transport::{HttpSettings, http_service, session_delete_no_content};
 
 /// Server failures.
@@ -28,24 +35,105 @@ pub enum ServerError {
         #[source]
         source: std::io::Error,
     },
-    #[error(
-        "refusing to listen on {host} without an API key: set KERNELBOX_API_KEY (or pass --insecure to allow it)"
-    )]
-    InsecureBind { host: IpAddr },
     #[error("the HTTP server failed")]
     Serve(#[source] std::io::Error),
+    #[error(
+        "refusing to serve {host} without an API key: set --api-key (KERNELBOX_API_KEY), bind 127.0.0.1, or pass --insecure"
+    )]
+    InsecureBind { host: IpAddr },
+    #[error("--cors-origins: {origin:?} is not a valid origin")]
+    InvalidOrigin { origin: String },
 }
 
-/// How the HTTP faces are set up.
-#[derive(Debug, Clone, Default)]
-pub struct AppSettings {
-    pub api_keys: Arc<ApiKeys>,
-    /// `Host` values `/mcp` accepts; empty accepts any.
+/// What the HTTP faces share beyond the engine.
+#[derive(Debug, Default, Clone)]
+pub struct HttpConfig {
+    /// API keys; empty means no auth.
+    pub keys: Arc<ApiKeys>,
+    /// Browser origins allowed by CORS (`*` allows any); empty means no CORS headers. `/mcp`
+    /// accepts these origins and pages served from loopback.
+    pub cors_origins: Vec<String>,
+    /// `Host` values `/mcp` accepts (DNS-rebinding protection); empty accepts any.
     pub allowed_hosts: Vec<String>,
-    /// Browser origins accepted (besides loopback pages).
-    pub allowed_origins: Vec<String>,
-    /// Stops MCP sessions at shutdown.
+    /// Closes MCP sessions (and their streams) at shutdown.
     pub shutdown: CancellationToken,
+}
+
+impl HttpConfig {
+    /// The `Host` values to accept when none are configured: loopback names for a loopback
+    /// bind, any host otherwise (the API key guards it then).
+    fn hosts_for(&self, host: IpAddr) -> Vec<String> {
+        if !self.allowed_hosts.is_empty() || !host.is_loopback() {
+            return self.allowed_hosts.clone();
+        }
+        ["localhost", "127.0.0.1", "::1"].map(String::from).to_vec()
+    }
+
+    /// Origins `/mcp` accepts: loopback pages (MCP Inspector runs on localhost) and the CORS
+    /// origins. `None` when any origin is allowed.
+    fn mcp_origins(&self) -> Option<Vec<String>> {
+        if self.cors_origins.iter().any(|origin| origin.trim() == "*") {
+            return None;
+        }
+        let mut origins: Vec<String> =
+            ["http://localhost:*", "http://127.0.0.1:*", "http://[::1]:*"]
+                .map(String::from)
+                .to_vec();
+        origins.extend(
+            self.cors_origins
+                .iter()
+                .map(|origin| origin.trim().to_string())
+                .filter(|origin| !origin.is_empty()),
+        );
+        Some(origins)
+    }
+}
+
+/// Refuses to expose the server beyond loopback without an API key, unless `insecure`.
+pub fn check_bind(host: IpAddr, keys: &ApiKeys, insecure: bool) -> Result<(), ServerError> {
+    if host.is_loopback() || keys.is_enabled() || insecure {
+        Ok(())
+    } else {
+        Err(ServerError::InsecureBind { host })
+    }
+}
+
+/// The CORS layer for the configured origins; `None` when there are none.
+fn cors(origins: &[String]) -> Result<Option<CorsLayer>, ServerError> {
+    let origins: Vec<&str> = origins
+        .iter()
+        .map(|origin| origin.trim())
+        .filter(|origin| !origin.is_empty())
+        .collect();
+    if origins.is_empty() {
+        return Ok(None);
+    }
+    let allow = if origins.contains(&"*") {
+        AllowOrigin::any()
+    } else {
+        let parsed = origins
+            .iter()
+            .map(|origin| {
+                HeaderValue::from_str(origin).map_err(|_| ServerError::InvalidOrigin {
+                    origin: origin.to_string(),
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        AllowOrigin::list(parsed)
+    };
+    Ok(Some(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods([Method::GET, Method::POST, Method::PUT, Method::DELETE])
+            .allow_headers([
+                axum::http::header::AUTHORIZATION,
+                axum::http::header::CONTENT_TYPE,
+                HeaderName::from_static(API_KEY_HEADER),
+            ])
+            .expose_headers([HeaderName::from_static(
+                crate::http::rest::execute::EXECUTION_ID_HEADER,
+            )]),
+    ))
 }
 
 /// `GET /health`.
@@ -57,34 +145,35 @@ pub struct Health {
     pub sandboxes: usize,
 }
 
-/// Browser origins that are always accepted on `/mcp`: pages served from this machine (MCP
-/// Inspector runs on localhost).
-const LOOPBACK_ORIGINS: [&str; 3] = ["http://localhost:*", "http://127.0.0.1:*", "http://[::1]:*"];
-
-/// The router, without a socket (tests call it with `oneshot` or serve it themselves).
-pub fn app(engine: Arc<Engine>, settings: AppSettings) -> Router {
-    let mut origins: Vec<String> = LOOPBACK_ORIGINS.iter().map(|o| o.to_string()).collect();
-    origins.extend(settings.allowed_origins.iter().cloned());
+/// The router, without a socket (tests serve it on `127.0.0.1:0` or call it with `oneshot`).
+pub fn app(engine: Arc<Engine>, config: &HttpConfig) -> Result<Router, ServerError> {
     let mcp = http_service(
         engine.clone(),
         HttpSettings {
-            allowed_hosts: settings.allowed_hosts.clone(),
-            allowed_origins: origins,
+            allowed_hosts: config.allowed_hosts.clone(),
+            allowed_origins: config.mcp_origins(),
             session_idle: engine.config().max_idle,
-            shutdown: settings.shutdown.clone(),
+            shutdown: config.shutdown.clone(),
         },
     );
-    let protected = Router::new()
+    let mcp = Router::new()
         .nest_service("/mcp", mcp)
         .layer(middleware::from_fn(session_delete_no_content))
         .layer(middleware::from_fn_with_state(
-            settings.api_keys.clone(),
+            config.keys.clone(),
             require_api_key,
         ));
-    Router::new()
+    let router = Router::new()
         .route("/health", get(health))
-        .with_state(engine)
-        .merge(protected)
+        .with_state(engine.clone())
+        .merge(mcp)
+        .merge(crate::http::rest::router(engine, config.keys.clone()))
+        .fallback(|| async { ApiError::no_route() })
+        .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() });
+    Ok(match cors(&config.cors_origins)? {
+        Some(cors) => router.layer(cors),
+        None => router,
+    })
 }
 
 async fn health(State(engine): State<Arc<Engine>>) -> Json<Health> {
@@ -97,41 +186,18 @@ async fn health(State(engine): State<Arc<Engine>>) -> Json<Health> {
     })
 }
 
-/// Where and how to listen.
-#[derive(Debug, Clone)]
-pub struct ServeOptions {
-    pub host: IpAddr,
-    pub port: u16,
-    /// Allow a non-loopback address without API keys.
-    pub insecure: bool,
-    /// Destroy every sandbox at shutdown instead of leaving them for the next start.
-    pub destroy_on_exit: bool,
-    pub settings: AppSettings,
-}
-
-impl ServeOptions {
-    /// The `Host` values to accept on `/mcp` when none are configured: loopback names for a
-    /// loopback bind; any host otherwise (the API key guards it).
-    fn effective_allowed_hosts(&self) -> Vec<String> {
-        if !self.settings.allowed_hosts.is_empty() || !self.host.is_loopback() {
-            return self.settings.allowed_hosts.clone();
-        }
-        ["localhost", "127.0.0.1", "::1"].map(String::from).to_vec()
-    }
-}
-
 /// Serves until `shutdown` resolves, then stops the engine. Sandboxes keep running for the next
 /// start to reattach, unless `destroy_on_exit`.
 pub async fn serve(
     engine: Arc<Engine>,
-    mut options: ServeOptions,
+    mut config: HttpConfig,
+    addr: SocketAddr,
+    destroy_on_exit: bool,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
-    if !options.host.is_loopback() && !options.settings.api_keys.is_enabled() && !options.insecure {
-        return Err(ServerError::InsecureBind { host: options.host });
-    }
-    options.settings.allowed_hosts = options.effective_allowed_hosts();
-    let addr = SocketAddr::new(options.host, options.port);
+    config.allowed_hosts = config.hosts_for(addr.ip());
+    let sessions = config.shutdown.clone();
+    let app = app(engine.clone(), &config)?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|source| ServerError::Bind { addr, source })?;
@@ -143,16 +209,48 @@ pub async fn serve(
             tracing::debug!(%error, "could not set TCP_NODELAY");
         }
     });
-    let sessions = options.settings.shutdown.clone();
-    let router = app(engine.clone(), options.settings);
-    axum::serve(listener, router)
+    axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             shutdown.await;
-            // Close MCP sessions (their SSE streams would hold the shutdown open).
+            // End MCP sessions: their open SSE streams would hold the shutdown open.
             sessions.cancel();
         })
         .await
         .map_err(ServerError::Serve)?;
-    engine.shutdown(options.destroy_on_exit).await;
+    engine.shutdown(destroy_on_exit).await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_loopback_is_open_without_a_key() {
+        let none = ApiKeys::default();
+        let some = ApiKeys::new(["k"]);
+        let loopback: IpAddr = "127.0.0.1".parse().expect("ip");
+        let v6_loopback: IpAddr = "::1".parse().expect("ip");
+        let any: IpAddr = "0.0.0.0".parse().expect("ip");
+        assert!(check_bind(loopback, &none, false).is_ok());
+        assert!(check_bind(v6_loopback, &none, false).is_ok());
+        assert!(matches!(
+            check_bind(any, &none, false),
+            Err(ServerError::InsecureBind { .. })
+        ));
+        assert!(check_bind(any, &some, false).is_ok());
+        assert!(check_bind(any, &none, true).is_ok());
+    }
+
+    #[test]
+    fn cors_origins_are_checked() {
+        assert!(matches!(cors(&[]), Ok(None)));
+        assert!(matches!(cors(&[" ".into()]), Ok(None)));
+        assert!(matches!(cors(&["https://a.example".into()]), Ok(Some(_))));
+        assert!(matches!(cors(&["*".into()]), Ok(Some(_))));
+        assert!(matches!(
+            cors(&["bad\norigin".into()]),
+            Err(ServerError::InvalidOrigin { .. })
+        ));
+    }
 }

@@ -337,6 +337,9 @@ impl Run {
             truncated: false,
         });
         tracing::debug!(outcome = ?result.outcome, duration_ms = result.duration_ms, "execution finished");
+        self.engine
+            .metrics
+            .execution_finished(&result.outcome, self.started.elapsed());
         let result = Arc::new(result);
         self.engine.history.finished(result.clone());
         let _ = self.events.send(ExecEvent::Finished(result)).await;

@@ -5,12 +5,15 @@
 //! coming in are rewritten entry by entry: `..`, absolute names and links leaving the target are
 //! rejected, and every entry is owned by the sandbox user.
 
-use std::io::{self, Read};
+use std::io::{self, Read, Seek};
 use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
-use futures::{StreamExt, TryStreamExt};
+use futures::{Stream, StreamExt, TryStreamExt};
 use serde::Serialize;
+use tokio::io::AsyncWriteExt;
 use tokio_util::io::{ReaderStream, StreamReader, SyncIoBridge};
 
 use super::{Engine, EngineError, Sandbox, WORKSPACE};
@@ -20,6 +23,9 @@ use crate::backend::{ByteStream, ExecSpec};
 const SANDBOX_UID: u64 = 1000;
 /// Largest file `read_file` returns whole.
 pub const READ_LIMIT: u64 = 256 * 1024 * 1024;
+
+/// Bytes buffered between the blocking tar code and the async side of a stream.
+const PIPE_BUFFER: usize = 256 * 1024;
 
 /// Resolves a path inside the container: prints the kind (`d`, `f` or `n` for none) and the
 /// real path; exits 3 when the real path leaves the workspace. With `mkdir` as `$2`, creates the
@@ -53,6 +59,21 @@ pub struct FileEntry {
     pub size: u64,
     /// Seconds since the Unix epoch.
     pub modified: f64,
+}
+
+/// A file coming out of a sandbox: its size, then its bytes as they are read.
+pub struct FileDownload {
+    pub size: u64,
+    /// Ends with an error item when reading fails part way.
+    pub stream: ByteStream,
+}
+
+/// A file written by a streamed upload.
+#[derive(Debug, Clone, Serialize)]
+pub struct UploadedFile {
+    /// Absolute path inside the sandbox.
+    pub path: String,
+    pub size: u64,
 }
 
 /// What a path resolved to.
@@ -184,13 +205,7 @@ impl Engine {
                 path: path.to_string(),
             });
         };
-        let mut header = tar::Header::new_gnu();
-        header.set_size(content.len() as u64);
-        header.set_mode(0o644);
-        header.set_uid(SANDBOX_UID);
-        header.set_gid(SANDBOX_UID);
-        header.set_mtime(chrono::Utc::now().timestamp().max(0) as u64);
-        header.set_entry_type(tar::EntryType::Regular);
+        let mut header = file_header(content.len() as u64);
         let mut builder = tar::Builder::new(Vec::with_capacity(content.len() + 2048));
         builder
             .append_data(&mut header, name, content.as_ref())
@@ -393,6 +408,145 @@ impl Engine {
         Ok(self.backend.get_archive(sandbox.container_id(), &real))
     }
 
+    /// Writes a file from a stream of any length (up to the configured upload limit) without
+    /// holding it in memory: the bytes are spooled to an anonymous temporary file, then streamed
+    /// into the container as a one-entry tar archive. Parent directories are created.
+    pub async fn upload_file<S>(
+        &self,
+        id: &str,
+        owner: Option<&str>,
+        path: &str,
+        content: S,
+    ) -> Result<UploadedFile, EngineError>
+    where
+        S: Stream<Item = io::Result<Bytes>> + Send,
+    {
+        let sandbox = self.get(id, owner)?;
+        sandbox.touch();
+        let (existing, real) = self.resolve(&sandbox, path, Create::Parent).await?;
+        if existing == Existing::Directory {
+            return Err(EngineError::IsADirectory {
+                path: path.to_string(),
+            });
+        }
+        let real_path = Path::new(&real);
+        let (Some(parent), Some(name)) = (real_path.parent(), real_path.file_name()) else {
+            return Err(EngineError::IsADirectory {
+                path: path.to_string(),
+            });
+        };
+        let (spooled, size) = spool(content, self.config.max_upload_bytes).await?;
+        sandbox.touch();
+        let (writer, reader) = tokio::io::duplex(PIPE_BUFFER);
+        let name = name.to_os_string();
+        let output = SyncIoBridge::new(writer);
+        let archiver = tokio::task::spawn_blocking(move || -> io::Result<()> {
+            let mut header = file_header(size);
+            let mut builder = tar::Builder::new(output);
+            builder.append_data(&mut header, name, spooled)?;
+            builder.into_inner().map(drop)
+        });
+        let archive: ByteStream = Box::pin(ReaderStream::new(reader));
+        let uploaded = self
+            .backend
+            .put_archive(sandbox.container_id(), &parent.to_string_lossy(), archive)
+            .await;
+        let archived = archiver.await.map_err(|_| EngineError::ShuttingDown)?;
+        uploaded?;
+        archived.map_err(EngineError::Spool)?;
+        sandbox.touch();
+        Ok(UploadedFile { path: real, size })
+    }
+
+    /// Opens a file for a streamed read of any size.
+    pub async fn open_file(
+        &self,
+        id: &str,
+        owner: Option<&str>,
+        path: &str,
+    ) -> Result<FileDownload, EngineError> {
+        let sandbox = self.get(id, owner)?;
+        sandbox.touch();
+        let (existing, real) = self.resolve(&sandbox, path, Create::Nothing).await?;
+        match existing {
+            Existing::Nothing => {
+                return Err(EngineError::PathNotFound {
+                    path: path.to_string(),
+                });
+            }
+            Existing::Directory => {
+                return Err(EngineError::IsADirectory {
+                    path: path.to_string(),
+                });
+            }
+            Existing::File => {}
+        }
+        let input = SyncIoBridge::new(StreamReader::new(
+            self.backend.get_archive(sandbox.container_id(), &real),
+        ));
+        let (writer, reader) = tokio::io::duplex(PIPE_BUFFER);
+        let output = SyncIoBridge::new(writer);
+        let (size_sender, size_receiver) = tokio::sync::oneshot::channel();
+        let copier =
+            tokio::task::spawn_blocking(move || copy_first_file(input, size_sender, output));
+        let Ok(size) = size_receiver.await else {
+            // The copier ended before it found the file: report why.
+            let error = match copier.await {
+                Ok(Err(error)) => error,
+                _ => io::Error::new(io::ErrorKind::NotFound, "no regular file in the archive"),
+            };
+            return Err(match error.kind() {
+                io::ErrorKind::NotFound => EngineError::PathNotFound {
+                    path: path.to_string(),
+                },
+                _ => EngineError::InvalidInput {
+                    field: "path",
+                    reason: format!("cannot read {path}: {error}"),
+                },
+            });
+        };
+        // After the bytes, the copier's own result: a failure part way ends the stream with an
+        // error rather than a silently short file.
+        let outcome = futures::stream::once(async move {
+            match copier.await {
+                Ok(Ok(())) => None,
+                Ok(Err(error)) => Some(Err(error)),
+                Err(_) => Some(Err(io::Error::other("the file reader stopped"))),
+            }
+        })
+        .filter_map(futures::future::ready);
+        Ok(FileDownload {
+            size,
+            stream: Box::pin(ReaderStream::new(reader).chain(outcome)),
+        })
+    }
+
+    /// A tar stream of a directory's contents, entries named relative to it (`./a/b.txt`), so
+    /// extracting it under the same path with [`Engine::upload_tree`] gives the same tree.
+    pub async fn download_dir(
+        &self,
+        id: &str,
+        owner: Option<&str>,
+        path: &str,
+    ) -> Result<ByteStream, EngineError> {
+        let sandbox = self.get(id, owner)?;
+        sandbox.touch();
+        let (existing, real) = self.resolve(&sandbox, path, Create::Nothing).await?;
+        match existing {
+            Existing::Nothing => Err(EngineError::PathNotFound {
+                path: path.to_string(),
+            }),
+            Existing::File => Err(EngineError::InvalidInput {
+                field: "path",
+                reason: format!("{path} is a file, not a directory"),
+            }),
+            Existing::Directory => Ok(self.backend.get_archive(
+                sandbox.container_id(),
+                &format!("{}/.", real.trim_end_matches('/')),
+            )),
+        }
+    }
+
     /// Extracts a tar stream under directory `path` (created when missing). Entries with `..`,
     /// absolute names, links that leave the target, devices and fifos are refused.
     pub async fn upload_tree(
@@ -411,7 +565,10 @@ impl Engine {
                 reason: format!("{path} is not a directory"),
             });
         }
-        let (writer, reader) = tokio::io::duplex(256 * 1024);
+        let limit = self.config.max_upload_bytes;
+        let exceeded = Arc::new(AtomicBool::new(false));
+        let tar = limit_stream(tar, limit, exceeded.clone());
+        let (writer, reader) = tokio::io::duplex(PIPE_BUFFER);
         let input = SyncIoBridge::new(StreamReader::new(tar));
         let output = SyncIoBridge::new(writer);
         let sanitizer = tokio::task::spawn_blocking(move || sanitize_archive(input, output));
@@ -422,6 +579,12 @@ impl Engine {
             .put_archive(sandbox.container_id(), &real, sanitized)
             .await;
         let checked = sanitizer.await.map_err(|_| EngineError::ShuttingDown)?;
+        if exceeded.load(Ordering::SeqCst) {
+            return Err(EngineError::TooLarge {
+                what: "archive",
+                limit,
+            });
+        }
         checked.map_err(|reason| EngineError::InvalidInput {
             field: "archive",
             reason,
@@ -429,6 +592,85 @@ impl Engine {
         uploaded?;
         Ok(())
     }
+}
+
+/// Cuts a stream with an error once more than `limit` bytes went through, and raises `exceeded`.
+fn limit_stream(input: ByteStream, limit: u64, exceeded: Arc<AtomicBool>) -> ByteStream {
+    let mut total = 0u64;
+    Box::pin(input.map(move |chunk| {
+        let chunk = chunk?;
+        total += chunk.len() as u64;
+        if total > limit {
+            exceeded.store(true, Ordering::SeqCst);
+            return Err(io::Error::other("the upload passed its size limit"));
+        }
+        Ok(chunk)
+    }))
+}
+
+/// Writes a stream to an anonymous temporary file (gone when closed); returns the file,
+/// rewound, and its size. More than `limit` bytes is refused.
+async fn spool<S>(content: S, limit: u64) -> Result<(std::fs::File, u64), EngineError>
+where
+    S: Stream<Item = io::Result<Bytes>> + Send,
+{
+    let file = tokio::task::spawn_blocking(tempfile::tempfile)
+        .await
+        .map_err(|_| EngineError::ShuttingDown)?
+        .map_err(EngineError::Spool)?;
+    let mut file = tokio::fs::File::from_std(file);
+    let mut size = 0u64;
+    let mut content = std::pin::pin!(content);
+    while let Some(chunk) = content.next().await {
+        let chunk = chunk.map_err(EngineError::UploadInterrupted)?;
+        size += chunk.len() as u64;
+        if size > limit {
+            return Err(EngineError::TooLarge {
+                what: "upload",
+                limit,
+            });
+        }
+        file.write_all(&chunk).await.map_err(EngineError::Spool)?;
+    }
+    file.flush().await.map_err(EngineError::Spool)?;
+    let mut file = file.into_std().await;
+    file.rewind().map_err(EngineError::Spool)?;
+    Ok((file, size))
+}
+
+/// The tar header of a regular file written into a sandbox: owned by the sandbox user.
+fn file_header(size: u64) -> tar::Header {
+    let mut header = tar::Header::new_gnu();
+    header.set_size(size);
+    header.set_mode(0o644);
+    header.set_uid(SANDBOX_UID);
+    header.set_gid(SANDBOX_UID);
+    header.set_mtime(chrono::Utc::now().timestamp().max(0) as u64);
+    header.set_entry_type(tar::EntryType::Regular);
+    header
+}
+
+/// Finds the first regular file of a tar archive, sends its size, then copies its bytes.
+fn copy_first_file(
+    input: impl Read,
+    size: tokio::sync::oneshot::Sender<u64>,
+    mut output: impl io::Write,
+) -> io::Result<()> {
+    let mut archive = tar::Archive::new(input);
+    for entry in archive.entries()? {
+        let mut entry = entry?;
+        if entry.header().entry_type().is_file() {
+            if size.send(entry.size()).is_err() {
+                return Ok(());
+            }
+            io::copy(&mut entry, &mut output)?;
+            return output.flush();
+        }
+    }
+    Err(io::Error::new(
+        io::ErrorKind::NotFound,
+        "no regular file in the archive",
+    ))
 }
 
 /// Reads the first regular file of a tar archive, up to `limit` bytes.

@@ -8,10 +8,13 @@
 //! with their detail and answered with a generic message.
 
 use axum::Json;
+use axum::extract::multipart::{MultipartError, MultipartRejection};
+use axum::extract::rejection::{BytesRejection, JsonRejection, PathRejection, QueryRejection};
 use axum::http::StatusCode;
 use axum::http::header::WWW_AUTHENTICATE;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
+use utoipa::ToSchema;
 
 use super::auth::AuthError;
 use crate::engine::EngineError;
@@ -24,15 +27,19 @@ pub struct ApiError {
     pub message: String,
 }
 
-#[derive(Serialize)]
-struct Body<'a> {
-    error: Detail<'a>,
+/// The body of every error answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
 }
 
-#[derive(Serialize)]
-struct Detail<'a> {
-    code: &'a str,
-    message: &'a str,
+/// What went wrong.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Stable, for programs: `not_found`, `busy`, `invalid_request`, `unauthorized`, ….
+    pub code: String,
+    /// For people.
+    pub message: String,
 }
 
 impl ApiError {
@@ -48,14 +55,80 @@ impl ApiError {
     pub fn invalid(message: impl Into<String>) -> Self {
         Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", message)
     }
+
+    /// No route matches the request's path.
+    pub fn no_route() -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", "no such route")
+    }
+
+    /// The route exists, the method does not.
+    pub fn method_not_allowed() -> Self {
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "this route does not take that method",
+        )
+    }
+
+    /// An axum extractor's rejection, in the one error shape: too large stays 413, a wrong
+    /// content type 415, anything else about the input is 422.
+    fn rejected(status: StatusCode, message: String) -> Self {
+        match status {
+            StatusCode::PAYLOAD_TOO_LARGE => Self::new(status, "too_large", message),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => {
+                Self::new(status, "unsupported_media_type", message)
+            }
+            status if status.is_server_error() => {
+                tracing::error!(%status, %message, "request extraction failed");
+                Self::new(status, "internal", "internal error; see the server log")
+            }
+            _ => Self::invalid(message),
+        }
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(rejection: JsonRejection) -> Self {
+        Self::rejected(rejection.status(), rejection.body_text())
+    }
+}
+
+impl From<BytesRejection> for ApiError {
+    fn from(rejection: BytesRejection) -> Self {
+        Self::rejected(rejection.status(), rejection.body_text())
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(rejection: PathRejection) -> Self {
+        Self::rejected(rejection.status(), rejection.body_text())
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(rejection: QueryRejection) -> Self {
+        Self::rejected(rejection.status(), rejection.body_text())
+    }
+}
+
+impl From<MultipartRejection> for ApiError {
+    fn from(rejection: MultipartRejection) -> Self {
+        Self::rejected(rejection.status(), rejection.body_text())
+    }
+}
+
+impl From<MultipartError> for ApiError {
+    fn from(error: MultipartError) -> Self {
+        Self::rejected(error.status(), error.body_text())
+    }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = Json(Body {
-            error: Detail {
-                code: self.code,
-                message: &self.message,
+        let body = Json(ErrorBody {
+            error: ErrorDetail {
+                code: self.code.to_string(),
+                message: self.message,
             },
         });
         let mut response = (self.status, body).into_response();
@@ -95,8 +168,14 @@ impl From<EngineError> for ApiError {
             E::Backend(crate::backend::BackendError::Unavailable(_)) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "docker_unreachable")
             }
+            // The runtime refused what the request asked for (say, more CPUs than the host has).
+            E::Backend(crate::backend::BackendError::Refused { status: 400, .. }) => {
+                tracing::info!(error = %error, detail = ?error, "the container runtime refused a request");
+                (StatusCode::UNPROCESSABLE_ENTITY, "invalid_request")
+            }
             E::Kernel(_) => (StatusCode::SERVICE_UNAVAILABLE, "kernel_unavailable"),
-            E::Backend(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            E::UploadInterrupted(_) => (StatusCode::BAD_REQUEST, "upload_interrupted"),
+            E::Backend(_) | E::Spool(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         };
         let message = if status == StatusCode::INTERNAL_SERVER_ERROR {
             tracing::error!(error = %error, detail = ?error, "internal error");
@@ -105,5 +184,42 @@ impl From<EngineError> for ApiError {
             error.to_string()
         };
         Self::new(status, code, message)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::BackendError;
+
+    fn refused(status: u16) -> EngineError {
+        EngineError::Backend(BackendError::Refused {
+            operation: "container create",
+            status,
+            source: bollard::errors::Error::DockerResponseServerError {
+                status_code: status,
+                message: "daemon detail that must not leak".into(),
+            },
+        })
+    }
+
+    #[test]
+    fn engine_errors_map_to_statuses_without_internal_detail() {
+        let not_found = ApiError::from(EngineError::NotFound { id: "sbx_x".into() });
+        assert_eq!(not_found.status, StatusCode::NOT_FOUND);
+        assert_eq!(not_found.code, "not_found");
+        let busy = ApiError::from(EngineError::Busy { id: "sbx_x".into() });
+        assert_eq!(busy.status, StatusCode::CONFLICT);
+        let bad_request = ApiError::from(refused(400));
+        assert_eq!(bad_request.status, StatusCode::UNPROCESSABLE_ENTITY);
+        let internal = ApiError::from(refused(500));
+        assert_eq!(internal.status, StatusCode::INTERNAL_SERVER_ERROR);
+        for error in [bad_request, internal] {
+            assert!(
+                !error.message.contains("daemon detail"),
+                "{}",
+                error.message
+            );
+        }
     }
 }

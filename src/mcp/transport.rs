@@ -59,8 +59,9 @@ pub async fn serve_stdio(
 pub struct HttpSettings {
     /// `Host` values accepted (DNS-rebinding protection); empty accepts any host.
     pub allowed_hosts: Vec<String>,
-    /// Browser origins accepted; requests with any other `Origin` are refused.
-    pub allowed_origins: Vec<String>,
+    /// Browser origins accepted; requests with any other `Origin` are refused. `None` accepts
+    /// any origin.
+    pub allowed_origins: Option<Vec<String>>,
     /// A legacy session idle this long is closed, and its default sandbox destroyed.
     pub session_idle: Duration,
     /// Stops every session at shutdown.
@@ -76,13 +77,17 @@ pub fn http_service(
     let mut sessions = LocalSessionManager::default();
     sessions.session_config.keep_alive = Some(settings.session_idle);
     let mut config = StreamableHttpServerConfig::default()
-        .with_allowed_origins(settings.allowed_origins)
-        .enforce_origin_validation()
         .with_max_request_body_bytes(MAX_MESSAGE_BYTES)
         // Stateless (2026-07-28) answers without progress go out as one JSON body, not SSE.
         .with_json_response(true)
         .with_sse_keep_alive(Some(Duration::from_secs(10)))
         .with_cancellation_token(settings.shutdown);
+    config = match settings.allowed_origins {
+        Some(origins) => config
+            .with_allowed_origins(origins)
+            .enforce_origin_validation(),
+        None => config.disable_allowed_origins(),
+    };
     config = if settings.allowed_hosts.is_empty() {
         config.disable_allowed_hosts()
     } else {

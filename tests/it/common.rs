@@ -7,6 +7,8 @@ use std::sync::{Arc, OnceLock};
 use kernelbox::backend::DockerBackend;
 use kernelbox::config::EngineConfig;
 use kernelbox::engine::{CreateSandbox, Engine, ExecuteRequest, ExecutionResult, labels};
+use kernelbox::http::auth::ApiKeys;
+use kernelbox::server::HttpConfig;
 
 /// Under `CI=true` a missing Docker engine fails the test; elsewhere the test is skipped.
 pub(crate) fn docker_required() -> bool {
@@ -206,4 +208,79 @@ pub(crate) fn container_exists(sandbox_id: &str) -> bool {
         .output()
         .expect("docker ps");
     !String::from_utf8_lossy(&listed.stdout).trim().is_empty()
+}
+
+/// The real router (REST, `/mcp`) served on a free loopback port, with a Docker-backed engine
+/// behind it.
+pub(crate) struct TestServer {
+    pub(crate) base: String,
+    pub(crate) http: reqwest::Client,
+    server: tokio::task::JoinHandle<()>,
+    shutdown: tokio_util::sync::CancellationToken,
+    _engine: TestEngine,
+}
+
+impl TestServer {
+    pub(crate) async fn start(name: &str, keys: &[&str]) -> Option<Self> {
+        Self::start_with(name, keys, |_| {}).await
+    }
+
+    pub(crate) async fn start_with(
+        name: &str,
+        keys: &[&str],
+        adjust: impl FnOnce(&mut kernelbox::config::EngineConfig),
+    ) -> Option<Self> {
+        let engine = TestEngine::start_with(name, adjust).await?;
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let config = HttpConfig {
+            keys: Arc::new(ApiKeys::new(keys)),
+            cors_origins: Vec::new(),
+            // As `serve` sets them for a loopback bind: `/mcp` refuses other `Host` values.
+            allowed_hosts: vec!["127.0.0.1".into(), "localhost".into()],
+            shutdown: shutdown.clone(),
+        };
+        let app = kernelbox::server::app(engine.engine.clone(), &config).expect("router");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let stop = shutdown.clone();
+        let server = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await
+                .expect("serve");
+        });
+        Some(Self {
+            base: format!("http://{addr}"),
+            http: reqwest::Client::new(),
+            server,
+            shutdown,
+            _engine: engine,
+        })
+    }
+
+    pub(crate) fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub(crate) fn get(&self, path: &str) -> reqwest::RequestBuilder {
+        self.http.get(self.url(path))
+    }
+
+    pub(crate) fn post(&self, path: &str) -> reqwest::RequestBuilder {
+        self.http.post(self.url(path))
+    }
+
+    pub(crate) fn delete(&self, path: &str) -> reqwest::RequestBuilder {
+        self.http.delete(self.url(path))
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        // Ends MCP sessions first, so their sandboxes are released, then the listener.
+        self.shutdown.cancel();
+        self.server.abort();
+    }
 }

@@ -2,16 +2,12 @@
 //! `kernelbox stdio` and the `/mcp` route of the real router over real HTTP, against real Docker.
 
 use std::process::Stdio;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kernelbox::http::auth::ApiKeys;
-use kernelbox::server::{AppSettings, app};
 use serde_json::Value;
 use tokio::process::Command;
-use tokio_util::sync::CancellationToken;
 
-use crate::common::{TestEngine, container_exists, python_with_mcp};
+use crate::common::{TestEngine, TestServer, container_exists, python_with_mcp};
 
 const SCENARIOS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/mcp/scenarios.py");
 
@@ -42,6 +38,10 @@ async fn scenario(args: &[&str]) -> Value {
         .unwrap_or_else(|| panic!("no RESULT line:\n{stdout}\n{stderr}"));
     eprintln!("scenario {}: {line}", args[0]);
     serde_json::from_str(line).expect("RESULT is JSON")
+}
+
+fn mcp_url(server: &TestServer) -> String {
+    server.url("/mcp")
 }
 
 /// Waits until Docker no longer has the sandbox's container.
@@ -113,56 +113,12 @@ async fn ten_thousand_calls_lose_no_output() {
     assert_eq!(facts["calls"], 10000);
 }
 
-/// Serves the real router (REST, `/mcp`) on a free loopback port for one test.
-struct TestServer {
-    url: String,
-    shutdown: CancellationToken,
-    _engine: TestEngine,
-}
-
-impl TestServer {
-    async fn start(name: &str, api_keys: &[&str]) -> Option<Self> {
-        let engine = TestEngine::start(name).await?;
-        let shutdown = CancellationToken::new();
-        let router = app(
-            engine.engine.clone(),
-            AppSettings {
-                api_keys: Arc::new(ApiKeys::new(api_keys)),
-                allowed_hosts: vec!["127.0.0.1".into(), "localhost".into()],
-                allowed_origins: Vec::new(),
-                shutdown: shutdown.clone(),
-            },
-        );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("address");
-        let stop = shutdown.clone();
-        tokio::spawn(async move {
-            axum::serve(listener, router)
-                .with_graceful_shutdown(stop.cancelled_owned())
-                .await
-        });
-        Some(Self {
-            url: format!("http://{addr}/mcp"),
-            shutdown,
-            _engine: engine,
-        })
-    }
-}
-
-impl Drop for TestServer {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn http_legacy_sessions_get_isolated_sandboxes() {
     let Some(server) = TestServer::start("mcp-http-legacy", &[]).await else {
         return;
     };
-    let facts = scenario(&["http-legacy", &server.url]).await;
+    let facts = scenario(&["http-legacy", &mcp_url(&server)]).await;
     // Ending each client's MCP session (HTTP DELETE) destroyed its sandbox.
     for key in ["first", "second"] {
         wait_until_removed(facts[key].as_str().expect("id")).await;
@@ -174,7 +130,7 @@ async fn http_stateless_sessions_tools_and_resources() {
     let Some(server) = TestServer::start("mcp-http-stateless", &[]).await else {
         return;
     };
-    let facts = scenario(&["http-stateless", &server.url]).await;
+    let facts = scenario(&["http-stateless", &mcp_url(&server)]).await;
     for id in facts["closed"].as_array().expect("closed ids") {
         assert!(!container_exists(id.as_str().expect("id")));
     }
@@ -203,6 +159,7 @@ async fn http_endpoint_checks_key_origin_and_host() {
     let Some(server) = TestServer::start("mcp-http-guard", &["secret-one"]).await else {
         return;
     };
+    let url = mcp_url(&server);
     let post = |extra: &[&str]| {
         let mut args = vec![
             "-X",
@@ -215,7 +172,7 @@ async fn http_endpoint_checks_key_origin_and_host() {
             INITIALIZE,
         ];
         args.extend_from_slice(extra);
-        args.push(&server.url);
+        args.push(&url);
         args.into_iter().map(String::from).collect::<Vec<_>>()
     };
     let run = |args: Vec<String>| async move {
@@ -267,6 +224,6 @@ async fn http_tenants_cannot_reach_each_others_sessions() {
     let Some(server) = TestServer::start("mcp-http-tenants", &["key-one", "key-two"]).await else {
         return;
     };
-    let facts = scenario(&["http-tenants", &server.url, "key-one", "key-two"]).await;
+    let facts = scenario(&["http-tenants", &mcp_url(&server), "key-one", "key-two"]).await;
     assert!(!container_exists(facts["owned"].as_str().expect("id")));
 }

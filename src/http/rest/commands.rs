@@ -1,0 +1,101 @@
+//! Shell commands: `POST /containers/{id}/commands` runs `bash -c cmd` as the sandbox user.
+
+use std::collections::HashMap;
+
+use axum::Extension;
+use axum::Json;
+use axum::extract::State;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::{ApiJson, ApiPath, RestState, no_nul, seconds};
+use crate::engine::commands::{CommandRequest, CommandResult};
+use crate::http::auth::Tenant;
+use crate::http::error::{ApiError, ErrorBody};
+
+/// A command to run.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RunCommand {
+    /// Run by `bash -c`.
+    pub cmd: String,
+    /// Working directory; relative paths are under `/workspace` (default `/workspace`).
+    pub cwd: Option<String>,
+    /// Seconds before the command is killed (default: the server's `--exec-timeout-secs`).
+    #[schema(exclusive_minimum = 0)]
+    pub timeout: Option<f64>,
+    /// Extra environment variables.
+    pub env: Option<HashMap<String, String>>,
+}
+
+/// How the command ended.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CommandOutput {
+    pub stdout: String,
+    pub stderr: String,
+    pub exit_code: i64,
+    /// The command ran past its time limit and was killed (`exit_code` 124 or 137).
+    pub timed_out: bool,
+    /// Output past the cap was dropped.
+    pub truncated: bool,
+    pub duration_ms: u64,
+}
+
+impl From<CommandResult> for CommandOutput {
+    fn from(result: CommandResult) -> Self {
+        Self {
+            stdout: result.stdout,
+            stderr: result.stderr,
+            exit_code: result.exit_code,
+            timed_out: result.timed_out,
+            truncated: result.truncated,
+            duration_ms: result.duration_ms,
+        }
+    }
+}
+
+/// Run a shell command and wait for it. A non-zero exit is a result, not an error.
+#[utoipa::path(
+    post,
+    path = "/containers/{id}/commands",
+    tag = "commands",
+    params(("id" = String, Path, description = "Container id")),
+    request_body = RunCommand,
+    responses(
+        (status = 200, description = "The command ended", body = CommandOutput),
+        (status = 401, description = "Missing or wrong API key", body = ErrorBody),
+        (status = 404, description = "No such container", body = ErrorBody),
+        (status = 422, description = "Invalid body", body = ErrorBody),
+        (status = 504, description = "The container runtime did not return in time", body = ErrorBody),
+        (status = 503, description = "Docker unreachable", body = ErrorBody),
+    )
+)]
+pub(crate) async fn run(
+    State(engine): State<RestState>,
+    Extension(tenant): Extension<Tenant>,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(request): ApiJson<RunCommand>,
+) -> Result<Json<CommandOutput>, ApiError> {
+    no_nul("cmd", &request.cmd)?;
+    if let Some(cwd) = &request.cwd {
+        no_nul("cwd", cwd)?;
+    }
+    let env = request.env.unwrap_or_default();
+    for (name, value) in &env {
+        no_nul("env names", name)?;
+        no_nul("env values", value)?;
+    }
+    let result = engine
+        .run_command(
+            &id,
+            tenant.owner(),
+            CommandRequest {
+                command: request.cmd,
+                cwd: request.cwd,
+                timeout: seconds("timeout", request.timeout)?,
+                env,
+            },
+        )
+        .await?;
+    Ok(Json(result.into()))
+}
