@@ -226,7 +226,6 @@ async fn stdio_calls(instance: &str) -> anyhow::Result<Vec<Duration>> {
             samples.push(started.elapsed());
         }
     }
-    drop(exchange);
     // EOF on stdin ends the MCP session; the server then removes its default sandbox and exits.
     drop(stdin);
     child.wait().await?;

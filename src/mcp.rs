@@ -89,10 +89,10 @@ impl KernelboxMcp {
     /// background when the last clone is dropped.
     pub async fn close(&self) {
         let id = self.connection.id.lock().await.take();
-        if let Some(id) = id {
-            if let Err(error) = self.engine.destroy(&id, None).await {
-                tracing::debug!(sandbox_id = %id, %error, "default sandbox already gone");
-            }
+        if let Some(id) = id
+            && let Err(error) = self.engine.destroy(&id, None).await
+        {
+            tracing::debug!(sandbox_id = %id, %error, "default sandbox already gone");
         }
     }
 

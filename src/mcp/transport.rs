@@ -21,7 +21,7 @@ pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 #[derive(Debug, thiserror::Error)]
 pub enum McpServeError {
     #[error("the MCP stdio session could not start")]
-    Start(#[source] rmcp::service::ServerInitializeError),
+    Start(#[source] Box<rmcp::service::ServerInitializeError>),
     #[error("the MCP stdio session failed")]
     Run(#[source] tokio::task::JoinError),
 }
@@ -40,7 +40,7 @@ pub async fn serve_stdio(
         .clone()
         .serve(transport)
         .await
-        .map_err(McpServeError::Start)?;
+        .map_err(|error| McpServeError::Start(Box::new(error)))?;
     tracing::info!("MCP over stdio ready");
     let cancel = running.cancellation_token();
     let outcome = tokio::select! {
