@@ -8,20 +8,13 @@ use std::time::{Duration, Instant};
 use kernelbox::backend::{Backend, DockerBackend};
 use kernelbox::config::EngineConfig;
 use kernelbox::engine::{CreateSandbox, Engine, ExecuteRequest};
-use kernelbox::kernel::{KernelClient, KernelEvent};
+use kernelbox::kernel::KernelClient;
+
+mod support;
+use support::{ms, percentile, raw_execute};
 
 const ITERATIONS: usize = 1000;
 const CREATES: usize = 5;
-
-fn percentile(samples: &mut [Duration], p: f64) -> Duration {
-    samples.sort();
-    let index = ((samples.len() as f64 - 1.0) * p).round() as usize;
-    samples[index]
-}
-
-fn ms(duration: Duration) -> f64 {
-    duration.as_secs_f64() * 1000.0
-}
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -133,16 +126,6 @@ async fn run(engine: &Arc<Engine>, backend: &dyn Backend) -> anyhow::Result<()> 
     }
     throughputs.sort_by(f64::total_cmp);
     println!("10 MiB stdout: median {:.1} MiB/s (3 runs)", throughputs[1]);
-    Ok(())
-}
-
-async fn raw_execute(client: &KernelClient, code: &str) -> anyhow::Result<()> {
-    let mut execution = client.execute(code).await?;
-    while let Some(event) = execution.next().await? {
-        if matches!(event, KernelEvent::Done { .. }) {
-            return Ok(());
-        }
-    }
     Ok(())
 }
 

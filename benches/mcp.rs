@@ -1,38 +1,38 @@
-//! MCP overhead benchmark against real Docker: 1000 `execute_code("print(1+1)")` calls over
-//! Streamable HTTP (the real router on loopback) and over stdio (the real binary), against the
-//! same code run directly through the engine.
+//! MCP overhead benchmark against real Docker: 1000 `execute_code("1+1")` calls over Streamable
+//! HTTP (the real router on loopback, one keep-alive client) and over stdio (the real binary),
+//! each interleaved with the raw kernel round trip of the same code, so both see the same machine.
 //! Run with `cargo bench --bench mcp` (needs the sandbox image: `kernelbox image build`).
 
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kernelbox::backend::DockerBackend;
+use kernelbox::backend::{Backend, DockerBackend};
 use kernelbox::config::EngineConfig;
-use kernelbox::engine::{CreateSandbox, Engine, ExecuteRequest};
+use kernelbox::engine::{CreateSandbox, Engine};
+use kernelbox::kernel::KernelClient;
 use kernelbox::server::{HttpConfig, app};
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio_util::sync::CancellationToken;
 
+mod support;
+use support::{ms, percentile, raw_execute};
+
 const ITERATIONS: usize = 1000;
-const WARMUP: usize = 20;
+const WARMUP: usize = 50;
+const CODE: &str = "1+1";
+/// How a correct answer looks in the tool result.
+const ANSWER: &str = r#""result":"2""#;
 
-fn ms(duration: Duration) -> f64 {
-    duration.as_secs_f64() * 1000.0
-}
-
-fn report(name: &str, samples: &mut [Duration]) {
-    samples.sort();
-    let at = |p: f64| ms(samples[((samples.len() as f64 - 1.0) * p).round() as usize]);
-    let mean = samples.iter().map(|d| ms(*d)).sum::<f64>() / samples.len() as f64;
+fn report(name: &str, samples: &mut [Duration], raw: &mut [Duration]) {
+    let p50 = ms(percentile(samples, 0.5));
     println!(
-        "{name:<28} n={} p50={:.2} ms p90={:.2} ms p99={:.2} ms mean={:.2} ms",
-        samples.len(),
-        at(0.5),
-        at(0.9),
-        at(0.99),
-        mean
+        "{name:<30} p50 {p50:.2} ms  p99 {:.2} ms   raw kernel p50 {:.2} ms  p99 {:.2} ms   p50 overhead {:+.2} ms",
+        ms(percentile(samples, 0.99)),
+        ms(percentile(raw, 0.5)),
+        ms(percentile(raw, 0.99)),
+        p50 - ms(percentile(raw, 0.5)),
     );
 }
 
@@ -42,67 +42,55 @@ async fn main() -> anyhow::Result<()> {
         "bench-mcp-{}",
         &uuid::Uuid::new_v4().simple().to_string()[..8]
     );
-    let engine = Engine::new(
-        Arc::new(DockerBackend::connect().await?),
-        EngineConfig::defaults(&instance),
-    );
+    let backend = Arc::new(DockerBackend::connect().await?);
+    let engine = Engine::new(backend.clone(), EngineConfig::defaults(&instance));
     engine.check_image().await?;
-    let outcome = run(&engine, &instance).await;
+    let outcome = run(&engine, backend.as_ref(), &instance).await;
     engine.shutdown(true).await;
     outcome
 }
 
-async fn run(engine: &Arc<Engine>, instance: &str) -> anyhow::Result<()> {
-    let mut direct = engine_calls(engine).await?;
-    report("engine (no MCP)", &mut direct);
-    let mut http = http_calls(engine).await?;
-    report("MCP Streamable HTTP", &mut http);
+async fn run(engine: &Arc<Engine>, backend: &dyn Backend, instance: &str) -> anyhow::Result<()> {
+    let id = engine.create(CreateSandbox::default()).await?.id;
+    let endpoint = backend
+        .inspect(engine.get(&id, None)?.container_id())
+        .await?
+        .kernel
+        .ok_or_else(|| anyhow::anyhow!("no kernel endpoint"))?;
+    let raw = KernelClient::connect(&endpoint, Duration::from_secs(30)).await?;
+    println!("{ITERATIONS} calls of execute_code({CODE:?}), after {WARMUP} warm-up calls");
+
+    let (mut http, mut raw_during_http) = http_calls(engine, &raw, &id).await?;
+    report("MCP Streamable HTTP", &mut http, &mut raw_during_http);
     // Its own instance: a second process must not reattach to this one's sandboxes.
-    let mut stdio = stdio_calls(&format!("{instance}-stdio")).await?;
-    report("MCP stdio", &mut stdio);
+    let (mut stdio, mut raw_during_stdio) = stdio_calls(&raw, &format!("{instance}-stdio")).await?;
+    report("MCP stdio", &mut stdio, &mut raw_during_stdio);
     Ok(())
 }
 
-async fn engine_calls(engine: &Arc<Engine>) -> anyhow::Result<Vec<Duration>> {
-    let id = engine.create(CreateSandbox::default()).await?.id;
-    let mut samples = Vec::with_capacity(ITERATIONS);
-    for index in 0..WARMUP + ITERATIONS {
-        let started = Instant::now();
-        let result = engine
-            .execute(
-                &id,
-                None,
-                ExecuteRequest {
-                    code: "print(1+1)".into(),
-                    timeout: None,
-                },
-            )
-            .await?
-            .finish()
-            .await?;
-        anyhow::ensure!(result.stdout == "2\n", "engine lost output: {result:?}");
-        if index >= WARMUP {
-            samples.push(started.elapsed());
-        }
+fn call_request(id: usize, session_id: Option<&str>) -> String {
+    let mut arguments = json!({ "code": CODE });
+    if let Some(session_id) = session_id {
+        arguments["session_id"] = json!(session_id);
     }
-    engine.destroy(&id, None).await?;
-    Ok(samples)
-}
-
-fn call_request(id: usize) -> Value {
     json!({
         "jsonrpc": "2.0",
         "id": id,
         "method": "tools/call",
-        "params": {"name": "execute_code", "arguments": {"code": "print(1+1)"}},
+        "params": {"name": "execute_code", "arguments": arguments},
     })
+    .to_string()
 }
 
 const INITIALIZE: &str = r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"bench","version":"1"}}}"#;
 const INITIALIZED: &str = r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#;
 
-/// A legacy Streamable HTTP session on the real router.
-async fn http_calls(engine: &Arc<Engine>) -> anyhow::Result<Vec<Duration>> {
+/// A legacy Streamable HTTP session on the real router, running in the benchmark's sandbox.
+async fn http_calls(
+    engine: &Arc<Engine>,
+    raw: &KernelClient,
+    sandbox_id: &str,
+) -> anyhow::Result<(Vec<Duration>, Vec<Duration>)> {
     let shutdown = CancellationToken::new();
     let router = app(
         engine.clone(),
@@ -148,18 +136,21 @@ async fn http_calls(engine: &Arc<Engine>) -> anyhow::Result<Vec<Duration>> {
         .text()
         .await?;
     let mut samples = Vec::with_capacity(ITERATIONS);
+    let mut raw_samples = Vec::with_capacity(ITERATIONS);
     for index in 0..WARMUP + ITERATIONS {
         let started = Instant::now();
-        let body = post(call_request(index + 1).to_string(), Some(&session))
+        raw_execute(raw, CODE).await?;
+        let raw_elapsed = started.elapsed();
+        let started = Instant::now();
+        let body = post(call_request(index + 1, Some(sandbox_id)), Some(&session))
             .await?
             .text()
             .await?;
-        anyhow::ensure!(
-            body.contains(r#""stdout":"2\n""#),
-            "HTTP lost output: {body}"
-        );
+        let elapsed = started.elapsed();
+        anyhow::ensure!(body.contains(ANSWER), "HTTP lost the result: {body}");
         if index >= WARMUP {
-            samples.push(started.elapsed());
+            samples.push(elapsed);
+            raw_samples.push(raw_elapsed);
         }
     }
     client
@@ -169,11 +160,14 @@ async fn http_calls(engine: &Arc<Engine>) -> anyhow::Result<Vec<Duration>> {
         .await?;
     shutdown.cancel();
     let _ = server.await;
-    Ok(samples)
+    Ok((samples, raw_samples))
 }
 
-/// The real binary over stdio, one JSON-RPC message per line.
-async fn stdio_calls(instance: &str) -> anyhow::Result<Vec<Duration>> {
+/// The real binary over stdio, one JSON-RPC message per line, in its own default sandbox.
+async fn stdio_calls(
+    raw: &KernelClient,
+    instance: &str,
+) -> anyhow::Result<(Vec<Duration>, Vec<Duration>)> {
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_kernelbox"))
         .args([
             "stdio",
@@ -188,13 +182,11 @@ async fn stdio_calls(instance: &str) -> anyhow::Result<Vec<Duration>> {
         .kill_on_drop(true)
         .spawn()?;
     let mut stdin = child.stdin.take().ok_or_else(|| anyhow::anyhow!("stdin"))?;
-    let mut lines = BufReader::new(
-        child
-            .stdout
-            .take()
-            .ok_or_else(|| anyhow::anyhow!("stdout"))?,
-    )
-    .lines();
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("stdout"))?;
+    let mut lines = BufReader::new(stdout).lines();
     let mut exchange = async |message: String, expect_reply: bool| -> anyhow::Result<String> {
         stdin.write_all(message.as_bytes()).await?;
         stdin.write_all(b"\n").await?;
@@ -215,19 +207,22 @@ async fn stdio_calls(instance: &str) -> anyhow::Result<Vec<Duration>> {
     exchange(INITIALIZE.into(), true).await?;
     exchange(INITIALIZED.into(), false).await?;
     let mut samples = Vec::with_capacity(ITERATIONS);
+    let mut raw_samples = Vec::with_capacity(ITERATIONS);
     for index in 0..WARMUP + ITERATIONS {
         let started = Instant::now();
-        let reply = exchange(call_request(index + 1).to_string(), true).await?;
-        anyhow::ensure!(
-            reply.contains(r#""stdout":"2\n""#),
-            "stdio lost output: {reply}"
-        );
+        raw_execute(raw, CODE).await?;
+        let raw_elapsed = started.elapsed();
+        let started = Instant::now();
+        let reply = exchange(call_request(index + 1, None), true).await?;
+        let elapsed = started.elapsed();
+        anyhow::ensure!(reply.contains(ANSWER), "stdio lost the result: {reply}");
         if index >= WARMUP {
-            samples.push(started.elapsed());
+            samples.push(elapsed);
+            raw_samples.push(raw_elapsed);
         }
     }
     // EOF on stdin ends the MCP session; the server then removes its default sandbox and exits.
     drop(stdin);
     child.wait().await?;
-    Ok(samples)
+    Ok((samples, raw_samples))
 }
