@@ -1,8 +1,9 @@
 //! Running code. An execution is a stream of [`ExecEvent`]s ending in one
 //! [`ExecEvent::Finished`] with the whole [`ExecutionResult`].
 //!
-//! One execution runs at a time per sandbox: a second request while one runs gets
-//! [`EngineError::Busy`] at once (it is not queued). An execution ends in one of:
+//! One execution runs at a time per sandbox: a second request while one runs waits half a
+//! second for it to end (a cancellation may be on its way), then gets [`EngineError::Busy`]; it is
+//! never queued behind a long run. An execution ends in one of:
 //! - completed or failed (a Python exception), as the kernel reported;
 //! - timeout: the kernel is interrupted; when it does not answer again within a grace period it
 //!   is restarted, and the result says so (state lost);

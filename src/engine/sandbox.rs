@@ -14,6 +14,8 @@ use crate::backend::{Backend, ContainerInfo, ExecSpec};
 use crate::kernel::{KernelClient, KernelEndpoint, KernelError};
 
 /// How long a new request waits for an execution that is being stopped.
+/// How long a request waits for a busy sandbox before it is told "busy".
+const BUSY_GRACE: Duration = Duration::from_millis(500);
 const WIND_DOWN_WAIT: Duration = Duration::from_secs(30);
 /// How long a polite kernel shutdown may take before the process is killed.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
@@ -148,16 +150,20 @@ impl Sandbox {
         self.exec_lock.try_lock().is_err()
     }
 
-    /// Takes the execution lock: at once when free, after the running execution has stopped
-    /// when it is winding down, and `None` (busy) otherwise.
+    /// Takes the execution lock: at once when free; after the running execution has stopped
+    /// when it is winding down; otherwise within [`BUSY_GRACE`] if the running execution ends
+    /// by then (a cancellation travelling beside the next request, as MCP clients send them),
+    /// and `None` (busy) after that.
     pub(crate) async fn acquire_exec(&self) -> Option<tokio::sync::OwnedMutexGuard<()>> {
         if let Ok(guard) = self.exec_lock.clone().try_lock_owned() {
             return Some(guard);
         }
-        if !self.winding_down.load(Ordering::SeqCst) && !self.consumer_gone() {
-            return None;
-        }
-        tokio::time::timeout(WIND_DOWN_WAIT, self.exec_lock.clone().lock_owned())
+        let wait = if self.winding_down.load(Ordering::SeqCst) || self.consumer_gone() {
+            WIND_DOWN_WAIT
+        } else {
+            BUSY_GRACE
+        };
+        tokio::time::timeout(wait, self.exec_lock.clone().lock_owned())
             .await
             .ok()
     }

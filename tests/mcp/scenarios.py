@@ -140,7 +140,10 @@ async def check_cancellation(client: Client, session_id: str | None = None) -> f
         follow["session_id"] = session_id
     after = await call(client, "execute_code", follow)
     elapsed = time.monotonic() - begun
-    check(after.structured_content["stdout"] == "after\n", f"after cancel: {after.structured_content}")
+    check(
+        after.structured_content is not None and after.structured_content["stdout"] == "after\n",
+        f"after cancel: {text_of(after)} {after.structured_content}",
+    )
     check(elapsed < 1.0, f"the next call took {elapsed:.2f} s")
     return elapsed
 
