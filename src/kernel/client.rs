@@ -24,8 +24,10 @@ use super::execution::KernelExecution;
 use super::wire::{Codec, Message};
 
 /// Messages buffered per in-flight request before the reader waits for the consumer. Bounds the
-/// server's memory when a kernel prints faster than a client reads.
-const ROUTE_CAPACITY: usize = 256;
+/// server's memory when a kernel prints faster than the server consumes: a stream message holds
+/// up to 64 KiB (the sandbox's stdout flush size), so this holds at most about 512 KiB. With 256,
+/// a busy machine let 16 MiB pile up here during a 100 MB print.
+const ROUTE_CAPACITY: usize = 8;
 /// How long one readiness probe (`kernel_info_request`) waits before it is sent again.
 const READY_PROBE_INTERVAL: Duration = Duration::from_millis(100);
 /// Pause between connection attempts while the kernel is still starting.
