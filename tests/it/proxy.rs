@@ -822,7 +822,7 @@ async fn sessions_batches_sse_crashes_and_bad_input() {
     let killed = json_of(
         server
             .post(&format!("/containers/{id}/commands"))
-            .json(&json!({"cmd": "pkill -KILL -f progress_server.py"}))
+            .json(&json!({"cmd": "pkill -KILL -f [p]rogress_server.py"}))
             .send()
             .await
             .expect("kill"),
