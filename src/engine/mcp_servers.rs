@@ -572,8 +572,12 @@ impl Engine {
                     () = tokio::time::sleep_until(deadline) => {
                         if process.in_flight() == 0 && process.idle_for() >= max_idle {
                             tracing::info!(session_id = %session_id, idle_secs = max_idle.as_secs(), "MCP proxy session idle; ending it");
+                            // Out of the table first: from now on the session is not found.
+                            if let Some(sessions) = sessions.upgrade() {
+                                sessions.remove(&session_id);
+                            }
                             process.close(backend.as_ref()).await;
-                            break;
+                            return;
                         }
                         if process.in_flight() > 0 {
                             // Busy: look again after another idle period.
