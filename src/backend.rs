@@ -11,6 +11,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::Stream;
+use tokio::io::AsyncWrite;
 
 use crate::kernel::{ConnectionInfo, KernelEndpoint};
 
@@ -75,6 +76,22 @@ pub struct ExecOutput {
     pub truncated: bool,
 }
 
+/// A chunk of what an attached process printed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExecChunk {
+    Stdout(Bytes),
+    Stderr(Bytes),
+}
+
+/// A process running in a sandbox with its stdin and output attached (`docker exec -i`).
+pub struct AttachedExec {
+    /// Writes reach the process's stdin; shutting this down closes its stdin.
+    pub stdin: Pin<Box<dyn AsyncWrite + Send>>,
+    /// What the process prints. The stream ends when the process exits or its container goes
+    /// away: that end is how a caller learns the process is gone.
+    pub output: Pin<Box<dyn Stream<Item = Result<ExecChunk, BackendError>> + Send>>,
+}
+
 /// Backend failures. Variants are decided from the runtime's status codes, not message text.
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
@@ -101,6 +118,8 @@ pub enum BackendError {
     },
     #[error("the container has no published port for the kernel's {channel} channel")]
     NoKernelPort { channel: &'static str },
+    #[error("the container runtime started the process detached, not attached")]
+    NotAttached,
     #[error("{operation} did not finish within {waited:?}")]
     Timeout {
         operation: &'static str,
@@ -126,6 +145,13 @@ pub trait Backend: Send + Sync + 'static {
     async fn inspect(&self, container_id: &str) -> Result<ContainerInfo, BackendError>;
     /// Runs a command to completion (the caller bounds its time) and collects its output.
     async fn exec(&self, container_id: &str, spec: ExecSpec) -> Result<ExecOutput, BackendError>;
+    /// Starts a process with stdin, stdout and stderr attached, and returns at once
+    /// (`spec.output_limit` does not apply: the caller reads the output as it comes).
+    async fn exec_attached(
+        &self,
+        container_id: &str,
+        spec: ExecSpec,
+    ) -> Result<AttachedExec, BackendError>;
     /// Extracts a tar stream into directory `dir` (which must exist).
     async fn put_archive(
         &self,

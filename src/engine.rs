@@ -7,6 +7,7 @@
 //! | [`execution`]   | running code: event stream, timeouts, cancellation, output caps    |
 //! | [`files`]       | files and directory trees, confined to `/workspace`                |
 //! | [`commands`]    | shell commands                                                     |
+//! | [`mcp_servers`] | stdio MCP servers inside a sandbox: registrations, proxy sessions  |
 //! | [`labels`]      | the container labels that let a restarted server reattach          |
 //! | [`history`]     | recent executions, looked up by id after they ended                |
 //! | [`metrics`]     | counters and histograms for `GET /metrics`                         |
@@ -16,6 +17,7 @@ pub mod execution;
 pub mod files;
 pub mod history;
 pub mod labels;
+pub mod mcp_servers;
 pub mod metrics;
 pub mod sandbox;
 
@@ -40,6 +42,7 @@ pub use execution::{
 };
 pub use files::{FileDownload, FileEntry, FileKind, UploadedFile};
 pub use history::ExecutionRecord;
+pub use mcp_servers::{McpServerError, ProxySession, RegisteredServer, ServerParams};
 pub use sandbox::{Sandbox, SandboxStatus};
 
 /// The version of the sandbox image this build expects (the image's `io.kernelbox.image-version`).
@@ -91,6 +94,8 @@ pub enum EngineError {
     UploadInterrupted(#[source] std::io::Error),
     #[error("cannot buffer the upload on the server")]
     Spool(#[source] std::io::Error),
+    #[error(transparent)]
+    McpServer(#[from] McpServerError),
 }
 
 impl From<BackendError> for EngineError {
@@ -133,6 +138,7 @@ pub struct Engine {
     sandboxes: DashMap<String, Arc<Sandbox>>,
     history: history::ExecutionHistory,
     metrics: metrics::EngineMetrics,
+    mcp: mcp_servers::McpServers,
     tasks: TaskTracker,
     shutdown: CancellationToken,
 }
@@ -145,6 +151,7 @@ impl Engine {
             sandboxes: DashMap::new(),
             history: history::ExecutionHistory::new(HISTORY_ENTRIES, HISTORY_BYTES),
             metrics: metrics::EngineMetrics::new(),
+            mcp: mcp_servers::McpServers::default(),
             tasks: TaskTracker::new(),
             shutdown: CancellationToken::new(),
         })
@@ -318,6 +325,7 @@ impl Engine {
     pub async fn destroy(&self, id: &str, owner: Option<&str>) -> Result<(), EngineError> {
         let sandbox = self.get(id, owner)?;
         self.sandboxes.remove(id);
+        self.mcp.forget_sandbox(id);
         sandbox.cancel();
         self.backend.destroy(sandbox.container_id()).await?;
         tracing::info!(sandbox_id = %id, "sandbox destroyed");
@@ -450,6 +458,7 @@ impl Engine {
     /// Stops background work. With `destroy_sandboxes`, removes every sandbox too; otherwise they
     /// keep running for the next start to reattach.
     pub async fn shutdown(&self, destroy_sandboxes: bool) {
+        self.close_mcp_servers().await;
         self.shutdown.cancel();
         for entry in self.sandboxes.iter() {
             entry.value().cancel();

@@ -10,6 +10,7 @@
 //! | [`image`]   | building the sandbox image                                         |
 //! | [`http`]    | the HTTP surface: auth, errors, REST routes                        |
 //! | [`mcp`]     | the MCP face: tools and resources over stdio and Streamable HTTP   |
+//! | [`proxy`]   | the MCP proxy: Streamable HTTP to stdio MCP servers in a sandbox   |
 //! | [`server`]  | `kernelbox serve`: the listener and the composed router            |
 
 pub mod backend;
@@ -19,4 +20,5 @@ pub mod http;
 pub mod image;
 pub mod kernel;
 pub mod mcp;
+pub mod proxy;
 pub mod server;

@@ -6,6 +6,7 @@
 //! | `/health`                              | liveness, open without a key                 |
 //! | `/mcp`                                 | MCP over Streamable HTTP ([`crate::mcp`])    |
 //! | `/containers/…`, `/executions/…`       | the REST API ([`crate::http::rest`])         |
+//! | `/containers/{id}/mcp-proxy/{server}`  | the MCP proxy ([`crate::proxy`])             |
 //! | `/metrics`, `/openapi.json`, `/docs`   | Prometheus metrics, the OpenAPI document     |
 //!
 //! Everything but `/health` is behind the API key when keys are set.
@@ -129,10 +130,13 @@ fn cors(origins: &[String]) -> Result<Option<CorsLayer>, ServerError> {
                 axum::http::header::AUTHORIZATION,
                 axum::http::header::CONTENT_TYPE,
                 HeaderName::from_static(API_KEY_HEADER),
+                HeaderName::from_static(crate::proxy::routes::SESSION_HEADER),
+                HeaderName::from_static("mcp-protocol-version"),
             ])
-            .expose_headers([HeaderName::from_static(
-                crate::http::rest::execute::EXECUTION_ID_HEADER,
-            )]),
+            .expose_headers([
+                HeaderName::from_static(crate::http::rest::execute::EXECUTION_ID_HEADER),
+                HeaderName::from_static(crate::proxy::routes::SESSION_HEADER),
+            ]),
     ))
 }
 

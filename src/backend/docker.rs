@@ -19,7 +19,8 @@ use bollard::query_parameters::{
 use futures::{StreamExt, TryStreamExt};
 
 use super::{
-    Backend, BackendError, ByteStream, ContainerInfo, ContainerSpec, ExecOutput, ExecSpec,
+    AttachedExec, Backend, BackendError, ByteStream, ContainerInfo, ContainerSpec, ExecChunk,
+    ExecOutput, ExecSpec,
 };
 use crate::kernel::connection::CONTAINER_PORTS;
 use crate::kernel::{KernelEndpoint, KernelPorts};
@@ -321,6 +322,50 @@ impl Backend for DockerBackend {
             .map_err(|error| classify("exec inspect", "container", error))?;
         result.exit_code = inspect.exit_code.unwrap_or(-1);
         Ok(result)
+    }
+
+    async fn exec_attached(
+        &self,
+        container_id: &str,
+        spec: ExecSpec,
+    ) -> Result<AttachedExec, BackendError> {
+        let config = ExecConfig {
+            attach_stdin: Some(true),
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            cmd: Some(spec.argv),
+            env: Some(spec.env),
+            working_dir: Some(spec.workdir),
+            user: spec.user,
+            ..Default::default()
+        };
+        let exec = self
+            .docker
+            .create_exec(container_id, config)
+            .await
+            .map_err(|error| classify("exec create", "container", error))?;
+        let started = self
+            .docker
+            .start_exec(&exec.id, None::<StartExecOptions>)
+            .await
+            .map_err(|error| classify("exec start", "container", error))?;
+        let StartExecResults::Attached { output, input } = started else {
+            return Err(BackendError::NotAttached);
+        };
+        let output = output.filter_map(|chunk| async move {
+            match chunk {
+                Ok(LogOutput::StdOut { message } | LogOutput::Console { message }) => {
+                    Some(Ok(ExecChunk::Stdout(message)))
+                }
+                Ok(LogOutput::StdErr { message }) => Some(Ok(ExecChunk::Stderr(message))),
+                Ok(LogOutput::StdIn { .. }) => None,
+                Err(error) => Some(Err(classify("exec output", "container", error))),
+            }
+        });
+        Ok(AttachedExec {
+            stdin: input,
+            output: Box::pin(output),
+        })
     }
 
     async fn put_archive(

@@ -17,7 +17,8 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::auth::AuthError;
-use crate::engine::EngineError;
+use crate::engine::{EngineError, McpServerError};
+use crate::proxy::ProxyError;
 
 /// An error answer.
 #[derive(Debug)]
@@ -150,33 +151,7 @@ impl From<AuthError> for ApiError {
 
 impl From<EngineError> for ApiError {
     fn from(error: EngineError) -> Self {
-        use EngineError as E;
-        let (status, code) = match &error {
-            E::NotFound { .. } | E::ExecutionNotFound { .. } => {
-                (StatusCode::NOT_FOUND, "not_found")
-            }
-            E::PathNotFound { .. } => (StatusCode::NOT_FOUND, "path_not_found"),
-            E::Busy { .. } => (StatusCode::CONFLICT, "busy"),
-            E::TooManySandboxes { .. } => (StatusCode::TOO_MANY_REQUESTS, "too_many_sandboxes"),
-            E::InvalidInput { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_request"),
-            E::PathOutsideWorkspace { .. } => (StatusCode::BAD_REQUEST, "path_outside_workspace"),
-            E::IsADirectory { .. } => (StatusCode::CONFLICT, "is_a_directory"),
-            E::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
-            E::CommandTimeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
-            E::ImageMissing { .. } => (StatusCode::SERVICE_UNAVAILABLE, "image_missing"),
-            E::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
-            E::Backend(crate::backend::BackendError::Unavailable(_)) => {
-                (StatusCode::SERVICE_UNAVAILABLE, "docker_unreachable")
-            }
-            // The runtime refused what the request asked for (say, more CPUs than the host has).
-            E::Backend(crate::backend::BackendError::Refused { status: 400, .. }) => {
-                tracing::info!(error = %error, detail = ?error, "the container runtime refused a request");
-                (StatusCode::UNPROCESSABLE_ENTITY, "invalid_request")
-            }
-            E::Kernel(_) => (StatusCode::SERVICE_UNAVAILABLE, "kernel_unavailable"),
-            E::UploadInterrupted(_) => (StatusCode::BAD_REQUEST, "upload_interrupted"),
-            E::Backend(_) | E::Spool(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
-        };
+        let (status, code) = engine_status(&error);
         let message = if status == StatusCode::INTERNAL_SERVER_ERROR {
             tracing::error!(error = %error, detail = ?error, "internal error");
             "internal error; see the server log".to_string()
@@ -184,6 +159,68 @@ impl From<EngineError> for ApiError {
             error.to_string()
         };
         Self::new(status, code, message)
+    }
+}
+
+/// The status and stable code of an engine error: the one mapping every HTTP face uses.
+pub fn engine_status(error: &EngineError) -> (StatusCode, &'static str) {
+    use EngineError as E;
+    match error {
+        E::NotFound { .. } | E::ExecutionNotFound { .. } => (StatusCode::NOT_FOUND, "not_found"),
+        E::PathNotFound { .. } => (StatusCode::NOT_FOUND, "path_not_found"),
+        E::Busy { .. } => (StatusCode::CONFLICT, "busy"),
+        E::TooManySandboxes { .. } => (StatusCode::TOO_MANY_REQUESTS, "too_many_sandboxes"),
+        E::InvalidInput { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_request"),
+        E::PathOutsideWorkspace { .. } => (StatusCode::BAD_REQUEST, "path_outside_workspace"),
+        E::IsADirectory { .. } => (StatusCode::CONFLICT, "is_a_directory"),
+        E::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+        E::CommandTimeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
+        E::ImageMissing { .. } => (StatusCode::SERVICE_UNAVAILABLE, "image_missing"),
+        E::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
+        E::Backend(crate::backend::BackendError::Unavailable(_)) => {
+            (StatusCode::SERVICE_UNAVAILABLE, "docker_unreachable")
+        }
+        // The runtime refused what the request asked for (say, more CPUs than the host has).
+        E::Backend(crate::backend::BackendError::Refused { status: 400, .. }) => {
+            tracing::info!(error = %error, detail = ?error, "the container runtime refused a request");
+            (StatusCode::UNPROCESSABLE_ENTITY, "invalid_request")
+        }
+        E::Kernel(_) => (StatusCode::SERVICE_UNAVAILABLE, "kernel_unavailable"),
+        E::UploadInterrupted(_) => (StatusCode::BAD_REQUEST, "upload_interrupted"),
+        E::McpServer(error) => mcp_server_status(error),
+        E::Backend(_) | E::Spool(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+    }
+}
+
+fn mcp_server_status(error: &McpServerError) -> (StatusCode, &'static str) {
+    use McpServerError as M;
+    match error {
+        M::ServerNotFound { .. } => (StatusCode::NOT_FOUND, "mcp_server_not_found"),
+        M::SessionNotFound { .. } => (StatusCode::NOT_FOUND, "session_not_found"),
+        M::TooMany { .. } => (StatusCode::TOO_MANY_REQUESTS, "too_many"),
+        // The command the caller registered does not start or does not speak MCP.
+        M::Exited { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "mcp_server_failed"),
+        M::Remote { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "mcp_error"),
+        M::InvalidMessage => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_request"),
+        M::NotAnswering { .. } => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
+        M::ProcessExited { .. } => (StatusCode::BAD_GATEWAY, "mcp_server_exited"),
+        M::InvalidResponse { .. } => (StatusCode::BAD_GATEWAY, "mcp_server_invalid_response"),
+        M::Backend(crate::backend::BackendError::Unavailable(_)) => {
+            (StatusCode::SERVICE_UNAVAILABLE, "docker_unreachable")
+        }
+        M::Backend(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+    }
+}
+
+/// The status of a proxy failure (`/containers/{id}/mcp-proxy/{server}`), whose body is a
+/// JSON-RPC error rather than the error shape above.
+pub fn proxy_status(error: &ProxyError) -> StatusCode {
+    match error {
+        ProxyError::Parse | ProxyError::InvalidRequest { .. } | ProxyError::MissingSession => {
+            StatusCode::BAD_REQUEST
+        }
+        ProxyError::InitializeInBatch => StatusCode::BAD_REQUEST,
+        ProxyError::Engine(error) => engine_status(error).0,
     }
 }
 

@@ -7,6 +7,8 @@
 //! | [`execute`]    | `POST /containers/{id}/execute`, `…/execute/stream` (SSE), `GET /executions/{id}` |
 //! | [`files`]      | `POST/GET/DELETE /containers/{id}/files/{path}`, `POST/GET …/directories/{path}` |
 //! | [`commands`]   | `POST /containers/{id}/commands`                                      |
+//! | [`mcp_servers`] | `PUT/GET /containers/{id}/mcp/{server}`, `POST …/mcp/{server}/{tool}` |
+//! | [`crate::proxy`] | `POST/DELETE /containers/{id}/mcp-proxy/{server}` (mounted here)     |
 //!
 //! Every route here (and `/metrics`, `/openapi.json`, `/docs`) sits behind
 //! [`require_api_key`]; each key is a tenant, and another tenant's sandboxes are "not found".
@@ -15,6 +17,7 @@ pub mod commands;
 pub mod containers;
 pub mod execute;
 pub mod files;
+pub mod mcp_servers;
 
 use std::sync::Arc;
 
@@ -74,6 +77,12 @@ fn api() -> OpenApiRouter<RestState> {
             files::download_workspace_tree
         )))
         .routes(streamed(routes!(files::upload_tree, files::download_tree)))
+        .routes(routes!(mcp_servers::register, mcp_servers::get_one))
+        .routes(routes!(mcp_servers::call_tool))
+        .routes(routes!(
+            crate::proxy::routes::post,
+            crate::proxy::routes::delete
+        ))
         .routes(routes!(metrics::metrics))
 }
 
@@ -163,6 +172,9 @@ mod tests {
             "/containers/{id}/directories",
             "/containers/{id}/directories/{path}",
             "/metrics",
+            "/containers/{id}/mcp/{server}",
+            "/containers/{id}/mcp/{server}/{tool}",
+            "/containers/{id}/mcp-proxy/{server}",
         ] {
             assert!(
                 paths.iter().any(|path| path.as_str() == expected),

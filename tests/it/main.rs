@@ -5,4 +5,5 @@ mod common;
 mod engine;
 mod faults;
 mod mcp;
+mod proxy;
 mod rest;

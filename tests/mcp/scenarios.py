@@ -8,6 +8,7 @@ scenario each:
     python scenarios.py http-legacy <url>
     python scenarios.py http-stateless <url>
     python scenarios.py http-tenants <url> <key> <other key>
+    python scenarios.py proxy <mode> <url>      (mcp-server-time behind the MCP proxy)
 
 A scenario asserts as it goes and exits non-zero on the first failure. It prints one line
 `RESULT <json>` with facts the Rust side checks against Docker (sandbox ids, timings).
@@ -358,6 +359,25 @@ async def scenario_http_stateless(url: str) -> None:
         result_line({"closed": [session_id, other_id, created_id]})
 
 
+async def scenario_proxy(mode: str, url: str) -> None:
+    """The MCP proxy in front of mcp-server-time inside a sandbox: handshake, tools, a call."""
+    async with Client(url, mode=mode) as client:
+        listed = await client.list_tools()
+        names = sorted(tool.name for tool in listed.tools)
+        check(names == ["convert_time", "get_current_time"], f"tools listed: {names}")
+        result = await call(client, "get_current_time", {"timezone": "Europe/Paris"})
+        check(not result.is_error, f"get_current_time failed: {text_of(result)}")
+        structured = result.structured_content or json.loads(text_of(result))
+        check(structured["timezone"] == "Europe/Paris", f"result: {structured}")
+        converted = await call(
+            client, "convert_time", {"source_timezone": "Etc/UTC", "time": "12:00", "target_timezone": "Asia/Tokyo"}
+        )
+        check("21:00" in text_of(converted) or "21:00" in json.dumps(converted.structured_content), f"convert_time: {text_of(converted)}")
+        bad = await call(client, "get_current_time", {"timezone": "Not/A_Zone"})
+        check(bad.is_error is True, f"an invalid timezone is not an error: {text_of(bad)}")
+        result_line({"protocol": client.protocol_version, "tools": names, "datetime": structured["datetime"]})
+
+
 def main() -> None:
     scenario, *rest = sys.argv[1:]
     if scenario == "stdio":
@@ -370,6 +390,8 @@ def main() -> None:
         anyio.run(scenario_http_stateless, rest[0])
     elif scenario == "http-tenants":
         anyio.run(scenario_http_tenants, rest[0], rest[1], rest[2])
+    elif scenario == "proxy":
+        anyio.run(scenario_proxy, rest[0], rest[1])
     else:
         raise SystemExit(f"unknown scenario {scenario}")
 
