@@ -89,6 +89,8 @@ async fn forward(
     headers: &HeaderMap,
     body: &[u8],
 ) -> Result<Response, ProxyError> {
+    // An unknown or foreign container is "not found" whatever the body holds.
+    engine.get(id, tenant.owner())?;
     let incoming = message::parse(body)?;
     let accepts = Accepts::of(headers);
     let initialize = matches!(&incoming, Incoming::Single(message) if message.is_initialize());
@@ -293,6 +295,9 @@ pub(crate) async fn delete(
     ApiPath((id, server)): ApiPath<(String, String)>,
     headers: HeaderMap,
 ) -> Response {
+    if let Err(error) = engine.get(&id, tenant.owner()) {
+        return failure(error.into());
+    }
     let Some(session_id) = headers
         .get(SESSION_HEADER)
         .and_then(|value| value.to_str().ok())

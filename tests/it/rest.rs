@@ -596,7 +596,8 @@ async fn keys_guard_every_route_and_tenants_are_apart() {
                 .http
                 .request(method.clone(), server.url(&path))
                 .bearer_auth("beta-key");
-            if method == reqwest::Method::POST && !path.contains("/files") {
+            let sends_json = method == reqwest::Method::POST || method == reqwest::Method::PUT;
+            if sends_json && !path.contains("/files") {
                 request = request.json(&json!({"code": "1", "cmd": "true"}));
             }
             let response = request.send().await.expect("beta request");
