@@ -11,13 +11,11 @@ use kernelbox::backend::{Backend, DockerBackend};
 use kernelbox::config::EngineConfig;
 use kernelbox::engine::{CreateSandbox, Engine};
 use kernelbox::kernel::KernelClient;
-use kernelbox::server::{HttpConfig, app};
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio_util::sync::CancellationToken;
 
 mod support;
-use support::{ms, percentile, raw_execute};
+use support::{LoopbackServer, ms, percentile, raw_execute};
 
 const ITERATIONS: usize = 1000;
 const WARMUP: usize = 50;
@@ -91,25 +89,8 @@ async fn http_calls(
     raw: &KernelClient,
     sandbox_id: &str,
 ) -> anyhow::Result<(Vec<Duration>, Vec<Duration>)> {
-    let shutdown = CancellationToken::new();
-    let router = app(
-        engine.clone(),
-        &HttpConfig {
-            shutdown: shutdown.clone(),
-            ..Default::default()
-        },
-    )?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let url = format!("http://{}/mcp", listener.local_addr()?);
-    let listener = axum::serve::ListenerExt::tap_io(listener, |stream| {
-        let _ = stream.set_nodelay(true);
-    });
-    let stop = shutdown.clone();
-    let server = tokio::spawn(async move {
-        axum::serve(listener, router)
-            .with_graceful_shutdown(stop.cancelled_owned())
-            .await
-    });
+    let server = LoopbackServer::start(engine).await?;
+    let url = format!("{}/mcp", server.base);
     let client = reqwest::Client::builder().tcp_nodelay(true).build()?;
     let post = |body: String, session: Option<&str>| {
         let mut request = client
@@ -158,8 +139,7 @@ async fn http_calls(
         .header("mcp-session-id", &session)
         .send()
         .await?;
-    shutdown.cancel();
-    let _ = server.await;
+    server.stop().await;
     Ok((samples, raw_samples))
 }
 

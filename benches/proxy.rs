@@ -14,18 +14,15 @@ use kernelbox::backend::DockerBackend;
 use kernelbox::config::EngineConfig;
 use kernelbox::engine::commands::CommandRequest;
 use kernelbox::engine::{CreateSandbox, Engine, ServerParams};
-use kernelbox::server::{HttpConfig, app};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio_util::sync::CancellationToken;
+
+mod support;
+use support::{LoopbackServer, ms};
 
 const ITERATIONS: usize = 1000;
 const WARMUP: usize = 50;
 const TARGET: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/target");
-
-fn ms(duration: Duration) -> f64 {
-    duration.as_secs_f64() * 1000.0
-}
 
 fn report(name: &str, samples: &mut [Duration]) {
     samples.sort();
@@ -145,25 +142,8 @@ async fn proxied(engine: &Arc<Engine>, wheels: &Path) -> anyhow::Result<()> {
         )
         .await?;
 
-    let shutdown = CancellationToken::new();
-    let router = app(
-        engine.clone(),
-        &HttpConfig {
-            shutdown: shutdown.clone(),
-            ..Default::default()
-        },
-    )?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let base = format!("http://{}", listener.local_addr()?);
-    let listener = axum::serve::ListenerExt::tap_io(listener, |stream| {
-        let _ = stream.set_nodelay(true);
-    });
-    let stop = shutdown.clone();
-    let server = tokio::spawn(async move {
-        axum::serve(listener, router)
-            .with_graceful_shutdown(stop.cancelled_owned())
-            .await
-    });
+    let server = LoopbackServer::start(engine).await?;
+    let base = server.base.clone();
     let client = reqwest::Client::builder().tcp_nodelay(true).build()?;
     let url = format!("{base}/containers/{id}/mcp-proxy/time");
     let post = |body: String, session: Option<&str>| {
@@ -222,8 +202,7 @@ async fn proxied(engine: &Arc<Engine>, wheels: &Path) -> anyhow::Result<()> {
         .header("mcp-session-id", &session)
         .send()
         .await?;
-    shutdown.cancel();
-    let _ = server.await;
+    server.stop().await;
     Ok(())
 }
 

@@ -28,3 +28,49 @@ pub(crate) async fn raw_execute(client: &KernelClient, code: &str) -> anyhow::Re
     }
     Ok(())
 }
+
+/// The real router (REST, `/mcp`, the proxy) served on a free loopback port with TCP_NODELAY,
+/// as `kernelbox serve` would serve it.
+pub(crate) struct LoopbackServer {
+    /// `http://127.0.0.1:port`
+    pub(crate) base: String,
+    shutdown: tokio_util::sync::CancellationToken,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl LoopbackServer {
+    pub(crate) async fn start(
+        engine: &std::sync::Arc<kernelbox::engine::Engine>,
+    ) -> anyhow::Result<Self> {
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let router = kernelbox::server::app(
+            engine.clone(),
+            &kernelbox::server::HttpConfig {
+                shutdown: shutdown.clone(),
+                ..Default::default()
+            },
+        )?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let base = format!("http://{}", listener.local_addr()?);
+        let listener = axum::serve::ListenerExt::tap_io(listener, |stream| {
+            let _ = stream.set_nodelay(true);
+        });
+        let stop = shutdown.clone();
+        let server = tokio::spawn(async move {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await
+        });
+        Ok(Self {
+            base,
+            shutdown,
+            server,
+        })
+    }
+
+    /// Ends MCP sessions and the listener, and waits for it.
+    pub(crate) async fn stop(self) {
+        self.shutdown.cancel();
+        let _ = self.server.await;
+    }
+}

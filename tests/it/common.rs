@@ -284,3 +284,60 @@ impl Drop for TestServer {
         self.server.abort();
     }
 }
+
+/// The MCP scenarios driven by the official Python SDK.
+const SCENARIOS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/mcp/scenarios.py");
+
+/// Runs one scenario of `tests/mcp/scenarios.py` (it must finish `within`) and returns the facts
+/// it printed on its `RESULT` line.
+pub(crate) async fn run_scenario(args: &[&str], within: std::time::Duration) -> serde_json::Value {
+    let output = tokio::process::Command::new(python_with_mcp())
+        .arg(SCENARIOS)
+        .args(args)
+        .env("KERNELBOX_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(within, output)
+        .await
+        .unwrap_or_else(|_| panic!("scenario {args:?} did not finish within {within:?}"))
+        .expect("run the scenario");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "scenario {args:?} failed ({}):\n{stdout}\n{stderr}",
+        output.status
+    );
+    let line = stdout
+        .lines()
+        .find_map(|line| line.strip_prefix("RESULT "))
+        .unwrap_or_else(|| panic!("no RESULT line:\n{stdout}\n{stderr}"));
+    eprintln!("scenario {}: {line}", args[0]);
+    serde_json::from_str(line).expect("RESULT is JSON")
+}
+
+/// `curl` with `args`: (status, response headers, body).
+pub(crate) async fn curl(args: &[&str]) -> (u16, String, String) {
+    let output = tokio::process::Command::new("curl")
+        .args([
+            "-sS",
+            "-D",
+            "/dev/stderr",
+            "-o",
+            "-",
+            "-w",
+            "\n%{http_code}",
+        ])
+        .args(args)
+        .output()
+        .await
+        .expect("run curl");
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    let (body, status) = text.rsplit_once('\n').expect("status line");
+    (
+        status.trim().parse().expect("status code"),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+        body.to_string(),
+    )
+}

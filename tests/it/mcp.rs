@@ -1,43 +1,15 @@
 //! The MCP face end to end: the official MCP Python SDK (tests/mcp/scenarios.py) drives
 //! `kernelbox stdio` and the `/mcp` route of the real router over real HTTP, against real Docker.
 
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use tokio::process::Command;
 
-use crate::common::{TestEngine, TestServer, container_exists, python_with_mcp};
+use crate::common::{TestEngine, TestServer, container_exists, curl, run_scenario};
 
-const SCENARIOS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/mcp/scenarios.py");
-
-/// Runs one scenario and returns the facts it printed on its `RESULT` line.
+/// Runs one scenario (ten minutes at most) and returns its facts.
 async fn scenario(args: &[&str]) -> Value {
-    let python = python_with_mcp();
-    let output = Command::new(python)
-        .arg(SCENARIOS)
-        .args(args)
-        .env("KERNELBOX_LOG", "warn")
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .output();
-    let output = tokio::time::timeout(Duration::from_secs(600), output)
-        .await
-        .expect("scenario finished within 10 minutes")
-        .expect("run the scenario");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "scenario {args:?} failed ({}):\n{stdout}\n{stderr}",
-        output.status
-    );
-    let line = stdout
-        .lines()
-        .find_map(|line| line.strip_prefix("RESULT "))
-        .unwrap_or_else(|| panic!("no RESULT line:\n{stdout}\n{stderr}"));
-    eprintln!("scenario {}: {line}", args[0]);
-    serde_json::from_str(line).expect("RESULT is JSON")
+    run_scenario(args, Duration::from_secs(600)).await
 }
 
 fn mcp_url(server: &TestServer) -> String {
@@ -136,22 +108,6 @@ async fn http_stateless_sessions_tools_and_resources() {
     }
 }
 
-/// `curl` against the endpoint: (status, body).
-async fn curl(args: &[&str]) -> (u16, String) {
-    let output = Command::new("curl")
-        .args(["-sS", "-o", "-", "-w", "\n%{http_code}"])
-        .args(args)
-        .output()
-        .await
-        .expect("run curl");
-    let text = String::from_utf8_lossy(&output.stdout).into_owned();
-    let (body, status) = text.rsplit_once('\n').expect("status line");
-    (
-        status.trim().parse().expect("status code"),
-        body.to_string(),
-    )
-}
-
 const INITIALIZE: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"curl","version":"1"}}}"#;
 
 #[tokio::test(flavor = "multi_thread")]
@@ -176,7 +132,11 @@ async fn http_endpoint_checks_key_origin_and_host() {
         args.into_iter().map(String::from).collect::<Vec<_>>()
     };
     let run = |args: Vec<String>| async move {
-        curl(&args.iter().map(String::as_str).collect::<Vec<_>>()).await
+        {
+            let (status, _headers, body) =
+                curl(&args.iter().map(String::as_str).collect::<Vec<_>>()).await;
+            (status, body)
+        }
     };
 
     let (status, body) = run(post(&[])).await;

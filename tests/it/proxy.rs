@@ -11,13 +11,11 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use tokio::process::Command;
 
-use crate::common::{TestServer, python_with_mcp};
+use crate::common::{TestServer, curl, python_with_mcp, run_scenario};
 
 /// The proxy test server beside mcp-server-time (progress, logs, a slow tool).
 const PROGRESS_SERVER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/mcp/progress_server.py");
-const SCENARIOS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/mcp/scenarios.py");
 /// How the time server is started inside the sandbox.
 const TIME_SERVER: &str = "time";
 const PROGRESS: &str = "progress";
@@ -471,26 +469,7 @@ async fn helper_routes_register_list_and_call_a_real_server() {
 
 /// Runs the SDK scenario against the proxy URL.
 async fn sdk_scenario(mode: &str, url: &str) -> Value {
-    let output = Command::new(python_with_mcp())
-        .args([SCENARIOS, "proxy", mode, url])
-        .kill_on_drop(true)
-        .output();
-    let output = tokio::time::timeout(Duration::from_secs(300), output)
-        .await
-        .expect("scenario finished within 5 minutes")
-        .expect("run the scenario");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "proxy scenario ({mode}) failed ({}):\n{stdout}\n{stderr}",
-        output.status
-    );
-    let line = stdout
-        .lines()
-        .find_map(|line| line.strip_prefix("RESULT "))
-        .unwrap_or_else(|| panic!("no RESULT line:\n{stdout}\n{stderr}"));
-    serde_json::from_str(line).expect("RESULT is JSON")
+    run_scenario(&["proxy", mode, url], Duration::from_secs(300)).await
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -508,31 +487,6 @@ async fn python_sdk_reaches_a_real_server_through_the_proxy() {
     assert_eq!(auto["tools"], json!(["convert_time", "get_current_time"]));
     // Each SDK client ended its session (DELETE): only the helper process is left.
     wait_for_processes(&server, &id, "mcp_server_time", 1).await;
-}
-
-/// `curl` against the proxy: (status, headers, body).
-async fn curl(args: &[&str]) -> (u16, String, String) {
-    let output = Command::new("curl")
-        .args([
-            "-sS",
-            "-D",
-            "/dev/stderr",
-            "-o",
-            "-",
-            "-w",
-            "\n%{http_code}",
-        ])
-        .args(args)
-        .output()
-        .await
-        .expect("run curl");
-    let text = String::from_utf8_lossy(&output.stdout).into_owned();
-    let (body, status) = text.rsplit_once('\n').expect("status line");
-    (
-        status.trim().parse().expect("status code"),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-        body.to_string(),
-    )
 }
 
 /// The data lines of an SSE body, parsed.
