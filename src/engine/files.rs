@@ -229,6 +229,20 @@ impl Engine {
         Ok(real)
     }
 
+    /// The real path of an existing regular file in the workspace.
+    async fn resolve_file(&self, sandbox: &Sandbox, path: &str) -> Result<String, EngineError> {
+        let (existing, real) = self.resolve(sandbox, path, Create::Nothing).await?;
+        match existing {
+            Existing::File => Ok(real),
+            Existing::Nothing => Err(EngineError::PathNotFound {
+                path: path.to_string(),
+            }),
+            Existing::Directory => Err(EngineError::IsADirectory {
+                path: path.to_string(),
+            }),
+        }
+    }
+
     /// Reads a whole file (up to [`READ_LIMIT`] bytes).
     pub async fn read_file(
         &self,
@@ -238,20 +252,7 @@ impl Engine {
     ) -> Result<Vec<u8>, EngineError> {
         let sandbox = self.get(id, owner)?;
         sandbox.touch();
-        let (existing, real) = self.resolve(&sandbox, path, Create::Nothing).await?;
-        match existing {
-            Existing::Nothing => {
-                return Err(EngineError::PathNotFound {
-                    path: path.to_string(),
-                });
-            }
-            Existing::Directory => {
-                return Err(EngineError::IsADirectory {
-                    path: path.to_string(),
-                });
-            }
-            Existing::File => {}
-        }
+        let real = self.resolve_file(&sandbox, path).await?;
         let tar_stream = self.backend.get_archive(sandbox.container_id(), &real);
         let reader = SyncIoBridge::new(StreamReader::new(tar_stream));
         let path_owned = path.to_string();
@@ -467,20 +468,7 @@ impl Engine {
     ) -> Result<FileDownload, EngineError> {
         let sandbox = self.get(id, owner)?;
         sandbox.touch();
-        let (existing, real) = self.resolve(&sandbox, path, Create::Nothing).await?;
-        match existing {
-            Existing::Nothing => {
-                return Err(EngineError::PathNotFound {
-                    path: path.to_string(),
-                });
-            }
-            Existing::Directory => {
-                return Err(EngineError::IsADirectory {
-                    path: path.to_string(),
-                });
-            }
-            Existing::File => {}
-        }
+        let real = self.resolve_file(&sandbox, path).await?;
         let input = SyncIoBridge::new(StreamReader::new(
             self.backend.get_archive(sandbox.container_id(), &real),
         ));
