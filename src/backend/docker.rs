@@ -61,6 +61,37 @@ impl DockerBackend {
     pub fn client(&self) -> &Docker {
         &self.docker
     }
+
+    /// Creates and starts an exec with stdout and stderr attached (and stdin when asked).
+    /// Returns the exec id, for its exit code, and the attached streams.
+    async fn start_exec(
+        &self,
+        container_id: &str,
+        spec: ExecSpec,
+        attach_stdin: bool,
+    ) -> Result<(String, StartExecResults), BackendError> {
+        let config = ExecConfig {
+            attach_stdin: Some(attach_stdin),
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            cmd: Some(spec.argv),
+            env: Some(spec.env),
+            working_dir: Some(spec.workdir),
+            user: spec.user,
+            ..Default::default()
+        };
+        let exec = self
+            .docker
+            .create_exec(container_id, config)
+            .await
+            .map_err(|error| classify("exec create", "container", error))?;
+        let started = self
+            .docker
+            .start_exec(&exec.id, None::<StartExecOptions>)
+            .await
+            .map_err(|error| classify("exec start", "container", error))?;
+        Ok((exec.id, started))
+    }
 }
 
 /// Maps a Docker error by status code (never by message text).
@@ -280,35 +311,18 @@ impl Backend for DockerBackend {
     }
 
     async fn exec(&self, container_id: &str, spec: ExecSpec) -> Result<ExecOutput, BackendError> {
-        let config = ExecConfig {
-            attach_stdout: Some(true),
-            attach_stderr: Some(true),
-            cmd: Some(spec.argv),
-            env: Some(spec.env),
-            working_dir: Some(spec.workdir),
-            user: spec.user,
-            ..Default::default()
-        };
-        let exec = self
-            .docker
-            .create_exec(container_id, config)
-            .await
-            .map_err(|error| classify("exec create", "container", error))?;
-        let started = self
-            .docker
-            .start_exec(&exec.id, None::<StartExecOptions>)
-            .await
-            .map_err(|error| classify("exec start", "container", error))?;
+        let output_limit = spec.output_limit;
+        let (exec_id, started) = self.start_exec(container_id, spec, false).await?;
         let mut result = ExecOutput::default();
         if let StartExecResults::Attached { mut output, .. } = started {
             while let Some(chunk) = output.next().await {
                 let chunk = chunk.map_err(|error| classify("exec output", "container", error))?;
                 let dropped = match chunk {
                     LogOutput::StdOut { message } | LogOutput::Console { message } => {
-                        append_capped(&mut result.stdout, &message, spec.output_limit)
+                        append_capped(&mut result.stdout, &message, output_limit)
                     }
                     LogOutput::StdErr { message } => {
-                        append_capped(&mut result.stderr, &message, spec.output_limit)
+                        append_capped(&mut result.stderr, &message, output_limit)
                     }
                     LogOutput::StdIn { .. } => false,
                 };
@@ -317,7 +331,7 @@ impl Backend for DockerBackend {
         }
         let inspect = self
             .docker
-            .inspect_exec(&exec.id)
+            .inspect_exec(&exec_id)
             .await
             .map_err(|error| classify("exec inspect", "container", error))?;
         result.exit_code = inspect.exit_code.unwrap_or(-1);
@@ -329,26 +343,7 @@ impl Backend for DockerBackend {
         container_id: &str,
         spec: ExecSpec,
     ) -> Result<AttachedExec, BackendError> {
-        let config = ExecConfig {
-            attach_stdin: Some(true),
-            attach_stdout: Some(true),
-            attach_stderr: Some(true),
-            cmd: Some(spec.argv),
-            env: Some(spec.env),
-            working_dir: Some(spec.workdir),
-            user: spec.user,
-            ..Default::default()
-        };
-        let exec = self
-            .docker
-            .create_exec(container_id, config)
-            .await
-            .map_err(|error| classify("exec create", "container", error))?;
-        let started = self
-            .docker
-            .start_exec(&exec.id, None::<StartExecOptions>)
-            .await
-            .map_err(|error| classify("exec start", "container", error))?;
+        let (_, started) = self.start_exec(container_id, spec, true).await?;
         let StartExecResults::Attached { output, input } = started else {
             return Err(BackendError::NotAttached);
         };
