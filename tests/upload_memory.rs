@@ -6,13 +6,10 @@
 #[allow(dead_code)]
 mod common;
 
-use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::Command;
 
 const CHUNK: usize = 1024 * 1024;
 const CHUNKS: usize = 1024;
@@ -53,38 +50,8 @@ async fn a_gibibyte_upload_keeps_the_server_small() {
         &uuid::Uuid::new_v4().simple().to_string()[..8]
     );
     let _cleanup = Cleanup(instance.clone());
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("free port")
-        .port();
-    let mut server = Command::new(env!("CARGO_BIN_EXE_kernelbox"))
-        .args([
-            "serve",
-            "--port",
-            &port.to_string(),
-            "--instance",
-            &instance,
-            "--no-image-build",
-            "--destroy-on-exit",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn kernelbox serve");
+    let (mut server, port) = common::start_server(&instance, &["--destroy-on-exit"]).await;
     let pid = server.id().expect("server pid");
-    let mut lines = BufReader::new(server.stderr.take().expect("stderr")).lines();
-    let listening = tokio::time::timeout(Duration::from_secs(60), async {
-        while let Ok(Some(line)) = lines.next_line().await {
-            if line.contains("listening") {
-                return true;
-            }
-        }
-        false
-    })
-    .await;
-    assert_eq!(listening, Ok(true), "server did not start");
-    let drain = tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
 
     let base = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::new();
@@ -189,7 +156,6 @@ async fn a_gibibyte_upload_keeps_the_server_small() {
         .expect("destroy");
     assert_eq!(deleted.status(), reqwest::StatusCode::NO_CONTENT);
     let _ = server.kill().await;
-    drain.abort();
 }
 
 /// Removes the instance's containers even when the test fails.

@@ -1,50 +1,13 @@
 //! The real binary: `kernelbox serve` starts, answers `GET /health`, and exits cleanly on
 //! SIGTERM.
 
-use std::process::Stdio;
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::process::Command;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::common::{TestEngine, docker_required, ensure_image, remove_instance_containers};
-
-/// Starts `kernelbox serve` for `instance` on a free port and waits for its "listening" line.
-async fn start_server(instance: &str) -> (tokio::process::Child, u16) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("free port")
-        .port();
-    let mut server = Command::new(env!("CARGO_BIN_EXE_kernelbox"))
-        .args([
-            "serve",
-            "--port",
-            &port.to_string(),
-            "--instance",
-            instance,
-            "--no-image-build",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn kernelbox serve");
-    // Wait for the "listening" log line: the event, not a guess at a delay.
-    let mut lines = BufReader::new(server.stderr.take().expect("stderr")).lines();
-    let listening = tokio::time::timeout(Duration::from_secs(60), async {
-        while let Ok(Some(line)) = lines.next_line().await {
-            if line.contains("listening") {
-                return true;
-            }
-        }
-        false
-    })
-    .await;
-    assert_eq!(listening, Ok(true), "server did not start");
-    // Keep draining stderr so the server never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (server, port)
-}
+use crate::common::{
+    TestEngine, docker_required, ensure_image, remove_instance_containers, start_server,
+};
 
 async fn get_health(port: u16) -> String {
     let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
@@ -82,7 +45,7 @@ async fn serve_answers_health_and_stops_on_sigterm() {
         "test-cli-{}",
         &uuid::Uuid::new_v4().simple().to_string()[..8]
     );
-    let (mut server, port) = start_server(&instance).await;
+    let (mut server, port) = start_server(&instance, &[]).await;
     let response = get_health(port).await;
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     assert!(response.contains("\"docker\":true"), "{response}");
@@ -123,10 +86,10 @@ async fn sigkilled_server_reattaches_its_sandboxes_on_restart() {
         ids.push(id);
     }
     // The server process of the same instance takes them over, is SIGKILLed, and started again.
-    let (mut first, port) = start_server(t.instance()).await;
+    let (mut first, port) = start_server(t.instance(), &[]).await;
     assert!(get_health(port).await.contains("\"sandboxes\":3"));
     first.kill().await.expect("SIGKILL");
-    let (mut second, port) = start_server(t.instance()).await;
+    let (mut second, port) = start_server(t.instance(), &[]).await;
     assert!(get_health(port).await.contains("\"sandboxes\":3"));
     second.kill().await.expect("SIGKILL");
     // Same ids, variables intact.

@@ -341,3 +341,44 @@ pub(crate) async fn curl(args: &[&str]) -> (u16, String, String) {
         body.to_string(),
     )
 }
+
+/// Starts `kernelbox serve` for `instance` (plus `extra` flags) on a free port and waits for its
+/// "listening" line.
+pub(crate) async fn start_server(instance: &str, extra: &[&str]) -> (tokio::process::Child, u16) {
+    use tokio::io::AsyncBufReadExt;
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("free port")
+        .port();
+    let mut server = tokio::process::Command::new(env!("CARGO_BIN_EXE_kernelbox"))
+        .args([
+            "serve",
+            "--port",
+            &port.to_string(),
+            "--instance",
+            instance,
+            "--no-image-build",
+        ])
+        .args(extra)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn kernelbox serve");
+    // Wait for the "listening" log line: the event, not a guess at a delay.
+    let mut lines = tokio::io::BufReader::new(server.stderr.take().expect("stderr")).lines();
+    let listening = tokio::time::timeout(std::time::Duration::from_secs(60), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line.contains("listening") {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(listening, Ok(true), "server did not start");
+    // Keep draining stderr so the server never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (server, port)
+}
