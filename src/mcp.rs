@@ -32,6 +32,10 @@ use rmcp::{ErrorData, RoleServer, ServerHandler, tool_handler};
 use crate::engine::{CreateSandbox, Engine, EngineError, SandboxInfo};
 use crate::http::auth::Tenant;
 
+/// The largest file `read_file` and file resources return (larger ones are read in parts with
+/// code or commands).
+const READ_LIMIT: usize = 8 * 1024 * 1024;
+
 /// What the server tells a model about itself at initialize.
 const INSTRUCTIONS: &str = "kernelbox runs Python in sandboxes: each is a Docker container with a \
 stateful IPython kernel (Python 3.11; numpy, pandas, matplotlib and pillow preinstalled). Variables, \

@@ -16,13 +16,12 @@ use rmcp::model::{
 };
 use serde_json::Value;
 
+use super::READ_LIMIT;
 use crate::engine::{Engine, EngineError};
 use crate::http::auth::Tenant;
 
 const SESSIONS_URI: &str = "sessions://";
 const SESSION_SCHEME: &str = "session://";
-/// The largest file served as a resource.
-const READ_LIMIT: usize = 8 * 1024 * 1024;
 
 /// The resources a caller can see: the session list and each session.
 pub(crate) fn list(engine: &Engine, tenant: &Tenant) -> ListResourcesResult {

@@ -23,8 +23,6 @@ use crate::engine::commands::CommandRequest;
 /// A silent execution still sends a progress notification this often, so clients that reset
 /// their timeout on progress never give up on a long run.
 const KEEPALIVE: Duration = Duration::from_secs(5);
-/// The largest file `read_file` returns inline.
-const READ_INLINE_LIMIT: usize = 8 * 1024 * 1024;
 
 const EXECUTE_CODE: &str = "Run Python code in a stateful IPython kernel (Python 3.11 with numpy, \
 pandas, matplotlib and pillow; install more with install_packages). Variables, imports and \
@@ -362,10 +360,10 @@ impl KernelboxMcp {
                 .engine
                 .read_file(&target.id, target.tenant.owner(), &args.path)
                 .await?;
-            if content.len() > READ_INLINE_LIMIT {
+            if content.len() > super::READ_LIMIT {
                 return Err(ToolFailure::Engine(crate::engine::EngineError::TooLarge {
                     what: "the file",
-                    limit: READ_INLINE_LIMIT as u64,
+                    limit: super::READ_LIMIT as u64,
                 }));
             }
             Ok::<_, ToolFailure>((target, content))
