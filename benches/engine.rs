@@ -5,8 +5,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kernelbox::backend::{Backend, DockerBackend};
+use kernelbox::backend::Backend;
+use kernelbox::backend::docker::DockerBackend;
 use kernelbox::config::EngineConfig;
+use kernelbox::engine::Tenant;
 use kernelbox::engine::{CreateSandbox, Engine, ExecuteRequest};
 use kernelbox::kernel::KernelClient;
 
@@ -34,11 +36,11 @@ async fn run(engine: &Arc<Engine>, backend: &dyn Backend) -> anyhow::Result<()> 
     let mut creates = Vec::new();
     for _ in 0..CREATES {
         let started = Instant::now();
-        let info = engine.create(CreateSandbox::default()).await?;
+        let info = engine.create(CreateSandbox::new(Tenant::Local)).await?;
         let result = engine
             .execute(
                 &info.id,
-                None,
+                &Tenant::Local,
                 ExecuteRequest {
                     code: "1+1".into(),
                     timeout: None,
@@ -52,7 +54,7 @@ async fn run(engine: &Arc<Engine>, backend: &dyn Backend) -> anyhow::Result<()> 
             "unexpected result {result:?}"
         );
         creates.push(started.elapsed());
-        engine.destroy(&info.id, None).await?;
+        engine.destroy(&info.id, &Tenant::Local).await?;
     }
     println!(
         "create -> first result: p50 {:.0} ms, max {:.0} ms ({CREATES} runs)",
@@ -60,8 +62,8 @@ async fn run(engine: &Arc<Engine>, backend: &dyn Backend) -> anyhow::Result<()> 
         ms(percentile(&mut creates, 1.0))
     );
 
-    let info = engine.create(CreateSandbox::default()).await?;
-    let sandbox = engine.get(&info.id, None)?;
+    let info = engine.create(CreateSandbox::new(Tenant::Local)).await?;
+    let sandbox = engine.get(&info.id, &Tenant::Local)?;
     let endpoint = backend
         .inspect(sandbox.container_id())
         .await?
@@ -107,7 +109,7 @@ async fn run(engine: &Arc<Engine>, backend: &dyn Backend) -> anyhow::Result<()> 
         let result = engine
             .execute(
                 &info.id,
-                None,
+                &Tenant::Local,
                 ExecuteRequest {
                     code: code.into(),
                     timeout: None,
@@ -133,7 +135,7 @@ async fn engine_execute(engine: &Arc<Engine>, id: &str, code: &str) -> anyhow::R
     let result = engine
         .execute(
             id,
-            None,
+            &Tenant::Local,
             ExecuteRequest {
                 code: code.into(),
                 timeout: None,

@@ -7,8 +7,10 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kernelbox::backend::{Backend, DockerBackend};
+use kernelbox::backend::Backend;
+use kernelbox::backend::docker::DockerBackend;
 use kernelbox::config::EngineConfig;
+use kernelbox::engine::Tenant;
 use kernelbox::engine::{CreateSandbox, Engine};
 use kernelbox::kernel::KernelClient;
 use serde_json::json;
@@ -49,9 +51,9 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn run(engine: &Arc<Engine>, backend: &dyn Backend, instance: &str) -> anyhow::Result<()> {
-    let id = engine.create(CreateSandbox::default()).await?.id;
+    let id = engine.create(CreateSandbox::new(Tenant::Local)).await?.id;
     let endpoint = backend
-        .inspect(engine.get(&id, None)?.container_id())
+        .inspect(engine.get(&id, &Tenant::Local)?.container_id())
         .await?
         .kernel
         .ok_or_else(|| anyhow::anyhow!("no kernel endpoint"))?;

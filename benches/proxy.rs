@@ -10,10 +10,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use kernelbox::backend::DockerBackend;
+use kernelbox::backend::docker::DockerBackend;
 use kernelbox::config::EngineConfig;
+use kernelbox::engine::Tenant;
 use kernelbox::engine::commands::CommandRequest;
-use kernelbox::engine::{CreateSandbox, Engine, ServerParams};
+use kernelbox::engine::{CreateSandbox, Engine, GuestServerParams};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
@@ -105,22 +106,20 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn proxied(engine: &Arc<Engine>, wheels: &Path) -> anyhow::Result<()> {
-    let id = engine.create(CreateSandbox::default()).await?.id;
+    let id = engine.create(CreateSandbox::new(Tenant::Local)).await?.id;
     let mut tar = tar::Builder::new(Vec::new());
     tar.append_dir_all(".", wheels)?;
     let tar = Bytes::from(tar.into_inner()?);
     engine
         .upload_tree(
             &id,
-            None,
+            &Tenant::Local,
             "wheels",
             Box::pin(futures::stream::once(async move { Ok(tar) })),
         )
         .await?;
     let installed = engine
-        .run_command(
-            &id,
-            None,
+        .run_command(&id, &Tenant::Local,
             CommandRequest {
                 command: "python3 -m pip install --no-input --no-index --find-links /workspace/wheels mcp-server-time".into(),
                 timeout: Some(Duration::from_secs(300)),
@@ -130,11 +129,11 @@ async fn proxied(engine: &Arc<Engine>, wheels: &Path) -> anyhow::Result<()> {
         .await?;
     anyhow::ensure!(installed.exit_code == 0, "pip: {}", installed.stderr);
     engine
-        .register_mcp_server(
+        .register_guest_server(
             &id,
-            None,
+            &Tenant::Local,
             "time",
-            ServerParams {
+            GuestServerParams {
                 command: "python3".into(),
                 args: vec!["-m".into(), "mcp_server_time".into()],
                 env: Default::default(),

@@ -1,5 +1,7 @@
-//! Where sandboxes run. The engine talks only to the [`Backend`] trait; [`docker`] implements it
-//! with bollard. Another runtime (Kubernetes) would be a sibling file.
+//! Where sandboxes run. The engine talks only to the [`Backend`] trait, in the types of this
+//! file; [`docker`] implements it with bollard, and keeps everything Docker-specific (the
+//! container's supervisor, how a kernel is killed, where the OOM counter lives, the image build)
+//! to itself. Another runtime (Kubernetes) would be a sibling file.
 
 pub mod docker;
 
@@ -14,8 +16,6 @@ use futures::Stream;
 use tokio::io::AsyncWrite;
 
 use crate::kernel::{ConnectionInfo, KernelEndpoint};
-
-pub use docker::DockerBackend;
 
 /// A stream of bytes (a tar archive) moving in or out of a sandbox.
 pub type ByteStream = Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>>;
@@ -85,6 +85,9 @@ pub enum ExecChunk {
 
 /// A process running in a sandbox with its stdin and output attached (`docker exec -i`).
 pub struct AttachedExec {
+    /// The process's pid inside the sandbox. It leads its own process group, so
+    /// [`Backend::kill_process_group`] with it takes its children along.
+    pub pid: u32,
     /// Writes reach the process's stdin; shutting this down closes its stdin.
     pub stdin: Pin<Box<dyn AsyncWrite + Send>>,
     /// What the process prints. The stream ends when the process exits or its container goes
@@ -92,34 +95,42 @@ pub struct AttachedExec {
     pub output: Pin<Box<dyn Stream<Item = Result<ExecChunk, BackendError>> + Send>>,
 }
 
+/// The runtime's own error, kept for the log; its type is the backend's business.
+pub type RuntimeError = Box<dyn std::error::Error + Send + Sync>;
+
 /// Backend failures. Variants are decided from the runtime's status codes, not message text.
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
     #[error("the container runtime is unreachable")]
-    Unavailable(#[source] bollard::errors::Error),
+    Unavailable {
+        #[source]
+        source: RuntimeError,
+    },
     #[error("{what} not found")]
     NotFound { what: &'static str },
     #[error("image {image} is missing; build it with `kernelbox image build`")]
     ImageMissing { image: String },
     #[error("{what} conflicts with the container's state")]
     Conflict { what: &'static str },
-    #[error("the container runtime refused {operation} (status {status})")]
-    Refused {
+    /// The runtime refused the request as invalid (say, more CPUs than the host has).
+    #[error("the container runtime refused {operation} as invalid")]
+    Invalid {
         operation: &'static str,
-        status: u16,
         #[source]
-        source: bollard::errors::Error,
+        source: RuntimeError,
     },
     #[error("the container runtime failed during {operation}")]
-    Runtime {
+    Failed {
         operation: &'static str,
         #[source]
-        source: bollard::errors::Error,
+        source: RuntimeError,
     },
     #[error("the container has no published port for the kernel's {channel} channel")]
     NoKernelPort { channel: &'static str },
     #[error("the container runtime started the process detached, not attached")]
     NotAttached,
+    #[error("the process exited before it started: {stderr}")]
+    ProcessDidNotStart { stderr: String },
     #[error("{operation} did not finish within {waited:?}")]
     Timeout {
         operation: &'static str,
@@ -145,8 +156,9 @@ pub trait Backend: Send + Sync + 'static {
     async fn inspect(&self, container_id: &str) -> Result<ContainerInfo, BackendError>;
     /// Runs a command to completion (the caller bounds its time) and collects its output.
     async fn exec(&self, container_id: &str, spec: ExecSpec) -> Result<ExecOutput, BackendError>;
-    /// Starts a process with stdin, stdout and stderr attached, and returns at once
-    /// (`spec.output_limit` does not apply: the caller reads the output as it comes).
+    /// Starts a process with stdin, stdout and stderr attached, in a process group of its own,
+    /// and returns once it runs (`spec.output_limit` does not apply: the caller reads the output
+    /// as it comes).
     async fn exec_attached(
         &self,
         container_id: &str,
@@ -161,6 +173,13 @@ pub trait Backend: Send + Sync + 'static {
     ) -> Result<(), BackendError>;
     /// A tar stream of `path` (a file or a directory, named by its last component).
     fn get_archive(&self, container_id: &str, path: &str) -> ByteStream;
+    /// Sends SIGKILL to a process group inside the container.
+    async fn kill_process_group(&self, container_id: &str, pgid: u32) -> Result<(), BackendError>;
+    /// Kills the sandbox's kernel process; the sandbox starts a fresh kernel on its own, keeping
+    /// its files and installed packages.
+    async fn kill_kernel(&self, container_id: &str) -> Result<(), BackendError>;
+    /// How many processes the sandbox's memory limit has killed since it started.
+    async fn oom_kills(&self, container_id: &str) -> Result<u64, BackendError>;
     /// Removes the container, running or not. Removing a missing container succeeds.
     async fn destroy(&self, container_id: &str) -> Result<(), BackendError>;
 }

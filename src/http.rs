@@ -1,15 +1,26 @@
-//! The HTTP surface shared by the REST API, `/mcp` and the MCP proxy.
+//! The HTTP server behind `kernelbox serve`: the REST face, the guest proxy face, and the pieces
+//! every HTTP face shares. The MCP face's Streamable HTTP transport is mounted here too.
 //!
-//! | part        | what it does                                                    |
-//! |-------------|-----------------------------------------------------------------|
-//! | [`auth`]    | API keys and tenants, one check for every HTTP face             |
-//! | [`error`]   | the JSON error shape and the engine-error → status mapping      |
-//! | [`rest`]    | the REST routes over the engine                                 |
-//! | [`metrics`] | `GET /metrics`                                                  |
-//! | [`openapi`] | the OpenAPI document and the `/docs` page                       |
+//! | part              | what it does                                                       |
+//! |-------------------|--------------------------------------------------------------------|
+//! | [`server`]        | composes the faces into one router, binds, serves, shuts down      |
+//! | [`rest`]          | the REST face: containers, executions, files, commands, guests     |
+//! | [`guest_proxy`]   | the guest proxy face: Streamable HTTP to a guest server's process  |
+//! | [`auth`]          | API keys and the tenants they name                                 |
+//! | [`guard`]         | the checks every request passes before a face sees it              |
+//! | [`error`]         | the JSON error shape, and engine errors as HTTP and JSON-RPC codes |
+//! | [`extract`]       | request extractors whose rejections use the error shape            |
+//! | [`metrics`]       | `GET /metrics`                                                     |
+//! | [`openapi`]       | the OpenAPI document and the `/docs` page                          |
+//!
+//! The faces import the shared pieces, never each other; only [`server`] knows them all.
 
 pub mod auth;
 pub mod error;
+pub mod extract;
+pub mod guard;
+pub mod guest_proxy;
 pub mod metrics;
 pub mod openapi;
 pub mod rest;
+pub mod server;

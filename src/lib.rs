@@ -1,24 +1,23 @@
 //! kernelbox: stateful Python sandboxes (a Docker container running a stock IPython kernel each),
 //! served over MCP and REST.
 //!
-//! | module      | what it holds                                                      |
-//! |-------------|--------------------------------------------------------------------|
-//! | [`config`]  | settings, every one a CLI flag and a `KERNELBOX_*` variable        |
-//! | [`kernel`]  | the Jupyter messaging protocol over ZeroMQ                         |
-//! | [`backend`] | where sandboxes run: the [`backend::Backend`] trait and Docker     |
-//! | [`engine`]  | the sandbox table, executions, files and commands                  |
-//! | [`image`]   | building the sandbox image                                         |
-//! | [`http`]    | the HTTP surface: auth, errors, REST routes                        |
-//! | [`mcp`]     | the MCP face: tools and resources over stdio and Streamable HTTP   |
-//! | [`proxy`]   | the MCP proxy: Streamable HTTP to stdio MCP servers in a sandbox   |
-//! | [`server`]  | `kernelbox serve`: the listener and the composed router            |
+//! | module      | what it holds                                                          |
+//! |-------------|------------------------------------------------------------------------|
+//! | [`config`]  | settings, every one a CLI flag and a `KERNELBOX_*` variable            |
+//! | [`kernel`]  | the protocol client for kernels: Jupyter messaging                     |
+//! | [`guest`]   | the protocol client for guest servers: JSON-RPC over a process's stdio |
+//! | [`backend`] | where sandboxes run: the [`backend::Backend`] trait, and Docker        |
+//! | [`engine`]  | the one place with the logic: sandboxes, executions, files, commands   |
+//! | [`mcp`]     | the MCP face: tools and resources over stdio and Streamable HTTP       |
+//! | [`http`]    | the HTTP server: the REST face, the guest proxy face, auth, errors     |
+//!
+//! Dependencies point down the table and never back: the faces ([`mcp`], and the REST and proxy
+//! faces in [`http`]) call the [`engine`], which drives the [`backend`] and the protocol clients.
 
 pub mod backend;
 pub mod config;
 pub mod engine;
+pub mod guest;
 pub mod http;
-pub mod image;
 pub mod kernel;
 pub mod mcp;
-pub mod proxy;
-pub mod server;

@@ -6,11 +6,11 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
-use kernelbox::backend::DockerBackend;
+use kernelbox::backend::docker::DockerBackend;
 use kernelbox::config::{Cli, Command, EngineArgs, ImageCommand};
 use kernelbox::engine::{Engine, EngineError};
 use kernelbox::http::auth::ApiKeys;
-use kernelbox::server::HttpConfig;
+use kernelbox::http::server::HttpConfig;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -37,7 +37,7 @@ async fn main_exec(cli: Cli) -> anyhow::Result<()> {
             command: ImageCommand::Build(args),
         } => {
             init_logging(&args.log);
-            kernelbox::image::build(&args.image, args.offline).await?;
+            kernelbox::backend::docker::image::build(&args.image, args.offline).await?;
             eprintln!("kernelbox: image {} is ready", args.image);
             Ok(())
         }
@@ -50,10 +50,10 @@ async fn main_exec(cli: Cli) -> anyhow::Result<()> {
                 shutdown: Default::default(),
             };
             // Before anything slow: refuse an open non-loopback bind at once.
-            kernelbox::server::check_bind(args.host, &http.keys, args.insecure)?;
+            kernelbox::http::server::check_bind(args.host, &http.keys, args.insecure)?;
             let destroy_on_exit = args.engine.destroy_on_exit;
             let engine = start_engine(args.engine, "serve").await?;
-            kernelbox::server::serve(
+            kernelbox::http::server::serve(
                 engine,
                 http,
                 SocketAddr::new(args.host, args.port),
@@ -92,9 +92,9 @@ async fn start_engine(args: EngineArgs, mode: &str) -> anyhow::Result<Arc<Engine
                 "sandbox image {image} is missing or outdated; run `kernelbox image build` (or drop --no-image-build)"
             );
         }
-        let offline = kernelbox::image::can_build_offline();
+        let offline = kernelbox::backend::docker::image::can_build_offline();
         tracing::warn!(%image, offline, "sandbox image missing or outdated; building it now (a few minutes, once)");
-        kernelbox::image::build(&image, offline).await?;
+        kernelbox::backend::docker::image::build(&image, offline).await?;
     }
     engine.check_image().await?;
     let restored = engine.reattach().await?;

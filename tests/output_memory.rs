@@ -8,6 +8,7 @@ mod common;
 
 use std::time::Duration;
 
+use kernelbox::engine::Tenant;
 use kernelbox::engine::{ExecuteRequest, ExecutionOutcome};
 
 const CAP: usize = 4 * 1024 * 1024;
@@ -36,9 +37,7 @@ async fn hundred_megabytes_of_output_are_capped() {
     let before = rss_kib("VmRSS:");
     let result = t
         .engine
-        .execute(
-            &id,
-            None,
+        .execute(&id, &Tenant::Local,
             ExecuteRequest {
                 code: "import sys\nline = 'y' * 1023 + '\\n'\nfor _ in range(100 * 1024):\n    sys.stdout.write(line)".into(),
                 timeout: Some(Duration::from_secs(120)),

@@ -43,9 +43,9 @@ impl LoopbackServer {
         engine: &std::sync::Arc<kernelbox::engine::Engine>,
     ) -> anyhow::Result<Self> {
         let shutdown = tokio_util::sync::CancellationToken::new();
-        let router = kernelbox::server::app(
+        let router = kernelbox::http::server::app(
             engine.clone(),
-            &kernelbox::server::HttpConfig {
+            &kernelbox::http::server::HttpConfig {
                 shutdown: shutdown.clone(),
                 ..Default::default()
             },

@@ -1,8 +1,16 @@
 //! The Docker backend (bollard). Kernel ports are published on 127.0.0.1 only, with host ports
 //! Docker picks at random; the kernel itself runs as the image's non-root user.
+//!
+//! | part        | what it does                                               |
+//! |-------------|------------------------------------------------------------|
+//! | this file   | containers, execs, archives, the kernel's supervisor       |
+//! | [`image`]   | building the sandbox image (`kernelbox image build`)       |
+
+pub mod image;
 
 use std::collections::HashMap;
 use std::io;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bollard::Docker;
@@ -16,12 +24,14 @@ use bollard::query_parameters::{
     CreateContainerOptionsBuilder, DownloadFromContainerOptionsBuilder,
     ListContainersOptionsBuilder, RemoveContainerOptionsBuilder, UploadToContainerOptionsBuilder,
 };
+use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 
 use super::{
     AttachedExec, Backend, BackendError, ByteStream, ContainerInfo, ContainerSpec, ExecChunk,
     ExecOutput, ExecSpec,
 };
+use crate::engine::labels::KERNEL_KEY;
 use crate::kernel::connection::CONTAINER_PORTS;
 use crate::kernel::{KernelEndpoint, KernelPorts};
 
@@ -39,6 +49,21 @@ const KERNEL_SUPERVISOR: &str = r#"printf '%s' "$KERNELBOX_CONNECTION" > /tmp/ke
 unset KERNELBOX_CONNECTION
 mkdir -p "$(python3 -c 'import site; print(site.getusersitepackages())')"
 while :; do python3 -m ipykernel_launcher -f /tmp/kernel.json; done"#;
+/// Kills the kernel, anchored: the supervisor's own command line mentions the kernel too.
+const KILL_KERNEL: [&str; 4] = ["pkill", "-KILL", "-f", "^python3 -m ipykernel_launcher"];
+/// Prints the memory cgroup's event counters (cgroup v2, then v1).
+const READ_OOM_EVENTS: &str =
+    "cat /sys/fs/cgroup/memory.events 2>/dev/null || cat /sys/fs/cgroup/memory/memory.oom_control";
+/// The first line an attached process prints: its pid inside the container. The wrapper makes
+/// the process the leader of a new session, so its pid is also its process group.
+const PID_MARKER: &str = "kernelbox-pid ";
+/// Prints the pid marker, then becomes the command (`exec` keeps the pid).
+const PID_WRAPPER: &str = r#"printf 'kernelbox-pid %s
+' "$$"; exec "$@""#;
+/// How long `docker exec` may take to show the wrapper's pid line.
+const ATTACH_START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How much of an attached process's stderr explains a failed start.
+const START_STDERR_BYTES: usize = 4096;
 
 /// Docker, reached through the usual `DOCKER_HOST` / local socket defaults.
 #[derive(Clone)]
@@ -49,11 +74,8 @@ pub struct DockerBackend {
 impl DockerBackend {
     /// Connects with the local defaults and negotiates the API version with the daemon.
     pub async fn connect() -> Result<Self, BackendError> {
-        let docker = Docker::connect_with_defaults().map_err(BackendError::Unavailable)?;
-        let docker = docker
-            .negotiate_version()
-            .await
-            .map_err(BackendError::Unavailable)?;
+        let docker = Docker::connect_with_defaults().map_err(unavailable)?;
+        let docker = docker.negotiate_version().await.map_err(unavailable)?;
         Ok(Self { docker })
     }
 
@@ -103,18 +125,25 @@ fn classify(operation: &'static str, what: &'static str, error: DockerError) -> 
         DockerError::DockerResponseServerError {
             status_code: 409, ..
         } => BackendError::Conflict { what },
-        DockerError::DockerResponseServerError { status_code, .. } => BackendError::Refused {
+        DockerError::DockerResponseServerError {
+            status_code: 400, ..
+        } => BackendError::Invalid {
             operation,
-            status: status_code,
-            source: error,
+            source: Box::new(error),
         },
         DockerError::HyperResponseError { .. }
         | DockerError::IOError { .. }
-        | DockerError::SocketNotFoundError(_) => BackendError::Unavailable(error),
-        other => BackendError::Runtime {
+        | DockerError::SocketNotFoundError(_) => unavailable(error),
+        other => BackendError::Failed {
             operation,
-            source: other,
+            source: Box::new(other),
         },
+    }
+}
+
+fn unavailable(error: DockerError) -> BackendError {
+    BackendError::Unavailable {
+        source: Box::new(error),
     }
 }
 
@@ -153,11 +182,7 @@ fn container_info(inspect: ContainerInspectResponse) -> ContainerInfo {
             hb: host_port(CONTAINER_PORTS.hb)?,
         })
     })();
-    let kernel = match (
-        running,
-        ports,
-        labels.get(crate::engine::labels::KERNEL_KEY),
-    ) {
+    let kernel = match (running, ports, labels.get(KERNEL_KEY)) {
         (true, Some(ports), Some(key)) => Some(KernelEndpoint {
             host: PUBLISH_HOST.into(),
             ports,
@@ -174,6 +199,17 @@ fn container_info(inspect: ContainerInspectResponse) -> ContainerInfo {
     }
 }
 
+/// A short command of the backend's own, run as the image's user (the sandbox user).
+fn backend_command(argv: &[&str]) -> ExecSpec {
+    ExecSpec {
+        argv: argv.iter().map(|arg| arg.to_string()).collect(),
+        workdir: "/".into(),
+        env: Vec::new(),
+        user: None,
+        output_limit: 4096,
+    }
+}
+
 /// Appends `chunk` to `buffer` up to `limit` bytes; reports whether anything was dropped.
 fn append_capped(buffer: &mut Vec<u8>, chunk: &[u8], limit: usize) -> bool {
     let room = limit.saturating_sub(buffer.len());
@@ -184,11 +220,7 @@ fn append_capped(buffer: &mut Vec<u8>, chunk: &[u8], limit: usize) -> bool {
 #[async_trait]
 impl Backend for DockerBackend {
     async fn ping(&self) -> Result<(), BackendError> {
-        self.docker
-            .ping()
-            .await
-            .map(drop)
-            .map_err(BackendError::Unavailable)
+        self.docker.ping().await.map(drop).map_err(unavailable)
     }
 
     async fn image_labels(
@@ -341,13 +373,16 @@ impl Backend for DockerBackend {
     async fn exec_attached(
         &self,
         container_id: &str,
-        spec: ExecSpec,
+        mut spec: ExecSpec,
     ) -> Result<AttachedExec, BackendError> {
+        let mut argv: Vec<String> = ["sh", "-c", PID_WRAPPER, "sh"].map(String::from).to_vec();
+        argv.append(&mut spec.argv);
+        spec.argv = argv;
         let (_, started) = self.start_exec(container_id, spec, true).await?;
         let StartExecResults::Attached { output, input } = started else {
             return Err(BackendError::NotAttached);
         };
-        let output = output.filter_map(|chunk| async move {
+        let mut output = Box::pin(output.filter_map(|chunk| async move {
             match chunk {
                 Ok(LogOutput::StdOut { message } | LogOutput::Console { message }) => {
                     Some(Ok(ExecChunk::Stdout(message)))
@@ -356,8 +391,55 @@ impl Backend for DockerBackend {
                 Ok(LogOutput::StdIn { .. }) => None,
                 Err(error) => Some(Err(classify("exec output", "container", error))),
             }
+        }));
+        // Everything before the pid line is kept and handed on, in order.
+        let mut stdout = Vec::new();
+        let mut stderr = Vec::new();
+        let first_line = tokio::time::timeout(ATTACH_START_TIMEOUT, async {
+            loop {
+                match output.next().await {
+                    Some(Ok(ExecChunk::Stdout(bytes))) => {
+                        stdout.extend_from_slice(&bytes);
+                        if let Some(end) = stdout.iter().position(|byte| *byte == b'\n') {
+                            return Some(end);
+                        }
+                        if stdout.len() > PID_MARKER.len() + 16 {
+                            return None;
+                        }
+                    }
+                    Some(Ok(ExecChunk::Stderr(bytes))) => {
+                        append_capped(&mut stderr, &bytes, START_STDERR_BYTES);
+                    }
+                    Some(Err(_)) | None => return None,
+                }
+            }
+        })
+        .await
+        .map_err(|_| BackendError::Timeout {
+            operation: "exec start",
+            waited: ATTACH_START_TIMEOUT,
+        })?;
+        let pid = first_line.and_then(|end| {
+            std::str::from_utf8(&stdout[..end])
+                .ok()?
+                .trim()
+                .strip_prefix(PID_MARKER)?
+                .parse::<u32>()
+                .ok()
         });
+        let (Some(pid), Some(end)) = (pid, first_line) else {
+            return Err(BackendError::ProcessDidNotStart {
+                stderr: String::from_utf8_lossy(&stderr).trim().to_string(),
+            });
+        };
+        let rest = stdout.split_off(end + 1);
+        let replay = [
+            (!stderr.is_empty()).then(|| Ok(ExecChunk::Stderr(Bytes::from(stderr)))),
+            (!rest.is_empty()).then(|| Ok(ExecChunk::Stdout(Bytes::from(rest)))),
+        ];
+        let output = futures::stream::iter(replay.into_iter().flatten()).chain(output);
         Ok(AttachedExec {
+            pid,
             stdin: input,
             output: Box::pin(output),
         })
@@ -390,6 +472,36 @@ impl Backend for DockerBackend {
                 other => io::Error::other(other),
             });
         Box::pin(stream)
+    }
+
+    async fn kill_process_group(&self, container_id: &str, pgid: u32) -> Result<(), BackendError> {
+        let group = format!("-{pgid}");
+        self.exec(
+            container_id,
+            backend_command(&["kill", "-KILL", "--", &group]),
+        )
+        .await
+        .map(drop)
+    }
+
+    async fn kill_kernel(&self, container_id: &str) -> Result<(), BackendError> {
+        self.exec(container_id, backend_command(&KILL_KERNEL))
+            .await
+            .map(drop)
+    }
+
+    async fn oom_kills(&self, container_id: &str) -> Result<u64, BackendError> {
+        let output = self
+            .exec(
+                container_id,
+                backend_command(&["sh", "-c", READ_OOM_EVENTS]),
+            )
+            .await?;
+        Ok(String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .find_map(|line| line.strip_prefix("oom_kill "))
+            .and_then(|count| count.trim().parse::<u64>().ok())
+            .unwrap_or(0))
     }
 
     async fn destroy(&self, container_id: &str) -> Result<(), BackendError> {
@@ -440,8 +552,12 @@ mod tests {
             BackendError::Conflict { .. }
         ));
         assert!(matches!(
+            classify("op", "container", error(400)),
+            BackendError::Invalid { .. }
+        ));
+        assert!(matches!(
             classify("op", "container", error(500)),
-            BackendError::Refused { status: 500, .. }
+            BackendError::Failed { .. }
         ));
     }
 }

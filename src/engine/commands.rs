@@ -5,7 +5,12 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::{Engine, EngineError, Sandbox, WORKSPACE, validate_env_name};
+use super::error::EngineError;
+use super::lifecycle::Engine;
+use super::paths::WORKSPACE;
+use super::sandbox::Sandbox;
+use super::tenant::Tenant;
+use super::validate;
 use crate::backend::ExecSpec;
 
 /// How long `pip install` may take.
@@ -46,16 +51,20 @@ impl Engine {
     pub async fn run_command(
         &self,
         id: &str,
-        owner: Option<&str>,
+        tenant: &Tenant,
         request: CommandRequest,
     ) -> Result<CommandResult, EngineError> {
-        let sandbox = self.get(id, owner)?;
+        let sandbox = self.get(id, tenant)?;
         sandbox.touch();
         if request.command.trim().is_empty() {
             return Err(EngineError::InvalidInput {
                 field: "command",
                 reason: "must not be empty".into(),
             });
+        }
+        validate::no_nul("command", &request.command)?;
+        if let Some(cwd) = &request.cwd {
+            validate::no_nul("cwd", cwd)?;
         }
         let timeout = request.timeout.unwrap_or(self.config.exec_timeout);
         if timeout.is_zero() || timeout > self.config.max_exec_timeout {
@@ -67,11 +76,7 @@ impl Engine {
                 ),
             });
         }
-        let mut env = Vec::with_capacity(request.env.len());
-        for (key, value) in &request.env {
-            validate_env_name(key)?;
-            env.push(format!("{key}={value}"));
-        }
+        let env = validate::env(&request.env)?;
         let workdir = match request.cwd.as_deref() {
             None | Some("") => WORKSPACE.to_string(),
             Some(cwd) if cwd.starts_with('/') => cwd.to_string(),
@@ -88,10 +93,10 @@ impl Engine {
     pub async fn install_packages(
         &self,
         id: &str,
-        owner: Option<&str>,
+        tenant: &Tenant,
         packages: &[String],
     ) -> Result<CommandResult, EngineError> {
-        let sandbox = self.get(id, owner)?;
+        let sandbox = self.get(id, tenant)?;
         sandbox.touch();
         validate_packages(packages)?;
         let mut argv: Vec<String> = [

@@ -16,13 +16,15 @@ use serde::Serialize;
 use tokio::io::AsyncWriteExt;
 use tokio_util::io::{ReaderStream, StreamReader, SyncIoBridge};
 
-use super::{Engine, EngineError, Sandbox, WORKSPACE};
+use super::error::EngineError;
+use super::lifecycle::Engine;
+use super::paths::{WORKSPACE, workspace_path};
+use super::sandbox::Sandbox;
+use super::tenant::Tenant;
 use crate::backend::{ByteStream, ExecSpec};
 
 /// The sandbox user's uid/gid: files written in get this owner.
 const SANDBOX_UID: u64 = 1000;
-/// Largest file `read_file` returns whole.
-pub const READ_LIMIT: u64 = 256 * 1024 * 1024;
 
 /// Bytes buffered between the blocking tar code and the async side of a stream.
 const PIPE_BUFFER: usize = 256 * 1024;
@@ -92,45 +94,6 @@ enum Create {
     Directory,
 }
 
-/// Resolves a user path lexically against `/workspace`; refuses anything outside it.
-pub fn workspace_path(path: &str) -> Result<String, EngineError> {
-    let outside = || EngineError::PathOutsideWorkspace {
-        path: path.to_string(),
-    };
-    if path.contains('\0') {
-        return Err(EngineError::InvalidInput {
-            field: "path",
-            reason: "contains a NUL byte".into(),
-        });
-    }
-    let relative = match path.strip_prefix('/') {
-        Some(_) => Path::new(path)
-            .strip_prefix(WORKSPACE)
-            .map_err(|_| outside())?,
-        None => Path::new(path),
-    };
-    let mut resolved = PathBuf::from(WORKSPACE);
-    let mut depth = 0usize;
-    for component in relative.components() {
-        match component {
-            Component::Normal(part) => {
-                resolved.push(part);
-                depth += 1;
-            }
-            Component::ParentDir => {
-                if depth == 0 {
-                    return Err(outside());
-                }
-                resolved.pop();
-                depth -= 1;
-            }
-            Component::CurDir => {}
-            Component::RootDir | Component::Prefix(_) => return Err(outside()),
-        }
-    }
-    Ok(resolved.to_string_lossy().into_owned())
-}
-
 impl Engine {
     async fn resolve(
         &self,
@@ -187,11 +150,11 @@ impl Engine {
     pub async fn write_file(
         &self,
         id: &str,
-        owner: Option<&str>,
+        tenant: &Tenant,
         path: &str,
         content: Bytes,
     ) -> Result<String, EngineError> {
-        let sandbox = self.get(id, owner)?;
+        let sandbox = self.get(id, tenant)?;
         sandbox.touch();
         let (existing, real) = self.resolve(&sandbox, path, Create::Parent).await?;
         if existing == Existing::Directory {
@@ -243,27 +206,28 @@ impl Engine {
         }
     }
 
-    /// Reads a whole file (up to [`READ_LIMIT`] bytes).
+    /// Reads a whole file of at most `limit` bytes; a larger one is refused before it is read.
     pub async fn read_file(
         &self,
         id: &str,
-        owner: Option<&str>,
+        tenant: &Tenant,
         path: &str,
+        limit: u64,
     ) -> Result<Vec<u8>, EngineError> {
-        let sandbox = self.get(id, owner)?;
+        let sandbox = self.get(id, tenant)?;
         sandbox.touch();
         let real = self.resolve_file(&sandbox, path).await?;
         let tar_stream = self.backend.get_archive(sandbox.container_id(), &real);
         let reader = SyncIoBridge::new(StreamReader::new(tar_stream));
         let path_owned = path.to_string();
-        tokio::task::spawn_blocking(move || first_file(reader, READ_LIMIT))
+        tokio::task::spawn_blocking(move || first_file(reader, limit))
             .await
             .map_err(|_| EngineError::ShuttingDown)?
             .map_err(|error| match error.kind() {
                 io::ErrorKind::NotFound => EngineError::PathNotFound { path: path_owned },
                 io::ErrorKind::FileTooLarge => EngineError::TooLarge {
-                    what: "file",
-                    limit: READ_LIMIT,
+                    what: "the file",
+                    limit,
                 },
                 _ => EngineError::InvalidInput {
                     field: "path",
@@ -276,10 +240,10 @@ impl Engine {
     pub async fn list_files(
         &self,
         id: &str,
-        owner: Option<&str>,
+        tenant: &Tenant,
         path: &str,
     ) -> Result<Vec<FileEntry>, EngineError> {
-        let sandbox = self.get(id, owner)?;
+        let sandbox = self.get(id, tenant)?;
         sandbox.touch();
         let (existing, real) = self.resolve(&sandbox, path, Create::Nothing).await?;
         match existing {
@@ -335,10 +299,10 @@ impl Engine {
     pub async fn delete_path(
         &self,
         id: &str,
-        owner: Option<&str>,
+        tenant: &Tenant,
         path: &str,
     ) -> Result<(), EngineError> {
-        let sandbox = self.get(id, owner)?;
+        let sandbox = self.get(id, tenant)?;
         sandbox.touch();
         let lexical = workspace_path(path)?;
         if lexical == WORKSPACE {
@@ -395,10 +359,10 @@ impl Engine {
     pub async fn download_tree(
         &self,
         id: &str,
-        owner: Option<&str>,
+        tenant: &Tenant,
         path: &str,
     ) -> Result<ByteStream, EngineError> {
-        let sandbox = self.get(id, owner)?;
+        let sandbox = self.get(id, tenant)?;
         sandbox.touch();
         let (existing, real) = self.resolve(&sandbox, path, Create::Nothing).await?;
         if existing == Existing::Nothing {
@@ -415,14 +379,14 @@ impl Engine {
     pub async fn upload_file<S>(
         &self,
         id: &str,
-        owner: Option<&str>,
+        tenant: &Tenant,
         path: &str,
         content: S,
     ) -> Result<UploadedFile, EngineError>
     where
         S: Stream<Item = io::Result<Bytes>> + Send,
     {
-        let sandbox = self.get(id, owner)?;
+        let sandbox = self.get(id, tenant)?;
         sandbox.touch();
         let (existing, real) = self.resolve(&sandbox, path, Create::Parent).await?;
         if existing == Existing::Directory {
@@ -463,10 +427,10 @@ impl Engine {
     pub async fn open_file(
         &self,
         id: &str,
-        owner: Option<&str>,
+        tenant: &Tenant,
         path: &str,
     ) -> Result<FileDownload, EngineError> {
-        let sandbox = self.get(id, owner)?;
+        let sandbox = self.get(id, tenant)?;
         sandbox.touch();
         let real = self.resolve_file(&sandbox, path).await?;
         let input = SyncIoBridge::new(StreamReader::new(
@@ -514,10 +478,10 @@ impl Engine {
     pub async fn download_dir(
         &self,
         id: &str,
-        owner: Option<&str>,
+        tenant: &Tenant,
         path: &str,
     ) -> Result<ByteStream, EngineError> {
-        let sandbox = self.get(id, owner)?;
+        let sandbox = self.get(id, tenant)?;
         sandbox.touch();
         let (existing, real) = self.resolve(&sandbox, path, Create::Nothing).await?;
         match existing {
@@ -540,11 +504,11 @@ impl Engine {
     pub async fn upload_tree(
         &self,
         id: &str,
-        owner: Option<&str>,
+        tenant: &Tenant,
         path: &str,
         tar: ByteStream,
     ) -> Result<(), EngineError> {
-        let sandbox = self.get(id, owner)?;
+        let sandbox = self.get(id, tenant)?;
         sandbox.touch();
         let (existing, real) = self.resolve(&sandbox, path, Create::Directory).await?;
         if existing != Existing::Directory {
@@ -771,35 +735,6 @@ pub fn sanitize_archive(input: impl Read, output: impl io::Write) -> Result<(), 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn workspace_paths_stay_inside() {
-        assert_eq!(
-            workspace_path("a/b.txt").ok().as_deref(),
-            Some("/workspace/a/b.txt")
-        );
-        assert_eq!(workspace_path("").ok().as_deref(), Some("/workspace"));
-        assert_eq!(
-            workspace_path("/workspace/x/../y").ok().as_deref(),
-            Some("/workspace/y")
-        );
-        assert!(matches!(
-            workspace_path("../x"),
-            Err(EngineError::PathOutsideWorkspace { .. })
-        ));
-        assert!(matches!(
-            workspace_path("/etc/passwd"),
-            Err(EngineError::PathOutsideWorkspace { .. })
-        ));
-        assert!(matches!(
-            workspace_path("/workspacex"),
-            Err(EngineError::PathOutsideWorkspace { .. })
-        ));
-        assert!(matches!(
-            workspace_path("a/../../x"),
-            Err(EngineError::PathOutsideWorkspace { .. })
-        ));
-    }
 
     fn archive_with(build: impl FnOnce(&mut tar::Builder<Vec<u8>>)) -> Vec<u8> {
         let mut builder = tar::Builder::new(Vec::new());

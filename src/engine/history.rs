@@ -10,13 +10,14 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use chrono::{DateTime, Utc};
 
 use super::execution::ExecutionResult;
+use super::tenant::Tenant;
 
 /// One execution as the log knows it.
 #[derive(Debug, Clone)]
 pub struct ExecutionRecord {
     pub execution_id: String,
     pub sandbox_id: String,
-    pub owner: Option<String>,
+    pub tenant: Tenant,
     pub started_at: DateTime<Utc>,
     /// `None` while the execution runs.
     pub result: Option<Arc<ExecutionResult>>,
@@ -133,7 +134,7 @@ mod tests {
         ExecutionRecord {
             execution_id: id.into(),
             sandbox_id: "sbx_test".into(),
-            owner: None,
+            tenant: Tenant::Local,
             started_at: Utc::now(),
             result: None,
         }

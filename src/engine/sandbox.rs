@@ -9,13 +9,16 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use super::{EngineError, SandboxInfo, labels};
-use crate::backend::{Backend, ContainerInfo, ExecSpec};
+use super::error::EngineError;
+use super::execution::ExecEvent;
+use super::labels;
+use super::tenant::Tenant;
+use crate::backend::{Backend, ContainerInfo};
 use crate::kernel::{KernelClient, KernelEndpoint, KernelError};
 
-/// How long a new request waits for an execution that is being stopped.
 /// How long a request waits for a busy sandbox before it is told "busy".
 const BUSY_GRACE: Duration = Duration::from_millis(500);
+/// How long a new request waits for an execution that is being stopped.
 const WIND_DOWN_WAIT: Duration = Duration::from_secs(30);
 /// How long a polite kernel shutdown may take before the process is killed.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
@@ -46,10 +49,21 @@ impl SandboxStatus {
     }
 }
 
+/// A sandbox as the faces show it.
+#[derive(Debug, Clone, Serialize)]
+pub struct SandboxInfo {
+    pub id: String,
+    pub tag: Option<String>,
+    pub status: SandboxStatus,
+    pub created_at: DateTime<Utc>,
+    pub last_used_at: DateTime<Utc>,
+    pub image: String,
+}
+
 pub struct Sandbox {
     id: String,
     container_id: String,
-    owner: Option<String>,
+    tenant: Tenant,
     tag: Option<String>,
     image: String,
     created_at: DateTime<Utc>,
@@ -62,7 +76,7 @@ pub struct Sandbox {
     /// waits for it instead of being refused as busy.
     winding_down: AtomicBool,
     /// The running execution's event channel, without keeping it open.
-    running: Mutex<Option<tokio::sync::mpsc::WeakSender<super::ExecEvent>>>,
+    running: Mutex<Option<tokio::sync::mpsc::WeakSender<ExecEvent>>>,
     /// The last heartbeat was answered.
     alive: AtomicBool,
     /// The container's OOM-kill count when last read.
@@ -85,7 +99,7 @@ impl Sandbox {
         Some(Self {
             id,
             container_id: container.container_id.clone(),
-            owner: container.labels.get(labels::OWNER).cloned(),
+            tenant: Tenant::from_label(container.labels.get(labels::OWNER).map(String::as_str)),
             tag: container.labels.get(labels::TAG).cloned(),
             image: image.to_string(),
             created_at,
@@ -110,8 +124,8 @@ impl Sandbox {
         &self.container_id
     }
 
-    pub fn owner(&self) -> Option<&str> {
-        self.owner.as_deref()
+    pub fn tenant(&self) -> &Tenant {
+        &self.tenant
     }
 
     pub fn info(&self) -> SandboxInfo {
@@ -170,10 +184,7 @@ impl Sandbox {
 
     /// Registers the running execution's event channel: once its consumer is gone, the
     /// execution is winding down even before its task notices.
-    pub(crate) fn set_running(
-        &self,
-        events: Option<tokio::sync::mpsc::WeakSender<super::ExecEvent>>,
-    ) {
+    pub(crate) fn set_running(&self, events: Option<tokio::sync::mpsc::WeakSender<ExecEvent>>) {
         if let Ok(mut running) = self.running.lock() {
             *running = events;
         }
@@ -307,43 +318,18 @@ impl Sandbox {
 
     /// Kills the kernel process; the container's supervisor starts a fresh one.
     pub(crate) async fn kill_kernel(&self, backend: &dyn Backend) -> Result<(), EngineError> {
-        let kill = ExecSpec {
-            // Anchored: the supervisor's own command line mentions the kernel too.
-            argv: ["pkill", "-KILL", "-f", "^python3 -m ipykernel_launcher"]
-                .map(String::from)
-                .to_vec(),
-            workdir: "/".into(),
-            env: Vec::new(),
-            user: None,
-            output_limit: 4096,
-        };
-        backend.exec(&self.container_id, kill).await?;
+        backend.kill_kernel(&self.container_id).await?;
         Ok(())
     }
 
-    /// Whether the container's memory cgroup killed a process since the last call.
+    /// Whether the container's memory limit killed a process since the last call.
     pub(crate) async fn oom_killed_since_last_check(&self, backend: &dyn Backend) -> bool {
-        let read = ExecSpec {
-            argv: [
-                "sh",
-                "-c",
-                "cat /sys/fs/cgroup/memory.events 2>/dev/null || cat /sys/fs/cgroup/memory/memory.oom_control",
-            ]
-            .map(String::from)
-            .to_vec(),
-            workdir: "/".into(),
-            env: Vec::new(),
-            user: None,
-            output_limit: 4096,
-        };
-        let Ok(output) = backend.exec(&self.container_id, read).await else {
-            return false;
-        };
-        let kills = String::from_utf8_lossy(&output.stdout)
-            .lines()
-            .find_map(|line| line.strip_prefix("oom_kill "))
-            .and_then(|count| count.trim().parse::<u64>().ok())
-            .unwrap_or(0);
-        kills > self.oom_kills_seen.swap(kills, Ordering::SeqCst)
+        match backend.oom_kills(&self.container_id).await {
+            Ok(kills) => kills > self.oom_kills_seen.swap(kills, Ordering::SeqCst),
+            Err(error) => {
+                tracing::debug!(sandbox_id = %self.id, %error, "cannot read the OOM-kill count");
+                false
+            }
+        }
     }
 }

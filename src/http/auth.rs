@@ -1,21 +1,16 @@
-//! API keys and tenants, checked once for every HTTP face (REST, `/mcp`, the MCP proxy).
+//! API keys and the tenants they name, for every HTTP face (REST, `/mcp`, the guest proxy).
 //!
 //! When keys are configured, a request must carry one in `X-API-Key` or
 //! `Authorization: Bearer`. Keys are compared in constant time through their SHA-256 digests.
 //! Each key is a tenant: the sandboxes it creates are owned by the key's fingerprint, and other
 //! tenants get "not found" for them. Without keys every caller is the same, unnamed tenant.
 
-use std::sync::Arc;
-
-use axum::extract::{Request, State};
 use axum::http::HeaderMap;
 use axum::http::header::AUTHORIZATION;
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use super::error::ApiError;
+use crate::engine::Tenant;
 
 /// Header for the API key.
 pub const API_KEY_HEADER: &str = "x-api-key";
@@ -27,22 +22,6 @@ pub enum AuthError {
     Missing,
     #[error("the API key is not valid")]
     Invalid,
-}
-
-/// The tenant a request acts for: `None` when no keys are configured.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Tenant(Option<String>);
-
-impl Tenant {
-    /// The owner to pass to the engine.
-    pub fn owner(&self) -> Option<&str> {
-        self.0.as_deref()
-    }
-
-    /// A tenant named by the owner string (for tests and in-process callers).
-    pub fn from_owner(owner: Option<String>) -> Self {
-        Self(owner)
-    }
 }
 
 struct Key {
@@ -93,7 +72,7 @@ impl ApiKeys {
     /// The tenant the request's key belongs to.
     pub fn authenticate(&self, headers: &HeaderMap) -> Result<Tenant, AuthError> {
         if !self.is_enabled() {
-            return Ok(Tenant(None));
+            return Ok(Tenant::Local);
         }
         let presented = presented_key(headers).ok_or(AuthError::Missing)?;
         let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
@@ -105,7 +84,7 @@ impl ApiKeys {
             }
         }
         matched
-            .map(|key| Tenant(Some(key.fingerprint.clone())))
+            .map(|key| Tenant::Key(key.fingerprint.clone()))
             .ok_or(AuthError::Invalid)
     }
 }
@@ -119,21 +98,6 @@ fn presented_key(headers: &HeaderMap) -> Option<&str> {
     scheme
         .eq_ignore_ascii_case("bearer")
         .then_some(token.trim())
-}
-
-/// Middleware: authenticates the request and stores its [`Tenant`] in the request extensions.
-pub async fn require_api_key(
-    State(keys): State<Arc<ApiKeys>>,
-    mut request: Request,
-    next: Next,
-) -> Response {
-    match keys.authenticate(request.headers()) {
-        Ok(tenant) => {
-            request.extensions_mut().insert(tenant);
-            next.run(request).await
-        }
-        Err(error) => ApiError::from(error).into_response(),
-    }
 }
 
 #[cfg(test)]
@@ -150,7 +114,7 @@ mod tests {
     #[test]
     fn without_keys_everyone_is_the_same_tenant() {
         let keys = ApiKeys::new(Vec::<String>::new());
-        assert_eq!(keys.authenticate(&HeaderMap::new()), Ok(Tenant(None)));
+        assert_eq!(keys.authenticate(&HeaderMap::new()), Ok(Tenant::Local));
     }
 
     #[test]
@@ -167,7 +131,7 @@ mod tests {
             .authenticate(&headers("authorization", "bearer beta"))
             .expect("beta");
         assert_ne!(beta, by_header, "each key is its own tenant");
-        assert!(beta.owner().expect("owner").starts_with("key_"));
+        assert!(matches!(beta, Tenant::Key(ref fingerprint) if fingerprint.starts_with("key_")));
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! The one JSON error shape of the HTTP surface, and the one place where engine and auth errors
-//! become HTTP status codes.
+//! The one JSON error shape of the HTTP faces, and the one place where engine and auth errors
+//! become HTTP statuses and JSON-RPC codes.
 //!
 //! ```json
 //! {"error": {"code": "not_found", "message": "no sandbox with id sbx_…"}}
@@ -17,8 +17,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::auth::AuthError;
-use crate::engine::{EngineError, McpServerError};
-use crate::proxy::ProxyError;
+use crate::engine::EngineError;
 
 /// An error answer.
 #[derive(Debug)]
@@ -151,76 +150,68 @@ impl From<AuthError> for ApiError {
 
 impl From<EngineError> for ApiError {
     fn from(error: EngineError) -> Self {
-        let (status, code) = engine_status(&error);
-        let message = if status == StatusCode::INTERNAL_SERVER_ERROR {
+        let status = engine_status(&error);
+        let message = if error.is_internal() {
             tracing::error!(error = %error, detail = ?error, "internal error");
             "internal error; see the server log".to_string()
         } else {
             error.to_string()
         };
-        Self::new(status, code, message)
+        Self::new(status, error.code(), message)
     }
 }
 
-/// The status and stable code of an engine error: the one mapping every HTTP face uses.
-pub fn engine_status(error: &EngineError) -> (StatusCode, &'static str) {
-    use EngineError as E;
-    match error {
-        E::NotFound { .. } | E::ExecutionNotFound { .. } => (StatusCode::NOT_FOUND, "not_found"),
-        E::PathNotFound { .. } => (StatusCode::NOT_FOUND, "path_not_found"),
-        E::Busy { .. } => (StatusCode::CONFLICT, "busy"),
-        E::TooManySandboxes { .. } => (StatusCode::TOO_MANY_REQUESTS, "too_many_sandboxes"),
-        E::InvalidInput { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_request"),
-        E::PathOutsideWorkspace { .. } => (StatusCode::BAD_REQUEST, "path_outside_workspace"),
-        E::IsADirectory { .. } => (StatusCode::CONFLICT, "is_a_directory"),
-        E::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
-        E::CommandTimeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
-        E::ImageMissing { .. } => (StatusCode::SERVICE_UNAVAILABLE, "image_missing"),
-        E::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
-        E::Backend(crate::backend::BackendError::Unavailable(_)) => {
-            (StatusCode::SERVICE_UNAVAILABLE, "docker_unreachable")
+/// The HTTP status of an engine error, decided by its stable code: the one mapping every HTTP
+/// face uses.
+pub fn engine_status(error: &EngineError) -> StatusCode {
+    match error.code() {
+        "not_found" | "path_not_found" | "mcp_server_not_found" | "session_not_found" => {
+            StatusCode::NOT_FOUND
         }
-        // The runtime refused what the request asked for (say, more CPUs than the host has).
-        E::Backend(crate::backend::BackendError::Refused { status: 400, .. }) => {
-            tracing::info!(error = %error, detail = ?error, "the container runtime refused a request");
-            (StatusCode::UNPROCESSABLE_ENTITY, "invalid_request")
+        "busy" | "is_a_directory" => StatusCode::CONFLICT,
+        "too_many_sandboxes" | "too_many" => StatusCode::TOO_MANY_REQUESTS,
+        "invalid_request" | "mcp_server_failed" | "mcp_error" => {
+            if let EngineError::Backend(_) = error {
+                tracing::info!(error = %error, detail = ?error, "the container runtime refused a request");
+            }
+            StatusCode::UNPROCESSABLE_ENTITY
         }
-        E::Kernel(_) => (StatusCode::SERVICE_UNAVAILABLE, "kernel_unavailable"),
-        E::UploadInterrupted(_) => (StatusCode::BAD_REQUEST, "upload_interrupted"),
-        E::McpServer(error) => mcp_server_status(error),
-        E::Backend(_) | E::Spool(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        "path_outside_workspace" | "upload_interrupted" => StatusCode::BAD_REQUEST,
+        "too_large" => StatusCode::PAYLOAD_TOO_LARGE,
+        "timeout" => StatusCode::GATEWAY_TIMEOUT,
+        "image_missing" | "shutting_down" | "docker_unreachable" | "kernel_unavailable" => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
+        "mcp_server_exited" | "mcp_server_invalid_response" => StatusCode::BAD_GATEWAY,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
 
-fn mcp_server_status(error: &McpServerError) -> (StatusCode, &'static str) {
-    use McpServerError as M;
-    match error {
-        M::ServerNotFound { .. } => (StatusCode::NOT_FOUND, "mcp_server_not_found"),
-        M::SessionNotFound { .. } => (StatusCode::NOT_FOUND, "session_not_found"),
-        M::TooMany { .. } => (StatusCode::TOO_MANY_REQUESTS, "too_many"),
-        // The command the caller registered does not start or does not speak MCP.
-        M::Exited { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "mcp_server_failed"),
-        M::Remote { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "mcp_error"),
-        M::InvalidMessage => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_request"),
-        M::NotAnswering { .. } => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
-        M::ProcessExited { .. } => (StatusCode::BAD_GATEWAY, "mcp_server_exited"),
-        M::InvalidResponse { .. } => (StatusCode::BAD_GATEWAY, "mcp_server_invalid_response"),
-        M::Backend(crate::backend::BackendError::Unavailable(_)) => {
-            (StatusCode::SERVICE_UNAVAILABLE, "docker_unreachable")
-        }
-        M::Backend(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
-    }
+/// JSON-RPC error codes the guest proxy answers with.
+pub mod jsonrpc {
+    /// The body is not JSON.
+    pub const PARSE_ERROR: i64 = -32700;
+    /// Not a valid JSON-RPC message.
+    pub const INVALID_REQUEST: i64 = -32600;
+    /// Anything else that went wrong in the proxy.
+    pub const INTERNAL_ERROR: i64 = -32603;
+    /// No session header where one is needed (the code the official SDKs use).
+    pub const BAD_REQUEST: i64 = -32000;
+    /// The session, sandbox or server does not exist (any more).
+    pub const NOT_FOUND: i64 = -32001;
+    /// The server process exited while the request waited.
+    pub const SERVER_EXITED: i64 = -32002;
+    /// The server process did not answer in time.
+    pub const TIMEOUT: i64 = -32003;
 }
 
-/// The status of a proxy failure (`/containers/{id}/mcp-proxy/{server}`), whose body is a
-/// JSON-RPC error rather than the error shape above.
-pub fn proxy_status(error: &ProxyError) -> StatusCode {
-    match error {
-        ProxyError::Parse | ProxyError::InvalidRequest { .. } | ProxyError::MissingSession => {
-            StatusCode::BAD_REQUEST
-        }
-        ProxyError::InitializeInBatch => StatusCode::BAD_REQUEST,
-        ProxyError::Engine(error) => engine_status(error).0,
+/// The JSON-RPC error code of an engine error, decided by its stable code.
+pub fn engine_jsonrpc_code(error: &EngineError) -> i64 {
+    match error.code() {
+        "not_found" | "mcp_server_not_found" | "session_not_found" => jsonrpc::NOT_FOUND,
+        "mcp_server_exited" | "mcp_server_failed" => jsonrpc::SERVER_EXITED,
+        "timeout" => jsonrpc::TIMEOUT,
+        _ => jsonrpc::INTERNAL_ERROR,
     }
 }
 
@@ -229,14 +220,18 @@ mod tests {
     use super::*;
     use crate::backend::BackendError;
 
-    fn refused(status: u16) -> EngineError {
-        EngineError::Backend(BackendError::Refused {
-            operation: "container create",
-            status,
-            source: bollard::errors::Error::DockerResponseServerError {
-                status_code: status,
-                message: "daemon detail that must not leak".into(),
-            },
+    fn refused(invalid: bool) -> EngineError {
+        let source = "daemon detail that must not leak".into();
+        EngineError::Backend(if invalid {
+            BackendError::Invalid {
+                operation: "container create",
+                source,
+            }
+        } else {
+            BackendError::Failed {
+                operation: "container create",
+                source,
+            }
         })
     }
 
@@ -247,9 +242,9 @@ mod tests {
         assert_eq!(not_found.code, "not_found");
         let busy = ApiError::from(EngineError::Busy { id: "sbx_x".into() });
         assert_eq!(busy.status, StatusCode::CONFLICT);
-        let bad_request = ApiError::from(refused(400));
+        let bad_request = ApiError::from(refused(true));
         assert_eq!(bad_request.status, StatusCode::UNPROCESSABLE_ENTITY);
-        let internal = ApiError::from(refused(500));
+        let internal = ApiError::from(refused(false));
         assert_eq!(internal.status, StatusCode::INTERNAL_SERVER_ERROR);
         for error in [bad_request, internal] {
             assert!(

@@ -18,9 +18,10 @@ use zeromq::{
     DealerSocket, ReqSocket, Socket, SocketEvent, SocketRecv, SocketSend, SubSocket, ZmqMessage,
 };
 
-use super::KernelError;
 use super::connection::KernelEndpoint;
+use super::error::KernelError;
 use super::execution::KernelExecution;
+use super::routing::{Channel, Route, Routed, Shared};
 use super::wire::{Codec, Message};
 
 /// Messages buffered per in-flight request before the reader waits for the consumer. Bounds the
@@ -32,63 +33,6 @@ const ROUTE_CAPACITY: usize = 8;
 const READY_PROBE_INTERVAL: Duration = Duration::from_millis(100);
 /// Pause between connection attempts while the kernel is still starting.
 const CONNECT_RETRY_PAUSE: Duration = Duration::from_millis(25);
-
-/// Which socket a routed message came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Channel {
-    Shell,
-    IoPub,
-}
-
-/// A message delivered to the request that caused it.
-#[derive(Debug)]
-pub struct Routed {
-    pub channel: Channel,
-    pub message: Message,
-}
-
-pub(crate) type Routes = DashMap<String, mpsc::Sender<Routed>>;
-
-/// The replies to one request. Dropping it stops routing that request's messages.
-pub struct Route {
-    rx: mpsc::Receiver<Routed>,
-    msg_id: String,
-    shared: Arc<Shared>,
-}
-
-impl Route {
-    /// The next message for this request; `None` once the kernel connection is gone.
-    pub async fn recv(&mut self) -> Option<Routed> {
-        self.rx.recv().await
-    }
-
-    /// The request's `msg_id`.
-    pub fn msg_id(&self) -> &str {
-        &self.msg_id
-    }
-}
-
-impl Drop for Route {
-    fn drop(&mut self) {
-        self.shared.routes.remove(&self.msg_id);
-    }
-}
-
-/// State shared between the client and its reader tasks.
-pub(crate) struct Shared {
-    pub(crate) routes: Routes,
-    closed: AtomicBool,
-    closed_signal: CancellationToken,
-}
-
-impl Shared {
-    fn close(&self) {
-        self.closed.store(true, Ordering::SeqCst);
-        self.closed_signal.cancel();
-        // Dropping every sender wakes every waiting request with "closed".
-        self.routes.clear();
-    }
-}
 
 /// A connection to one kernel. Cheap to share behind an `Arc`.
 pub struct KernelClient {

@@ -5,8 +5,8 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::KernelError;
-use super::client::{Channel, Route, Routed};
+use super::error::KernelError;
+use super::routing::{Channel, Route, Routed};
 
 /// A MIME bundle: `{"text/plain": "...", "image/png": "<base64>", ...}`.
 pub type MimeBundle = Map<String, Value>;

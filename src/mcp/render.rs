@@ -7,8 +7,8 @@ use base64::Engine as _;
 use rmcp::model::{CallToolResult, ContentBlock, Resource};
 use serde_json::{Value, json};
 
+use super::handler::{Target, ToolFailure};
 use super::resources;
-use super::{Target, ToolFailure};
 use crate::engine::commands::CommandResult;
 use crate::engine::execution::{ExecutionOutcome, OutputKind};
 use crate::engine::{EngineError, ExecEvent, ExecutionResult, FileEntry, FileKind, SandboxInfo};

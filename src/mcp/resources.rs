@@ -16,9 +16,11 @@ use rmcp::model::{
 };
 use serde_json::Value;
 
-use super::READ_LIMIT;
-use crate::engine::{Engine, EngineError};
-use crate::http::auth::Tenant;
+use crate::engine::{Engine, EngineError, Tenant};
+
+/// The largest file `read_file` and file resources return (larger ones are read in parts with
+/// code or commands).
+pub(crate) const READ_LIMIT: u64 = 8 * 1024 * 1024;
 
 const SESSIONS_URI: &str = "sessions://";
 const SESSION_SCHEME: &str = "session://";
@@ -30,7 +32,7 @@ pub(crate) fn list(engine: &Engine, tenant: &Tenant) -> ListResourcesResult {
             .with_description("Your sandbox sessions")
             .with_mime_type("application/json"),
     ];
-    for session in engine.list(tenant.owner()) {
+    for session in engine.list(tenant) {
         resources.push(
             Resource::new(
                 format!("{SESSION_SCHEME}{}", session.id),
@@ -83,55 +85,52 @@ pub(crate) async fn read(
     tenant: &Tenant,
     uri: &str,
 ) -> Result<ReadResourceResult, ErrorData> {
-    let owner = tenant.owner();
     if uri == SESSIONS_URI {
-        return json_contents(uri, &engine.list(owner));
+        return json_contents(uri, &engine.list(tenant));
     }
     let rest = uri
         .strip_prefix(SESSION_SCHEME)
         .ok_or_else(|| not_found(uri))?;
     let (session_id, path) = rest.split_once('/').unwrap_or((rest, ""));
     if path.is_empty() {
-        let info = engine.info(session_id, owner).map_err(|_| not_found(uri))?;
+        let info = engine
+            .info(session_id, tenant)
+            .map_err(|_| not_found(uri))?;
         return json_contents(uri, &info);
     }
     if let Some(file) = path.strip_prefix("files/") {
-        return read_file(engine, owner, uri, session_id, file).await;
+        return read_file(engine, tenant, uri, session_id, file).await;
     }
     if let Some(output) = path.strip_prefix("executions/") {
-        return read_output(engine, owner, uri, session_id, output);
+        return read_output(engine, tenant, uri, session_id, output);
     }
     Err(not_found(uri))
 }
 
 async fn read_file(
     engine: &Engine,
-    owner: Option<&str>,
+    tenant: &Tenant,
     uri: &str,
     session_id: &str,
     path: &str,
 ) -> Result<ReadResourceResult, ErrorData> {
     let content = engine
-        .read_file(session_id, owner, path)
+        .read_file(session_id, tenant, path, READ_LIMIT)
         .await
         .map_err(|error| match error {
             EngineError::NotFound { .. } | EngineError::PathNotFound { .. } => not_found(uri),
             EngineError::PathOutsideWorkspace { .. } | EngineError::IsADirectory { .. } => {
                 ErrorData::invalid_params(error.to_string(), None)
             }
+            EngineError::TooLarge { .. } => ErrorData::invalid_params(
+                format!("{error}; read it with run_command or execute_code"),
+                None,
+            ),
             other => {
                 tracing::warn!(error = %other, "reading a file resource failed");
                 ErrorData::internal_error("the file could not be read", None)
             }
         })?;
-    if content.len() > READ_LIMIT {
-        return Err(ErrorData::invalid_params(
-            format!(
-                "the file is larger than {READ_LIMIT} bytes; read it with run_command or execute_code"
-            ),
-            None,
-        ));
-    }
     let contents = match String::from_utf8(content) {
         Ok(text) => ResourceContents::text(text, uri),
         Err(error) => ResourceContents::blob(
@@ -147,14 +146,14 @@ async fn read_file(
 /// remembered execution.
 fn read_output(
     engine: &Engine,
-    owner: Option<&str>,
+    tenant: &Tenant,
     uri: &str,
     session_id: &str,
     output: &str,
 ) -> Result<ReadResourceResult, ErrorData> {
     let finished = |execution_id: &str| {
         engine
-            .execution(execution_id, owner)
+            .execution(execution_id, tenant)
             .ok()
             .and_then(|record| record.result)
             .filter(|result| result.sandbox_id == session_id)

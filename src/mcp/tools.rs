@@ -5,6 +5,7 @@
 //! what to do; malformed arguments are JSON-RPC "invalid params" errors from rmcp.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -15,7 +16,10 @@ use rmcp::{ErrorData, Peer, RoleServer, tool, tool_router};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
-use super::{KernelboxMcp, ToolFailure, render, tenant};
+use super::handler::{ConnectionSandbox, KernelboxMcp, ToolFailure, tenant};
+use super::render;
+use super::resources::READ_LIMIT;
+use crate::engine::Engine;
 use crate::engine::ExecEvent;
 use crate::engine::ExecuteRequest;
 use crate::engine::commands::CommandRequest;
@@ -169,6 +173,20 @@ pub struct CloseSessionArgs {
 
 type ToolResult = Result<CallToolResult, ErrorData>;
 
+impl KernelboxMcp {
+    /// A handler for one connection (stdio), legacy HTTP session or stateless HTTP request.
+    pub fn new(engine: Arc<Engine>) -> Self {
+        Self {
+            connection: Arc::new(ConnectionSandbox {
+                engine: engine.clone(),
+                default: tokio::sync::Mutex::new(None),
+            }),
+            engine,
+            tool_router: Self::tool_router(),
+        }
+    }
+}
+
 #[tool_router(router = tool_router, vis = "pub(crate)")]
 impl KernelboxMcp {
     #[tool(description = EXECUTE_CODE)]
@@ -190,7 +208,7 @@ impl KernelboxMcp {
         };
         let mut stream = match self
             .engine
-            .execute(&target.id, target.tenant.owner(), request)
+            .execute(&target.id, &target.tenant, request)
             .await
         {
             Ok(stream) => stream,
@@ -244,7 +262,7 @@ impl KernelboxMcp {
                 .target(args.session.session_id.as_deref(), &context)
                 .await?;
             self.engine
-                .restart_kernel(&target.id, target.tenant.owner())
+                .restart_kernel(&target.id, &target.tenant)
                 .await?;
             Ok::<_, ToolFailure>(target)
         }
@@ -276,7 +294,7 @@ impl KernelboxMcp {
             };
             let result = self
                 .engine
-                .run_command(&target.id, target.tenant.owner(), request)
+                .run_command(&target.id, &target.tenant, request)
                 .await?;
             Ok::<_, ToolFailure>((target, result))
         }
@@ -299,7 +317,7 @@ impl KernelboxMcp {
                 .await?;
             let result = self
                 .engine
-                .install_packages(&target.id, target.tenant.owner(), &args.packages)
+                .install_packages(&target.id, &target.tenant, &args.packages)
                 .await?;
             Ok::<_, ToolFailure>((target, result))
         }
@@ -333,7 +351,7 @@ impl KernelboxMcp {
                 .await?;
             let path = self
                 .engine
-                .write_file(&target.id, target.tenant.owner(), &args.path, content)
+                .write_file(&target.id, &target.tenant, &args.path, content)
                 .await?;
             Ok::<_, ToolFailure>((target, path, size))
         }
@@ -358,14 +376,8 @@ impl KernelboxMcp {
                 .await?;
             let content = self
                 .engine
-                .read_file(&target.id, target.tenant.owner(), &args.path)
+                .read_file(&target.id, &target.tenant, &args.path, READ_LIMIT)
                 .await?;
-            if content.len() > super::READ_LIMIT {
-                return Err(ToolFailure::Engine(crate::engine::EngineError::TooLarge {
-                    what: "the file",
-                    limit: super::READ_LIMIT as u64,
-                }));
-            }
             Ok::<_, ToolFailure>((target, content))
         }
         .await;
@@ -388,7 +400,7 @@ impl KernelboxMcp {
             let path = args.path.unwrap_or_default();
             let entries = self
                 .engine
-                .list_files(&target.id, target.tenant.owner(), &path)
+                .list_files(&target.id, &target.tenant, &path)
                 .await?;
             Ok::<_, ToolFailure>((target, entries))
         }
@@ -410,7 +422,7 @@ impl KernelboxMcp {
                 .target(args.session.session_id.as_deref(), &context)
                 .await?;
             self.engine
-                .delete_path(&target.id, target.tenant.owner(), &args.path)
+                .delete_path(&target.id, &target.tenant, &args.path)
                 .await?;
             Ok::<_, ToolFailure>(target)
         }
@@ -441,7 +453,7 @@ impl KernelboxMcp {
         Parameters(_args): Parameters<ListSessionsArgs>,
         context: RequestContext<RoleServer>,
     ) -> ToolResult {
-        let sessions = self.engine.list(tenant(&context).owner());
+        let sessions = self.engine.list(&tenant(&context));
         Ok(render::sessions(&sessions))
     }
 
@@ -452,7 +464,7 @@ impl KernelboxMcp {
         context: RequestContext<RoleServer>,
     ) -> ToolResult {
         let tenant = tenant(&context);
-        match self.engine.destroy(&args.session_id, tenant.owner()).await {
+        match self.engine.destroy(&args.session_id, &tenant).await {
             Ok(()) => {
                 self.forget_default(&args.session_id).await;
                 Ok(render::closed(&args.session_id))

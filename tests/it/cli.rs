@@ -1,6 +1,7 @@
 //! The real binary: `kernelbox serve` starts, answers `GET /health`, and exits cleanly on
 //! SIGTERM.
 
+use kernelbox::engine::Tenant;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -93,7 +94,7 @@ async fn sigkilled_server_reattaches_its_sandboxes_on_restart() {
     assert!(get_health(port).await.contains("\"sandboxes\":3"));
     second.kill().await.expect("SIGKILL");
     // Same ids, variables intact.
-    let backend = kernelbox::backend::DockerBackend::connect()
+    let backend = kernelbox::backend::docker::DockerBackend::connect()
         .await
         .expect("docker");
     let again = kernelbox::engine::Engine::new(
@@ -105,7 +106,7 @@ async fn sigkilled_server_reattaches_its_sandboxes_on_restart() {
         let result = again
             .execute(
                 id,
-                None,
+                &Tenant::Local,
                 kernelbox::engine::ExecuteRequest {
                     code: "print(held)".into(),
                     timeout: None,

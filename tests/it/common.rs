@@ -4,11 +4,12 @@
 use std::process::Command;
 use std::sync::{Arc, OnceLock};
 
-use kernelbox::backend::DockerBackend;
+use kernelbox::backend::docker::DockerBackend;
 use kernelbox::config::EngineConfig;
+use kernelbox::engine::Tenant;
 use kernelbox::engine::{CreateSandbox, Engine, ExecuteRequest, ExecutionResult, labels};
 use kernelbox::http::auth::ApiKeys;
-use kernelbox::server::HttpConfig;
+use kernelbox::http::server::HttpConfig;
 
 /// Under `CI=true` a missing Docker engine fails the test; elsewhere the test is skipped.
 pub(crate) fn docker_required() -> bool {
@@ -91,7 +92,7 @@ impl TestEngine {
 
     pub(crate) async fn sandbox(&self) -> String {
         self.engine
-            .create(CreateSandbox::default())
+            .create(CreateSandbox::new(Tenant::Local))
             .await
             .expect("create sandbox")
             .id
@@ -101,7 +102,7 @@ impl TestEngine {
         self.engine
             .execute(
                 id,
-                None,
+                &Tenant::Local,
                 ExecuteRequest {
                     code: code.into(),
                     timeout: None,
@@ -239,7 +240,7 @@ impl TestServer {
             allowed_hosts: vec!["127.0.0.1".into(), "localhost".into()],
             shutdown: shutdown.clone(),
         };
-        let app = kernelbox::server::app(engine.engine.clone(), &config).expect("router");
+        let app = kernelbox::http::server::app(engine.engine.clone(), &config).expect("router");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use bytes::Bytes;
 use futures::TryStreamExt;
+use kernelbox::engine::Tenant;
 use kernelbox::engine::commands::CommandRequest;
 use kernelbox::engine::{EngineError, ExecEvent, ExecuteRequest, ExecutionOutcome, FileKind};
 
@@ -91,7 +92,7 @@ async fn output_streams_while_the_code_runs() {
         .engine
         .execute(
             &id,
-            None,
+            &Tenant::Local,
             ExecuteRequest {
                 code: "import time\nfor i in range(3):\n    print(i)\n    time.sleep(1)".into(),
                 timeout: None,
@@ -131,7 +132,7 @@ async fn second_execution_while_busy_is_refused() {
         .engine
         .execute(
             &id,
-            None,
+            &Tenant::Local,
             ExecuteRequest {
                 code: "import time; time.sleep(2)".into(),
                 timeout: None,
@@ -143,7 +144,7 @@ async fn second_execution_while_busy_is_refused() {
         .engine
         .execute(
             &id,
-            None,
+            &Tenant::Local,
             ExecuteRequest {
                 code: "1".into(),
                 timeout: None,
@@ -164,12 +165,17 @@ async fn files_round_trip_and_stay_in_the_workspace() {
     let e = &t.engine;
     let binary: Vec<u8> = (0..=255u8).cycle().take(70_000).collect();
     let written = e
-        .write_file(&id, None, "data/blob.bin", Bytes::from(binary.clone()))
+        .write_file(
+            &id,
+            &Tenant::Local,
+            "data/blob.bin",
+            Bytes::from(binary.clone()),
+        )
         .await
         .expect("write");
     assert_eq!(written, "/workspace/data/blob.bin");
     assert_eq!(
-        e.read_file(&id, None, "/workspace/data/blob.bin")
+        e.read_file(&id, &Tenant::Local, "/workspace/data/blob.bin", 1 << 30)
             .await
             .expect("read"),
         binary
@@ -182,33 +188,40 @@ async fn files_round_trip_and_stay_in_the_workspace() {
         .await;
     assert_eq!(seen.stdout, "70000 1000\n");
 
-    let listing = e.list_files(&id, None, "data").await.expect("list");
+    let listing = e
+        .list_files(&id, &Tenant::Local, "data")
+        .await
+        .expect("list");
     assert_eq!(listing.len(), 1);
     assert_eq!(listing[0].name, "blob.bin");
     assert_eq!(listing[0].kind, FileKind::File);
     assert_eq!(listing[0].size, 70_000);
 
-    e.delete_path(&id, None, "data/blob.bin")
+    e.delete_path(&id, &Tenant::Local, "data/blob.bin")
         .await
         .expect("delete");
     assert!(matches!(
-        e.read_file(&id, None, "data/blob.bin").await,
+        e.read_file(&id, &Tenant::Local, "data/blob.bin", 1 << 30)
+            .await,
         Err(EngineError::PathNotFound { .. })
     ));
     assert!(matches!(
-        e.delete_path(&id, None, "data/blob.bin").await,
+        e.delete_path(&id, &Tenant::Local, "data/blob.bin").await,
         Err(EngineError::PathNotFound { .. })
     ));
 
     // Outside the workspace, lexically and through a symlink.
     for path in ["../x", "/etc/passwd", "a/../../etc/passwd"] {
-        let error = e.read_file(&id, None, path).await.expect_err(path);
+        let error = e
+            .read_file(&id, &Tenant::Local, path, 1 << 30)
+            .await
+            .expect_err(path);
         assert!(
             matches!(error, EngineError::PathOutsideWorkspace { .. }),
             "{path}: {error:?}"
         );
         let error = e
-            .write_file(&id, None, path, Bytes::from_static(b"x"))
+            .write_file(&id, &Tenant::Local, path, Bytes::from_static(b"x"))
             .await
             .expect_err(path);
         assert!(
@@ -219,7 +232,7 @@ async fn files_round_trip_and_stay_in_the_workspace() {
     t.run(&id, "import os; os.symlink('/etc', 'etc_link')")
         .await;
     let error = e
-        .read_file(&id, None, "etc_link/passwd")
+        .read_file(&id, &Tenant::Local, "etc_link/passwd", 1 << 30)
         .await
         .expect_err("symlink escape");
     assert!(
@@ -227,7 +240,12 @@ async fn files_round_trip_and_stay_in_the_workspace() {
         "{error:?}"
     );
     let error = e
-        .write_file(&id, None, "etc_link/evil", Bytes::from_static(b"x"))
+        .write_file(
+            &id,
+            &Tenant::Local,
+            "etc_link/evil",
+            Bytes::from_static(b"x"),
+        )
         .await
         .expect_err("symlink escape");
     assert!(
@@ -235,7 +253,7 @@ async fn files_round_trip_and_stay_in_the_workspace() {
         "{error:?}"
     );
     // Deleting the link removes the link, never its target.
-    e.delete_path(&id, None, "etc_link")
+    e.delete_path(&id, &Tenant::Local, "etc_link")
         .await
         .expect("delete link");
     assert_eq!(
@@ -259,7 +277,7 @@ async fn directories_round_trip_as_tar() {
     )
     .await;
     let tar: Vec<u8> = e
-        .download_tree(&a, None, "tree")
+        .download_tree(&a, &Tenant::Local, "tree")
         .await
         .expect("download")
         .try_fold(Vec::new(), |mut all, chunk| async move {
@@ -270,7 +288,7 @@ async fn directories_round_trip_as_tar() {
         .expect("tar bytes");
     let upload: kernelbox::backend::ByteStream =
         Box::pin(futures::stream::once(async move { Ok(Bytes::from(tar)) }));
-    e.upload_tree(&b, None, "copy", upload)
+    e.upload_tree(&b, &Tenant::Local, "copy", upload)
         .await
         .expect("upload");
     let check = t
@@ -306,7 +324,7 @@ async fn hostile_archives_write_nothing_outside() {
         ));
     let error = t
         .engine
-        .upload_tree(&id, None, "in", upload)
+        .upload_tree(&id, &Tenant::Local, "in", upload)
         .await
         .expect_err("refused");
     assert!(
@@ -338,7 +356,7 @@ async fn shell_commands_report_output_and_exit_code() {
         .engine
         .run_command(
             &id,
-            None,
+            &Tenant::Local,
             CommandRequest {
                 command: "echo out; echo err >&2; pwd; whoami; exit 3".into(),
                 ..Default::default()
@@ -355,7 +373,7 @@ async fn shell_commands_report_output_and_exit_code() {
         .engine
         .run_command(
             &id,
-            None,
+            &Tenant::Local,
             CommandRequest {
                 command: "sleep 30".into(),
                 timeout: Some(Duration::from_secs(1)),
@@ -379,7 +397,7 @@ async fn timeout_interrupts_and_keeps_state() {
         .engine
         .execute(
             &id,
-            None,
+            &Tenant::Local,
             ExecuteRequest {
                 code: "while True: pass".into(),
                 timeout: Some(Duration::from_secs(2)),
@@ -417,7 +435,7 @@ async fn unknown_sandbox_is_not_found() {
         .engine
         .execute(
             "sbx_doesnotexist",
-            None,
+            &Tenant::Local,
             ExecuteRequest {
                 code: "1".into(),
                 timeout: None,
@@ -428,7 +446,7 @@ async fn unknown_sandbox_is_not_found() {
         .expect("error");
     assert!(matches!(error, EngineError::NotFound { .. }));
     assert!(matches!(
-        t.engine.destroy("sbx_doesnotexist", None).await,
+        t.engine.destroy("sbx_doesnotexist", &Tenant::Local).await,
         Err(EngineError::NotFound { .. })
     ));
 }
@@ -439,9 +457,12 @@ async fn destroy_removes_the_container() {
         return;
     };
     let id = t.sandbox().await;
-    assert_eq!(t.engine.list(None).len(), 1);
-    t.engine.destroy(&id, None).await.expect("destroy");
-    assert!(t.engine.list(None).is_empty());
+    assert_eq!(t.engine.list(&Tenant::Local).len(), 1);
+    t.engine
+        .destroy(&id, &Tenant::Local)
+        .await
+        .expect("destroy");
+    assert!(t.engine.list(&Tenant::Local).is_empty());
     let left = std::process::Command::new("docker")
         .args([
             "ps",

@@ -4,8 +4,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kernelbox::backend::DockerBackend;
+use kernelbox::backend::docker::DockerBackend;
 use kernelbox::config::EngineConfig;
+use kernelbox::engine::Tenant;
 use kernelbox::engine::commands::CommandRequest;
 use kernelbox::engine::{
     CreateSandbox, Engine, EngineError, ExecEvent, ExecuteRequest, ExecutionOutcome, SandboxStatus,
@@ -31,7 +32,7 @@ async fn code_ignoring_interrupts_gets_its_kernel_restarted() {
         "import signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\ntime.sleep(1000)";
     let result = t
         .engine
-        .execute(&id, None, code(stubborn, 2))
+        .execute(&id, &Tenant::Local, code(stubborn, 2))
         .await
         .expect("start")
         .finish()
@@ -59,7 +60,7 @@ async fn memory_bomb_reports_out_of_memory_and_recovers() {
         .engine
         .create(CreateSandbox {
             memory_mb: Some(512),
-            ..Default::default()
+            ..CreateSandbox::new(Tenant::Local)
         })
         .await
         .expect("create")
@@ -68,7 +69,11 @@ async fn memory_bomb_reports_out_of_memory_and_recovers() {
     t.run(&neighbour, "survivor = 'here'").await;
     let result = t
         .engine
-        .execute(&small, None, code("x = b'\\x01' * (4 * 1024**3)", 60))
+        .execute(
+            &small,
+            &Tenant::Local,
+            code("x = b'\\x01' * (4 * 1024**3)", 60),
+        )
         .await
         .expect("start")
         .finish()
@@ -105,7 +110,7 @@ async fn crashing_kernel_is_restarted() {
     ] {
         let result = t
             .engine
-            .execute(&id, None, code(crash, 30))
+            .execute(&id, &Tenant::Local, code(crash, 30))
             .await
             .expect("start")
             .finish()
@@ -125,7 +130,7 @@ async fn crashing_kernel_is_restarted() {
         );
     }
     assert_eq!(
-        t.engine.info(&id, None).expect("info").status,
+        t.engine.info(&id, &Tenant::Local).expect("info").status,
         SandboxStatus::Running
     );
 }
@@ -142,7 +147,7 @@ async fn fork_bomb_stays_inside_the_pids_limit() {
         engine
             .run_command(
                 &bomb_id,
-                None,
+                &Tenant::Local,
                 CommandRequest {
                     command: "bomb() { bomb | bomb & }; bomb; sleep 8".into(),
                     timeout: Some(Duration::from_secs(6)),
@@ -160,14 +165,14 @@ async fn fork_bomb_stays_inside_the_pids_limit() {
             "slow: {:?}",
             started.elapsed()
         );
-        assert_eq!(t.engine.list(None).len(), 2);
+        assert_eq!(t.engine.list(&Tenant::Local).len(), 2);
     }
     let _ = bomb.await.expect("bomb task");
     let pids = t.run(&other, "print(open('/sys/fs/cgroup/pids/pids.max').read().strip() if __import__('os').path.exists('/sys/fs/cgroup/pids/pids.max') else open('/sys/fs/cgroup/pids.max').read().strip())").await;
     assert_eq!(pids.stdout, "256\n");
     // Whatever the bomb left behind, the sandbox can always be destroyed.
     t.engine
-        .destroy(&bombed, None)
+        .destroy(&bombed, &Tenant::Local)
         .await
         .expect("destroy the bombed sandbox");
     assert_eq!(t.run(&other, "print('after')").await.stdout, "after\n");
@@ -183,7 +188,7 @@ async fn dropped_execution_does_not_block_the_next() {
         .engine
         .execute(
             &id,
-            None,
+            &Tenant::Local,
             code(
                 "import time\nwhile True:\n    print('tick', flush=True)\n    time.sleep(0.1)",
                 60,
@@ -199,7 +204,7 @@ async fn dropped_execution_does_not_block_the_next() {
     let started = Instant::now();
     let next = t
         .engine
-        .execute(&id, None, code("print('next')", 10))
+        .execute(&id, &Tenant::Local, code("print('next')", 10))
         .await
         .expect("next starts");
     let result = next.finish().await.expect("result");
@@ -229,7 +234,7 @@ async fn reattach_after_a_crash_keeps_ids_and_variables() {
     let restarted = Engine::new(Arc::new(backend), config);
     assert_eq!(restarted.reattach().await.expect("reattach"), 3);
     let mut listed: Vec<String> = restarted
-        .list(None)
+        .list(&Tenant::Local)
         .into_iter()
         .map(|info| info.id)
         .collect();
@@ -239,7 +244,7 @@ async fn reattach_after_a_crash_keeps_ids_and_variables() {
     assert_eq!(listed, expected);
     for (value, id) in ids.iter().enumerate() {
         let result = restarted
-            .execute(id, None, code("print(value)", 10))
+            .execute(id, &Tenant::Local, code("print(value)", 10))
             .await
             .expect("execute")
             .finish()
@@ -263,7 +268,7 @@ async fn idle_sandboxes_are_reaped_and_the_cap_holds() {
     let first = t.sandbox().await;
     let refused = t
         .engine
-        .create(CreateSandbox::default())
+        .create(CreateSandbox::new(Tenant::Local))
         .await
         .expect_err("cap");
     assert!(matches!(
@@ -285,7 +290,7 @@ async fn idle_sandboxes_are_reaped_and_the_cap_holds() {
             .expect("docker ps");
         !String::from_utf8_lossy(&listed.stdout).trim().is_empty()
     };
-    while t.engine.info(&first, None).is_ok() || container_exists() {
+    while t.engine.info(&first, &Tenant::Local).is_ok() || container_exists() {
         assert!(Instant::now() < deadline, "idle sandbox was not reaped");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -314,7 +319,7 @@ async fn instances_only_touch_their_own_sandboxes() {
     config.max_idle = Duration::from_millis(1);
     let restarted = Engine::new(Arc::new(backend), config);
     assert_eq!(restarted.reattach().await.expect("reattach"), 1);
-    assert_eq!(restarted.list(None)[0].id, my_id);
+    assert_eq!(restarted.list(&Tenant::Local)[0].id, my_id);
     // Its reaper removes its own idle sandbox and never the other instance's.
     let reaped = restarted.reap_idle().await;
     assert_eq!(reaped, vec![my_id]);

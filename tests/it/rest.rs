@@ -490,7 +490,7 @@ async fn the_whole_flow_over_http() {
 /// Every route of the OpenAPI document (plus the document and the docs page), with sample
 /// path parameters.
 fn every_route(id: &str) -> Vec<(reqwest::Method, String)> {
-    let document = kernelbox::http::rest::openapi_document();
+    let document = kernelbox::http::server::openapi_document();
     let mut routes = vec![
         (reqwest::Method::GET, "/openapi.json".to_string()),
         (reqwest::Method::GET, "/docs".to_string()),
@@ -814,7 +814,7 @@ async fn errors_share_one_shape() {
         "invalid_request"
     );
     // Too large: 413.
-    let huge = json!({"code": "x".repeat(kernelbox::http::rest::JSON_BODY_LIMIT + 1)});
+    let huge = json!({"code": "x".repeat(kernelbox::http::extract::JSON_BODY_LIMIT + 1)});
     let response = server
         .post(&execute)
         .json(&huge)

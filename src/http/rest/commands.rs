@@ -8,10 +8,10 @@ use axum::extract::State;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::{ApiJson, ApiPath, RestState, no_nul, seconds};
+use crate::engine::Tenant;
 use crate::engine::commands::{CommandRequest, CommandResult};
-use crate::http::auth::Tenant;
 use crate::http::error::{ApiError, ErrorBody};
+use crate::http::extract::{ApiJson, ApiPath, AppState, seconds};
 
 /// A command to run.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -71,24 +71,16 @@ impl From<CommandResult> for CommandOutput {
     )
 )]
 pub(crate) async fn run(
-    State(engine): State<RestState>,
+    State(engine): State<AppState>,
     Extension(tenant): Extension<Tenant>,
     ApiPath(id): ApiPath<String>,
     ApiJson(request): ApiJson<RunCommand>,
 ) -> Result<Json<CommandOutput>, ApiError> {
-    no_nul("cmd", &request.cmd)?;
-    if let Some(cwd) = &request.cwd {
-        no_nul("cwd", cwd)?;
-    }
     let env = request.env.unwrap_or_default();
-    for (name, value) in &env {
-        no_nul("env names", name)?;
-        no_nul("env values", value)?;
-    }
     let result = engine
         .run_command(
             &id,
-            tenant.owner(),
+            &tenant,
             CommandRequest {
                 command: request.cmd,
                 cwd: request.cwd,

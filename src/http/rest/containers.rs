@@ -14,13 +14,10 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::{ApiPath, RestState, no_nul};
+use crate::engine::Tenant;
 use crate::engine::{CreateSandbox, SandboxInfo, SandboxStatus};
-use crate::http::auth::Tenant;
 use crate::http::error::{ApiError, ErrorBody};
-
-/// The longest tag accepted.
-const MAX_TAG_CHARS: usize = 256;
+use crate::http::extract::{ApiPath, AppState};
 
 /// `POST /containers`. Every field is optional; an empty body is the same as `{}`.
 #[derive(Debug, Default, Deserialize, ToSchema)]
@@ -100,7 +97,7 @@ pub struct ContainerList {
     )
 )]
 pub(crate) async fn create(
-    State(engine): State<RestState>,
+    State(engine): State<AppState>,
     Extension(tenant): Extension<Tenant>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
@@ -111,23 +108,12 @@ pub(crate) async fn create(
         serde_json::from_slice(&body)
             .map_err(|error| ApiError::invalid(format!("invalid JSON body: {error}")))?
     };
-    if let Some(tag) = &request.tag
-        && (tag.chars().count() > MAX_TAG_CHARS || tag.chars().any(char::is_control))
-    {
-        return Err(ApiError::invalid(format!(
-            "tag must be at most {MAX_TAG_CHARS} characters, without control characters"
-        )));
-    }
     let env = request.env.unwrap_or_default();
-    for (name, value) in &env {
-        no_nul("env names", name)?;
-        no_nul("env values", value)?;
-    }
     let info = engine
         .create(CreateSandbox {
             tag: request.tag,
             env,
-            owner: tenant.owner().map(str::to_string),
+            tenant,
             memory_mb: request.memory_mb,
             cpus: request.cpus,
         })
@@ -151,12 +137,12 @@ pub(crate) async fn create(
     )
 )]
 pub(crate) async fn list(
-    State(engine): State<RestState>,
+    State(engine): State<AppState>,
     Extension(tenant): Extension<Tenant>,
 ) -> Json<ContainerList> {
     Json(ContainerList {
         containers: engine
-            .list(tenant.owner())
+            .list(&tenant)
             .into_iter()
             .map(Container::from)
             .collect(),
@@ -176,11 +162,11 @@ pub(crate) async fn list(
     )
 )]
 pub(crate) async fn get_one(
-    State(engine): State<RestState>,
+    State(engine): State<AppState>,
     Extension(tenant): Extension<Tenant>,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Container>, ApiError> {
-    Ok(Json(engine.info(&id, tenant.owner())?.into()))
+    Ok(Json(engine.info(&id, &tenant)?.into()))
 }
 
 /// Destroy a container: its kernel, files and processes are gone.
@@ -197,10 +183,10 @@ pub(crate) async fn get_one(
     )
 )]
 pub(crate) async fn destroy(
-    State(engine): State<RestState>,
+    State(engine): State<AppState>,
     Extension(tenant): Extension<Tenant>,
     ApiPath(id): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
-    engine.destroy(&id, tenant.owner()).await?;
+    engine.destroy(&id, &tenant).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -18,11 +18,11 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::{ApiJson, ApiPath, RestState, seconds};
+use crate::engine::Tenant;
 use crate::engine::execution::{ExecutionResult as EngineResult, OutputKind, PythonError};
 use crate::engine::{ExecEvent, ExecuteRequest, ExecutionOutcome, ExecutionStream};
-use crate::http::auth::Tenant;
 use crate::http::error::{ApiError, ErrorBody};
+use crate::http::extract::{ApiJson, ApiPath, AppState, seconds};
 
 /// The response header that names the execution of an SSE stream.
 pub const EXECUTION_ID_HEADER: &str = "x-execution-id";
@@ -181,7 +181,7 @@ pub struct ExecutionState {
 }
 
 async fn start(
-    engine: &RestState,
+    engine: &AppState,
     tenant: &Tenant,
     id: &str,
     request: Execute,
@@ -190,7 +190,7 @@ async fn start(
     Ok(engine
         .execute(
             id,
-            tenant.owner(),
+            tenant,
             ExecuteRequest {
                 code: request.code,
                 timeout,
@@ -218,7 +218,7 @@ async fn start(
     )
 )]
 pub(crate) async fn execute(
-    State(engine): State<RestState>,
+    State(engine): State<AppState>,
     Extension(tenant): Extension<Tenant>,
     ApiPath(id): ApiPath<String>,
     ApiJson(request): ApiJson<Execute>,
@@ -270,7 +270,7 @@ fn to_sse(event: ExecEvent) -> Event {
     )
 )]
 pub(crate) async fn execute_stream(
-    State(engine): State<RestState>,
+    State(engine): State<AppState>,
     Extension(tenant): Extension<Tenant>,
     ApiPath(id): ApiPath<String>,
     ApiJson(request): ApiJson<Execute>,
@@ -314,11 +314,11 @@ pub(crate) async fn execute_stream(
     )
 )]
 pub(crate) async fn execution(
-    State(engine): State<RestState>,
+    State(engine): State<AppState>,
     Extension(tenant): Extension<Tenant>,
     ApiPath(execution_id): ApiPath<String>,
 ) -> Result<Json<ExecutionState>, ApiError> {
-    let record = engine.execution(&execution_id, tenant.owner())?;
+    let record = engine.execution(&execution_id, &tenant)?;
     let result = record
         .result
         .map(|result| ExecutionResult::from(std::sync::Arc::unwrap_or_clone(result)));

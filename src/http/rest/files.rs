@@ -19,11 +19,11 @@ use serde::Serialize;
 use tokio_util::io::{ReaderStream, StreamReader};
 use utoipa::ToSchema;
 
-use super::{ApiPath, RestState};
 use crate::backend::ByteStream;
+use crate::engine::Tenant;
 use crate::engine::{EngineError, FileEntry, FileKind};
-use crate::http::auth::Tenant;
 use crate::http::error::{ApiError, ErrorBody};
+use crate::http::extract::{ApiPath, AppState};
 
 /// The multipart field that carries an uploaded file.
 pub const FILE_FIELD: &str = "file";
@@ -123,7 +123,7 @@ fn last_component(path: &str) -> &str {
 }
 
 async fn save_upload(
-    engine: RestState,
+    engine: AppState,
     tenant: Tenant,
     id: String,
     dir: &str,
@@ -140,9 +140,7 @@ async fn save_upload(
             dir => format!("{dir}/{filename}"),
         };
         let content = field.map_err(io::Error::other);
-        let uploaded = engine
-            .upload_file(&id, tenant.owner(), &path, content)
-            .await?;
+        let uploaded = engine.upload_file(&id, &tenant, &path, content).await?;
         return Ok((
             StatusCode::CREATED,
             Json(UploadedFile {
@@ -174,7 +172,7 @@ async fn save_upload(
     )
 )]
 pub(crate) async fn upload_to_workspace(
-    State(engine): State<RestState>,
+    State(engine): State<AppState>,
     Extension(tenant): Extension<Tenant>,
     ApiPath(id): ApiPath<String>,
     multipart: Result<Multipart, MultipartRejection>,
@@ -205,7 +203,7 @@ pub(crate) async fn upload_to_workspace(
     )
 )]
 pub(crate) async fn upload_file(
-    State(engine): State<RestState>,
+    State(engine): State<AppState>,
     Extension(tenant): Extension<Tenant>,
     ApiPath((id, dir)): ApiPath<(String, String)>,
     multipart: Result<Multipart, MultipartRejection>,
@@ -234,14 +232,14 @@ pub(crate) async fn upload_file(
     )
 )]
 pub(crate) async fn download_file(
-    State(engine): State<RestState>,
+    State(engine): State<AppState>,
     Extension(tenant): Extension<Tenant>,
     ApiPath((id, path)): ApiPath<(String, String)>,
 ) -> Result<Response, ApiError> {
-    let download = match engine.open_file(&id, tenant.owner(), &path).await {
+    let download = match engine.open_file(&id, &tenant, &path).await {
         Ok(download) => download,
         Err(EngineError::IsADirectory { .. }) => {
-            let entries = engine.list_files(&id, tenant.owner(), &path).await?;
+            let entries = engine.list_files(&id, &tenant, &path).await?;
             return Ok(Json(DirectoryListing {
                 entries: entries.into_iter().map(DirectoryEntry::from).collect(),
             })
@@ -279,11 +277,11 @@ pub(crate) async fn download_file(
     )
 )]
 pub(crate) async fn delete_file(
-    State(engine): State<RestState>,
+    State(engine): State<AppState>,
     Extension(tenant): Extension<Tenant>,
     ApiPath((id, path)): ApiPath<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    engine.delete_path(&id, tenant.owner(), &path).await?;
+    engine.delete_path(&id, &tenant, &path).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -307,26 +305,26 @@ fn tar_body(request: Request) -> ByteStream {
 }
 
 async fn extract_tree(
-    engine: RestState,
+    engine: AppState,
     tenant: Tenant,
     id: String,
     path: &str,
     request: Request,
 ) -> Result<(StatusCode, Json<UploadedTree>), ApiError> {
     engine
-        .upload_tree(&id, tenant.owner(), path, tar_body(request))
+        .upload_tree(&id, &tenant, path, tar_body(request))
         .await?;
-    let path = crate::engine::files::workspace_path(path)?;
+    let path = crate::engine::paths::workspace_path(path).map_err(EngineError::from)?;
     Ok((StatusCode::CREATED, Json(UploadedTree { path })))
 }
 
 async fn tree_response(
-    engine: RestState,
+    engine: AppState,
     tenant: Tenant,
     id: String,
     path: &str,
 ) -> Result<Response, ApiError> {
-    let tar = engine.download_dir(&id, tenant.owner(), path).await?;
+    let tar = engine.download_dir(&id, &tenant, path).await?;
     let gzip = GzipEncoder::with_quality(StreamReader::new(tar), Level::Fastest);
     let mut headers = HeaderMap::new();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/gzip"));
@@ -357,7 +355,7 @@ async fn tree_response(
     )
 )]
 pub(crate) async fn upload_workspace_tree(
-    State(engine): State<RestState>,
+    State(engine): State<AppState>,
     Extension(tenant): Extension<Tenant>,
     ApiPath(id): ApiPath<String>,
     request: Request,
@@ -378,7 +376,7 @@ pub(crate) async fn upload_workspace_tree(
     )
 )]
 pub(crate) async fn download_workspace_tree(
-    State(engine): State<RestState>,
+    State(engine): State<AppState>,
     Extension(tenant): Extension<Tenant>,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Response, ApiError> {
@@ -411,7 +409,7 @@ pub(crate) async fn download_workspace_tree(
     )
 )]
 pub(crate) async fn upload_tree(
-    State(engine): State<RestState>,
+    State(engine): State<AppState>,
     Extension(tenant): Extension<Tenant>,
     ApiPath((id, path)): ApiPath<(String, String)>,
     request: Request,
@@ -438,7 +436,7 @@ pub(crate) async fn upload_tree(
     )
 )]
 pub(crate) async fn download_tree(
-    State(engine): State<RestState>,
+    State(engine): State<AppState>,
     Extension(tenant): Extension<Tenant>,
     ApiPath((id, path)): ApiPath<(String, String)>,
 ) -> Result<Response, ApiError> {

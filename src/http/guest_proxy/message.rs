@@ -4,9 +4,9 @@
 //! The seed's shorthand for tool calls, `{"tool_name": …, "params": {…}}` as the params of
 //! `tools/call`, is translated here to the standard `{"name": …, "arguments": {…}}`.
 
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 
-use super::ProxyError;
+use super::error::ProxyError;
 
 /// What a POST body holds.
 #[derive(Debug, Clone, PartialEq)]
@@ -158,14 +158,10 @@ pub fn translate_shorthand(params: &mut Map<String, Value>) {
     }
 }
 
-/// A JSON-RPC error response.
-pub fn error_response(id: Value, code: i64, message: &str) -> Value {
-    json!({"jsonrpc": "2.0", "id": id, "error": {"code": code, "message": message}})
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn parsed(text: &str) -> Result<Incoming, ProxyError> {
         parse(text.as_bytes())

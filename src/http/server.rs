@@ -1,30 +1,36 @@
 //! The HTTP server behind `kernelbox serve`: composes the faces into one router, binds with
 //! TCP_NODELAY and serves until shutdown.
 //!
-//! | path                                   | face                                         |
-//! |----------------------------------------|----------------------------------------------|
-//! | `/health`                              | liveness, open without a key                 |
-//! | `/mcp`                                 | MCP over Streamable HTTP ([`crate::mcp`])    |
-//! | `/containers/…`, `/executions/…`       | the REST API ([`crate::http::rest`])         |
-//! | `/containers/{id}/mcp-proxy/{server}`  | the MCP proxy ([`crate::proxy`])             |
-//! | `/metrics`, `/openapi.json`, `/docs`   | Prometheus metrics, the OpenAPI document     |
+//! | path                                   | face                                           |
+//! |----------------------------------------|------------------------------------------------|
+//! | `/health`                              | liveness, open without a key                   |
+//! | `/mcp`                                 | MCP over Streamable HTTP ([`crate::mcp`])      |
+//! | `/containers/…`, `/executions/…`       | the REST face ([`super::rest`])                |
+//! | `/containers/{id}/mcp-proxy/{server}`  | the guest proxy face ([`super::guest_proxy`])  |
+//! | `/metrics`, `/openapi.json`, `/docs`   | Prometheus metrics, the OpenAPI document       |
 //!
 //! Everything but `/health` is behind the API key when keys are set.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use axum::extract::State;
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderName, HeaderValue, Method};
 use axum::routing::get;
 use axum::{Json, Router, middleware};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 use tower_http::cors::{AllowOrigin, CorsLayer};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
+use super::auth::{API_KEY_HEADER, ApiKeys};
+use super::error::ApiError;
+use super::extract::{AppState, JSON_BODY_LIMIT};
+use super::guard::require_api_key;
+use super::rest::execute::EXECUTION_ID_HEADER;
+use super::{guest_proxy, metrics, openapi, rest};
 use crate::engine::Engine;
-use crate::http::auth::{API_KEY_HEADER, ApiKeys, require_api_key};
-use crate::http::error::ApiError;
 use crate::mcp::transport::{HttpSettings, http_service, session_delete_no_content};
 
 /// Server failures.
@@ -130,12 +136,12 @@ fn cors(origins: &[String]) -> Result<Option<CorsLayer>, ServerError> {
                 axum::http::header::AUTHORIZATION,
                 axum::http::header::CONTENT_TYPE,
                 HeaderName::from_static(API_KEY_HEADER),
-                HeaderName::from_static(crate::proxy::routes::SESSION_HEADER),
+                HeaderName::from_static(guest_proxy::SESSION_HEADER),
                 HeaderName::from_static("mcp-protocol-version"),
             ])
             .expose_headers([
-                HeaderName::from_static(crate::http::rest::execute::EXECUTION_ID_HEADER),
-                HeaderName::from_static(crate::proxy::routes::SESSION_HEADER),
+                HeaderName::from_static(EXECUTION_ID_HEADER),
+                HeaderName::from_static(guest_proxy::SESSION_HEADER),
             ]),
     ))
 }
@@ -147,6 +153,41 @@ pub struct Health {
     pub version: &'static str,
     pub docker: bool,
     pub sandboxes: usize,
+}
+
+/// Every documented route (the REST face, the guest proxy face, `/metrics`) with its OpenAPI
+/// description, before auth and state.
+fn api() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(openapi::base())
+        .merge(rest::routes())
+        .merge(guest_proxy::routes())
+        .routes(routes!(metrics::metrics))
+}
+
+/// The OpenAPI document of the HTTP API.
+pub fn openapi_document() -> utoipa::openapi::OpenApi {
+    let (_, document) = api().split_for_parts();
+    openapi::finish(document)
+}
+
+/// The documented routes, `/openapi.json` and `/docs`, all behind the request guard.
+fn api_router(engine: Arc<Engine>, keys: Arc<ApiKeys>) -> Router {
+    let (routes, document) = api().split_for_parts();
+    let document = Arc::new(openapi::finish(document));
+    routes
+        .route(
+            "/openapi.json",
+            get(move || {
+                let document = document.clone();
+                async move { axum::Json(document) }
+            }),
+        )
+        .route("/docs", get(openapi::docs_page))
+        .route_layer(middleware::from_fn_with_state(keys, require_api_key))
+        .layer(DefaultBodyLimit::max(JSON_BODY_LIMIT))
+        // A span per request (method and URI, so the container id), seen with `--log tower_http=debug`.
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .with_state(engine)
 }
 
 /// The router, without a socket (tests serve it on `127.0.0.1:0` or call it with `oneshot`).
@@ -171,7 +212,7 @@ pub fn app(engine: Arc<Engine>, config: &HttpConfig) -> Result<Router, ServerErr
         .route("/health", get(health))
         .with_state(engine.clone())
         .merge(mcp)
-        .merge(crate::http::rest::router(engine, config.keys.clone()))
+        .merge(api_router(engine, config.keys.clone()))
         .fallback(|| async { ApiError::no_route() })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() });
     Ok(match cors(&config.cors_origins)? {
@@ -186,7 +227,7 @@ async fn health(State(engine): State<Arc<Engine>>) -> Json<Health> {
         status: if docker { "ok" } else { "degraded" },
         version: env!("CARGO_PKG_VERSION"),
         docker,
-        sandboxes: engine.list(None).len(),
+        sandboxes: engine.sandbox_count(),
     })
 }
 
@@ -244,6 +285,34 @@ mod tests {
         ));
         assert!(check_bind(any, &some, false).is_ok());
         assert!(check_bind(any, &none, true).is_ok());
+    }
+
+    #[test]
+    fn the_document_lists_every_route_without_wildcards() {
+        let document = openapi_document();
+        let paths: Vec<&String> = document.paths.paths.keys().collect();
+        for expected in [
+            "/containers",
+            "/containers/{id}",
+            "/containers/{id}/execute",
+            "/containers/{id}/execute/stream",
+            "/executions/{execution_id}",
+            "/containers/{id}/commands",
+            "/containers/{id}/files",
+            "/containers/{id}/files/{path}",
+            "/containers/{id}/directories",
+            "/containers/{id}/directories/{path}",
+            "/metrics",
+            "/containers/{id}/mcp/{server}",
+            "/containers/{id}/mcp/{server}/{tool}",
+            "/containers/{id}/mcp-proxy/{server}",
+        ] {
+            assert!(
+                paths.iter().any(|path| path.as_str() == expected),
+                "{expected} missing from {paths:?}"
+            );
+        }
+        assert!(paths.iter().all(|path| !path.contains('*')));
     }
 
     #[test]

@@ -25,18 +25,27 @@ use futures::Stream;
 use serde_json::Value;
 use tokio::sync::mpsc;
 
-use super::ProxyError;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::error::ProxyError;
 use super::message::{self, Incoming, Message};
-use crate::engine::Engine;
-use crate::engine::mcp_servers::{EVENT_BUFFER, ServerProcess};
-use crate::http::auth::Tenant;
-use crate::http::error::{ApiError, ErrorBody, proxy_status};
-use crate::http::rest::ApiPath;
+use crate::engine::guest_registry::GuestProcess;
+use crate::engine::guest_servers::guest_error;
+use crate::engine::{Engine, Tenant};
+use crate::guest::EVENT_BUFFER;
+use crate::http::error::{ApiError, ErrorBody};
+use crate::http::extract::{ApiPath, AppState};
 
 /// The header that names a proxy session.
 pub const SESSION_HEADER: &str = "mcp-session-id";
 
 type Answer = Pin<Box<dyn Future<Output = Option<Value>> + Send>>;
+
+/// The proxy's routes, with their OpenAPI description.
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(post, delete))
+}
 
 /// Forward JSON-RPC messages to an MCP server in the container (MCP Streamable HTTP).
 ///
@@ -90,14 +99,12 @@ async fn forward(
     body: &[u8],
 ) -> Result<Response, ProxyError> {
     // An unknown or foreign container is "not found" whatever the body holds.
-    engine.get(id, tenant.owner())?;
+    engine.get(id, tenant)?;
     let incoming = message::parse(body)?;
     let accepts = Accepts::of(headers);
     let initialize = matches!(&incoming, Incoming::Single(message) if message.is_initialize());
     if initialize {
-        let session = engine
-            .open_proxy_session(id, tenant.owner(), server)
-            .await?;
+        let session = engine.open_proxy_session(id, tenant, server).await?;
         let answer = answer(session.process.clone(), incoming, None).await;
         if answer
             .as_ref()
@@ -105,7 +112,7 @@ async fn forward(
         {
             // The server refused (or died): no session to keep.
             let _ = engine
-                .close_proxy_session(id, tenant.owner(), server, &session.session_id)
+                .close_proxy_session(id, tenant, server, &session.session_id)
                 .await;
             return Ok(Json(answer).into_response());
         }
@@ -126,7 +133,7 @@ async fn forward(
         .get(SESSION_HEADER)
         .and_then(|value| value.to_str().ok())
         .ok_or(ProxyError::MissingSession)?;
-    let process = engine.proxy_session(id, tenant.owner(), server, session_id)?;
+    let process = engine.proxy_session(id, tenant, server, session_id)?;
     if !incoming.expects_answer() {
         answer(process, incoming, None).await;
         return Ok(StatusCode::ACCEPTED.into_response());
@@ -145,7 +152,7 @@ async fn forward(
 /// Forwards every message and collects the answers: one value for a single request, an array
 /// for a batch with requests, `None` when nothing expects an answer.
 async fn answer(
-    process: Arc<ServerProcess>,
+    process: Arc<GuestProcess>,
     incoming: Incoming,
     events: Option<mpsc::Sender<Value>>,
 ) -> Option<Value> {
@@ -158,12 +165,12 @@ async fn answer(
     for message in messages {
         match message {
             Message::Notification { body, .. } => {
-                if let Err(error) = process.notify(body).await {
+                if let Err(error) = process.peer().notify(body).await {
                     tracing::debug!(%error, "notification not delivered");
                 }
             }
             Message::Response { body } => {
-                if let Err(error) = process.respond(body).await {
+                if let Err(error) = process.peer().respond(body).await {
                     tracing::debug!(%error, "response not delivered");
                 }
             }
@@ -171,12 +178,12 @@ async fn answer(
                 let process = process.clone();
                 let events = events.clone();
                 requests.push(Box::pin(async move {
-                    Some(
-                        process
-                            .request(body, events)
-                            .await
-                            .unwrap_or_else(|error| ProxyError::from(error).response_for(id)),
-                    )
+                    Some(match process.peer().request(body, events).await {
+                        Ok(answer) => answer,
+                        Err(error) => {
+                            ProxyError::from(guest_error(process.server(), error)).response_for(id)
+                        }
+                    })
                 }));
             }
             Message::Invalid { id, reason } => {
@@ -295,7 +302,7 @@ pub(crate) async fn delete(
     ApiPath((id, server)): ApiPath<(String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(error) = engine.get(&id, tenant.owner()) {
+    if let Err(error) = engine.get(&id, &tenant) {
         return failure(error.into());
     }
     let Some(session_id) = headers
@@ -305,7 +312,7 @@ pub(crate) async fn delete(
         return failure(ProxyError::MissingSession);
     };
     match engine
-        .close_proxy_session(&id, tenant.owner(), &server, session_id)
+        .close_proxy_session(&id, &tenant, &server, session_id)
         .await
     {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
@@ -315,5 +322,5 @@ pub(crate) async fn delete(
 
 /// A failure as its status and a JSON-RPC error body.
 fn failure(error: ProxyError) -> Response {
-    (proxy_status(&error), Json(error.response_for(error.id()))).into_response()
+    (error.status(), Json(error.response_for(error.id()))).into_response()
 }

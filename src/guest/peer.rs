@@ -1,11 +1,12 @@
-//! One stdio MCP server process inside a sandbox, started with an attached `docker exec`.
+//! A JSON-RPC 2.0 peer over a guest server's stdio: newline-delimited messages on stdin and
+//! stdout, the way stdio MCP servers speak.
 //!
-//! The process speaks newline-delimited JSON-RPC on stdin/stdout. Many requests may be in flight
-//! at once: each gets a fresh numeric id on the way in (so two callers using the same id never
-//! collide) and its own id back on the way out. Notifications the server sends while a request
-//! runs (progress by its token, logs and others to the oldest request that listens) reach that
-//! request's event channel. The process is gone when its output stream ends: every waiting
-//! request then fails with [`McpServerError::ProcessExited`] at once, without any polling.
+//! Many requests may be in flight at once: each gets a fresh numeric id on the way in (so two
+//! callers using the same id never collide) and its own id back on the way out. Notifications the
+//! server sends while a request runs (progress by its token, logs and others to the oldest request
+//! that listens) reach that request's event channel; `ping` is answered here, and other server
+//! requests go to a listening caller or are refused. The process is gone when its output stream
+//! ends: every waiting request then fails with [`PeerError::Exited`] at once, without polling.
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -21,33 +22,21 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 use tracing::Instrument;
 
-use super::McpServerError;
-use crate::backend::{Backend, BackendError, ExecChunk, ExecSpec};
+use super::lines::LineBuffer;
+use crate::backend::{BackendError, ExecChunk};
 
-/// The first line the wrapper prints: the process's pid inside the container (it is the leader
-/// of its own session, so killing `-pid` takes its children along).
-const PID_MARKER: &str = "kernelbox-mcp-pid ";
-/// Prints the pid marker, then becomes the server (`exec` keeps the pid).
-const WRAPPER: &str = r#"printf 'kernelbox-mcp-pid %s\n' "$$"; exec "$@""#;
-/// The longest line accepted from a server; a longer one ends the process.
-pub(crate) const MAX_LINE_BYTES: usize = 64 * 1024 * 1024;
 /// How much of the server's stderr is kept to explain a failed start.
 const STDERR_TAIL_BYTES: usize = 4096;
-/// How long `docker exec` may take to show the wrapper's first line.
-const START_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long a server may take to exit after its stdin closed, before it is killed.
-const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// Events buffered per listening request; more are dropped (they are advisory).
 pub const EVENT_BUFFER: usize = 256;
 
-/// What a process is started with.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Launch {
-    pub(crate) command: String,
-    pub(crate) args: Vec<String>,
-    /// `KEY=value` pairs.
-    pub(crate) env: Vec<String>,
-    pub(crate) workdir: String,
+/// Why a message did not reach the guest server, or its answer did not come back.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum PeerError {
+    #[error("the MCP server process of {server:?} exited")]
+    Exited { server: String },
+    #[error("the message cannot be encoded as JSON")]
+    InvalidMessage,
 }
 
 /// A request waiting for its response.
@@ -71,109 +60,53 @@ struct Shared {
     last_used: Mutex<Instant>,
 }
 
-/// A running stdio MCP server. Dropping it stops reading its output; [`ServerProcess::close`]
-/// ends the process itself.
-pub struct ServerProcess {
+/// The client side of a running guest server. Dropping it stops reading the server's output;
+/// ending the process itself is the caller's business (it knows how it was started).
+pub struct GuestPeer {
     shared: Arc<Shared>,
-    container_id: String,
-    /// The process's pid inside the container.
-    pid: u32,
     next_id: AtomicU64,
     _reader: AbortOnDropHandle<()>,
 }
 
-impl std::fmt::Debug for ServerProcess {
+impl std::fmt::Debug for GuestPeer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ServerProcess")
+        f.debug_struct("GuestPeer")
             .field("sandbox_id", &self.shared.sandbox_id)
             .field("server", &self.shared.server)
-            .field("pid", &self.pid)
             .finish()
     }
 }
 
-type Output = Pin<Box<dyn Stream<Item = Result<ExecChunk, BackendError>> + Send>>;
+/// What the process prints, as the backend delivers it.
+pub type Output = Pin<Box<dyn Stream<Item = Result<ExecChunk, BackendError>> + Send>>;
 
-impl ServerProcess {
-    /// Starts `launch` in the container as the sandbox user and waits for the wrapper's pid line
-    /// (not for the server to answer: the first request does that).
-    pub(crate) async fn start(
-        backend: &dyn Backend,
-        container_id: &str,
+impl GuestPeer {
+    /// Starts reading a guest server's output (stdout: JSON-RPC lines; stderr: kept for errors)
+    /// and takes its stdin for writing. The peer is closed when `output` ends.
+    pub fn new(
+        stdin: Pin<Box<dyn AsyncWrite + Send>>,
+        output: Output,
         sandbox_id: &str,
         server: &str,
-        launch: &Launch,
-    ) -> Result<Self, McpServerError> {
-        let mut argv: Vec<String> = ["sh", "-c", WRAPPER, "sh", &launch.command]
-            .map(String::from)
-            .to_vec();
-        argv.extend(launch.args.iter().cloned());
-        let spec = ExecSpec {
-            argv,
-            workdir: launch.workdir.clone(),
-            env: launch.env.clone(),
-            user: None,
-            output_limit: 0,
-        };
-        let attached = backend
-            .exec_attached(container_id, spec)
-            .await
-            .map_err(McpServerError::Backend)?;
+    ) -> Self {
         let shared = Arc::new(Shared {
             sandbox_id: sandbox_id.to_string(),
             server: server.to_string(),
-            stdin: tokio::sync::Mutex::new(attached.stdin),
+            stdin: tokio::sync::Mutex::new(stdin),
             in_flight: Mutex::new(HashMap::new()),
             exited: CancellationToken::new(),
             stderr_tail: Mutex::new(Vec::new()),
             last_used: Mutex::new(Instant::now()),
         });
-        let mut output = attached.output;
-        let mut lines = LineBuffer::default();
-        let first = tokio::time::timeout(START_TIMEOUT, async {
-            loop {
-                match output.next().await {
-                    Some(Ok(ExecChunk::Stdout(bytes))) => {
-                        lines.push(&bytes);
-                        if let Some(line) = lines.next_line() {
-                            return Some(line);
-                        }
-                    }
-                    Some(Ok(ExecChunk::Stderr(bytes))) => shared.note_stderr(&bytes),
-                    Some(Err(_)) | None => return None,
-                }
-            }
-        })
-        .await
-        .map_err(|_| McpServerError::NotAnswering {
-            server: server.to_string(),
-            waited: START_TIMEOUT,
-        })?;
-        let pid = first
-            .as_deref()
-            .and_then(|line| std::str::from_utf8(line).ok())
-            .and_then(|line| line.trim().strip_prefix(PID_MARKER))
-            .and_then(|pid| pid.parse::<u32>().ok())
-            .ok_or_else(|| McpServerError::Exited {
-                server: server.to_string(),
-                stderr: shared.stderr_tail(),
-            })?;
-        let span =
-            tracing::info_span!("mcp_server", sandbox_id = %sandbox_id, server = %server, pid);
-        let reader = tokio::spawn(read_output(shared.clone(), output, lines).instrument(span));
-        tracing::info!(sandbox_id = %sandbox_id, server = %server, pid, "MCP server process started");
-        Ok(Self {
+        let span = tracing::info_span!("guest_server", sandbox_id = %sandbox_id, server = %server);
+        let reader = tokio::spawn(
+            read_output(shared.clone(), output, LineBuffer::default()).instrument(span),
+        );
+        Self {
             shared,
-            container_id: container_id.to_string(),
-            pid,
             next_id: AtomicU64::new(1),
             _reader: AbortOnDropHandle::new(reader),
-        })
-    }
-
-    /// The process's pid inside the container.
-    pub fn pid(&self) -> u32 {
-        self.pid
+        }
     }
 
     pub fn has_exited(&self) -> bool {
@@ -224,7 +157,7 @@ impl ServerProcess {
         &self,
         mut message: Value,
         events: Option<mpsc::Sender<Value>>,
-    ) -> Result<Value, McpServerError> {
+    ) -> Result<Value, PeerError> {
         let internal = self.next_id.fetch_add(1, Ordering::Relaxed);
         let caller_id = message.get("id").cloned().unwrap_or(Value::Null);
         let progress_token = message
@@ -258,7 +191,7 @@ impl ServerProcess {
 
     /// Sends a notification. `notifications/cancelled` names the caller's request id; it is
     /// rewritten to the id the server saw.
-    pub async fn notify(&self, mut message: Value) -> Result<(), McpServerError> {
+    pub async fn notify(&self, mut message: Value) -> Result<(), PeerError> {
         if message.get("method").and_then(Value::as_str) == Some("notifications/cancelled")
             && let Some(caller_id) = message.pointer("/params/requestId").cloned()
             && let Some(internal) = self.shared.internal_id_of(&caller_id)
@@ -270,53 +203,18 @@ impl ServerProcess {
 
     /// Passes the caller's answer to a request the server made, unchanged (server ids are the
     /// server's own).
-    pub async fn respond(&self, message: Value) -> Result<(), McpServerError> {
+    pub async fn respond(&self, message: Value) -> Result<(), PeerError> {
         self.shared.write(&message).await
     }
 
-    /// Ends the process: closes its stdin, gives it a moment to exit, then kills its process
-    /// group. Returns once its output stream ended (or the kill was sent and did not help).
-    pub async fn close(&self, backend: &dyn Backend) {
-        if self.has_exited() {
-            return;
-        }
-        {
-            let mut stdin = self.shared.stdin.lock().await;
-            let _ = stdin.shutdown().await;
-        }
-        if tokio::time::timeout(CLOSE_GRACE, self.exited())
-            .await
-            .is_ok()
-        {
-            return;
-        }
-        self.kill(backend).await;
-        if tokio::time::timeout(CLOSE_GRACE, self.exited())
-            .await
-            .is_err()
-        {
-            tracing::warn!(sandbox_id = %self.shared.sandbox_id, server = %self.shared.server, pid = self.pid, "MCP server process did not exit after SIGKILL");
-        }
+    /// Closes the process's stdin: a well-behaved server exits then.
+    pub async fn close_stdin(&self) {
+        let mut stdin = self.shared.stdin.lock().await;
+        let _ = stdin.shutdown().await;
     }
 
-    /// Sends SIGKILL to the process's group (it leads its own session).
-    pub async fn kill(&self, backend: &dyn Backend) {
-        let kill = ExecSpec {
-            argv: ["kill", "-KILL", "--", &format!("-{}", self.pid)]
-                .map(String::from)
-                .to_vec(),
-            workdir: "/".into(),
-            env: Vec::new(),
-            user: None,
-            output_limit: 4096,
-        };
-        if let Err(error) = backend.exec(&self.container_id, kill).await {
-            tracing::debug!(sandbox_id = %self.shared.sandbox_id, %error, "could not kill the MCP server process");
-        }
-    }
-
-    fn exited_error(&self) -> McpServerError {
-        McpServerError::ProcessExited {
+    fn exited_error(&self) -> PeerError {
+        PeerError::Exited {
             server: self.shared.server.clone(),
         }
     }
@@ -355,8 +253,8 @@ impl Shared {
             .max()
     }
 
-    async fn write(&self, message: &Value) -> Result<(), McpServerError> {
-        let mut line = serde_json::to_vec(message).map_err(|_| McpServerError::InvalidMessage)?;
+    async fn write(&self, message: &Value) -> Result<(), PeerError> {
+        let mut line = serde_json::to_vec(message).map_err(|_| PeerError::InvalidMessage)?;
         line.push(b'\n');
         self.touch();
         let mut stdin = self.stdin.lock().await;
@@ -365,13 +263,13 @@ impl Shared {
             stdin.flush().await
         }
         .await;
-        written.map_err(|_| McpServerError::ProcessExited {
+        written.map_err(|_| PeerError::Exited {
             server: self.server.clone(),
         })
     }
 
     fn note_stderr(&self, bytes: &[u8]) {
-        tracing::debug!(sandbox_id = %self.sandbox_id, server = %self.server, stderr = %String::from_utf8_lossy(bytes).trim_end(), "MCP server stderr");
+        tracing::debug!(sandbox_id = %self.sandbox_id, server = %self.server, stderr = %String::from_utf8_lossy(bytes).trim_end(), "guest server stderr");
         if let Ok(mut tail) = self.stderr_tail.lock() {
             tail.extend_from_slice(bytes);
             if tail.len() > STDERR_TAIL_BYTES {
@@ -481,86 +379,22 @@ async fn read_output(shared: Arc<Shared>, mut output: Output, mut lines: LineBuf
             Some(Ok(ExecChunk::Stdout(bytes))) => lines.push(&bytes),
             Some(Ok(ExecChunk::Stderr(bytes))) => shared.note_stderr(&bytes),
             Some(Err(error)) => {
-                tracing::debug!(%error, "MCP server output failed");
+                tracing::debug!(%error, "guest server output failed");
                 ended_by = "its output failed";
                 break 'read;
             }
             None => break 'read,
         }
     }
-    tracing::info!(reason = ended_by, "MCP server process ended");
+    tracing::info!(reason = ended_by, "guest server process ended");
     shared.exited.cancel();
     // Dropping the reply senders wakes every waiting request with an error.
     shared.lock_in_flight().clear();
 }
 
-/// Splits stdout into lines, refusing lines beyond [`MAX_LINE_BYTES`].
-#[derive(Default)]
-pub(crate) struct LineBuffer {
-    buffer: Vec<u8>,
-    /// Where to continue looking for a newline.
-    scanned: usize,
-    overflowed: bool,
-}
-
-impl LineBuffer {
-    pub(crate) fn push(&mut self, bytes: &[u8]) {
-        self.buffer.extend_from_slice(bytes);
-    }
-
-    /// The next complete line, without its `\n` (or `\r\n`); blank lines are skipped.
-    pub(crate) fn next_line(&mut self) -> Option<Vec<u8>> {
-        loop {
-            let Some(offset) = self.buffer[self.scanned..].iter().position(|b| *b == b'\n') else {
-                self.scanned = self.buffer.len();
-                if self.buffer.len() > MAX_LINE_BYTES {
-                    self.overflowed = true;
-                }
-                return None;
-            };
-            let end = self.scanned + offset;
-            let mut line: Vec<u8> = self.buffer.drain(..=end).collect();
-            self.scanned = 0;
-            line.pop();
-            if line.last() == Some(&b'\r') {
-                line.pop();
-            }
-            if !line.iter().all(u8::is_ascii_whitespace) {
-                return Some(line);
-            }
-        }
-    }
-
-    pub(crate) fn overflowed(&self) -> bool {
-        self.overflowed
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn lines_are_split_across_chunks_and_blank_lines_skipped() {
-        let mut lines = LineBuffer::default();
-        lines.push(b"{\"a\":");
-        assert_eq!(lines.next_line(), None);
-        lines.push(b"1}\r\n\n  \n{\"b\":2}\n{\"c\"");
-        assert_eq!(lines.next_line().as_deref(), Some(&b"{\"a\":1}"[..]));
-        assert_eq!(lines.next_line().as_deref(), Some(&b"{\"b\":2}"[..]));
-        assert_eq!(lines.next_line(), None);
-        lines.push(b":3}\n");
-        assert_eq!(lines.next_line().as_deref(), Some(&b"{\"c\":3}"[..]));
-        assert!(!lines.overflowed());
-    }
-
-    #[test]
-    fn a_line_beyond_the_limit_overflows() {
-        let mut lines = LineBuffer::default();
-        lines.push(&vec![b'x'; MAX_LINE_BYTES + 1]);
-        assert_eq!(lines.next_line(), None);
-        assert!(lines.overflowed());
-    }
 
     fn shared() -> Arc<Shared> {
         Arc::new(Shared {

@@ -1,7 +1,7 @@
-//! MCP servers inside a container, for callers that do not speak MCP: register one
-//! (`PUT /containers/{id}/mcp/{server}`), list its tools (`GET`), call a tool
-//! (`POST /containers/{id}/mcp/{server}/{tool}`). MCP clients use the proxy
-//! (`/containers/{id}/mcp-proxy/{server}`, [`crate::proxy`]) instead.
+//! Guest servers (stdio MCP servers inside a container) for callers that do not speak MCP:
+//! register one (`PUT /containers/{id}/mcp/{server}`), list its tools (`GET`), call a tool
+//! (`POST /containers/{id}/mcp/{server}/{tool}`). MCP clients use the guest proxy
+//! (`/containers/{id}/mcp-proxy/{server}`, [`crate::http::guest_proxy`]) instead.
 
 use std::collections::HashMap;
 
@@ -12,22 +12,22 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use utoipa::ToSchema;
 
-use super::{ApiJson, ApiPath, RestState};
-use crate::engine::{RegisteredServer, ServerParams};
-use crate::http::auth::Tenant;
+use crate::engine::Tenant;
+use crate::engine::{GuestServer, GuestServerParams};
 use crate::http::error::{ApiError, ErrorBody};
+use crate::http::extract::{ApiJson, ApiPath, AppState};
 
 /// `PUT /containers/{id}/mcp/{server}`.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RegisterServer {
-    pub server_params: ServerParamsBody,
+    pub server_params: GuestServerParamsBody,
 }
 
 /// How to start the server inside the container (as the sandbox user, in `/workspace`).
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct ServerParamsBody {
+pub struct GuestServerParamsBody {
     /// The program, found on `PATH` (`python3`, `mcp-server-time`, `npx`).
     pub command: String,
     #[serde(default)]
@@ -39,7 +39,7 @@ pub struct ServerParamsBody {
 
 /// A registered server.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct McpServerInfo {
+pub struct GuestServerInfo {
     /// The name it is registered under.
     pub name: String,
     /// The server's `serverInfo` from its `initialize` answer.
@@ -53,8 +53,8 @@ pub struct McpServerInfo {
     pub proxy_path: String,
 }
 
-fn info(sandbox_id: &str, registered: RegisteredServer) -> McpServerInfo {
-    McpServerInfo {
+fn info(sandbox_id: &str, registered: GuestServer) -> GuestServerInfo {
+    GuestServerInfo {
         proxy_path: format!("/containers/{sandbox_id}/mcp-proxy/{}", registered.name),
         name: registered.name,
         server_info: registered
@@ -93,7 +93,7 @@ pub struct CallTool {
     ),
     request_body = RegisterServer,
     responses(
-        (status = 200, description = "Registered; its tools", body = McpServerInfo),
+        (status = 200, description = "Registered; its tools", body = GuestServerInfo),
         (status = 401, description = "Missing or wrong API key", body = ErrorBody),
         (status = 404, description = "No such container", body = ErrorBody),
         (status = 422, description = "Invalid body, or the server did not start or speak MCP", body = ErrorBody),
@@ -102,18 +102,18 @@ pub struct CallTool {
     )
 )]
 pub(crate) async fn register(
-    State(engine): State<RestState>,
+    State(engine): State<AppState>,
     Extension(tenant): Extension<Tenant>,
     ApiPath((id, server)): ApiPath<(String, String)>,
     ApiJson(request): ApiJson<RegisterServer>,
-) -> Result<Json<McpServerInfo>, ApiError> {
+) -> Result<Json<GuestServerInfo>, ApiError> {
     let params = request.server_params;
     let registered = engine
-        .register_mcp_server(
+        .register_guest_server(
             &id,
-            tenant.owner(),
+            &tenant,
             &server,
-            ServerParams {
+            GuestServerParams {
                 command: params.command,
                 args: params.args,
                 env: params.env,
@@ -133,7 +133,7 @@ pub(crate) async fn register(
         ("server" = String, Path, description = "The registered server's name"),
     ),
     responses(
-        (status = 200, description = "The server and its tools", body = McpServerInfo),
+        (status = 200, description = "The server and its tools", body = GuestServerInfo),
         (status = 401, description = "Missing or wrong API key", body = ErrorBody),
         (status = 404, description = "No such container or server", body = ErrorBody),
         (status = 422, description = "The server no longer starts", body = ErrorBody),
@@ -141,11 +141,11 @@ pub(crate) async fn register(
     )
 )]
 pub(crate) async fn get_one(
-    State(engine): State<RestState>,
+    State(engine): State<AppState>,
     Extension(tenant): Extension<Tenant>,
     ApiPath((id, server)): ApiPath<(String, String)>,
-) -> Result<Json<McpServerInfo>, ApiError> {
-    let registered = engine.mcp_server(&id, tenant.owner(), &server).await?;
+) -> Result<Json<GuestServerInfo>, ApiError> {
+    let registered = engine.guest_server(&id, &tenant, &server).await?;
     Ok(Json(info(&id, registered)))
 }
 
@@ -171,19 +171,13 @@ pub(crate) async fn get_one(
     )
 )]
 pub(crate) async fn call_tool(
-    State(engine): State<RestState>,
+    State(engine): State<AppState>,
     Extension(tenant): Extension<Tenant>,
     ApiPath((id, server, tool)): ApiPath<(String, String, String)>,
     ApiJson(request): ApiJson<CallTool>,
 ) -> Result<Json<Value>, ApiError> {
     let result = engine
-        .call_mcp_tool(
-            &id,
-            tenant.owner(),
-            &server,
-            &tool,
-            Value::Object(request.params),
-        )
+        .call_guest_tool(&id, &tenant, &server, &tool, Value::Object(request.params))
         .await?;
     Ok(Json(result))
 }

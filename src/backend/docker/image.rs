@@ -1,4 +1,4 @@
-//! Building the sandbox image: offline (debootstrap + `docker import`, for hosts without a
+//! Building the sandbox image for Docker: offline (debootstrap + `docker import`, for hosts without a
 //! registry) or from `docker/Dockerfile` (for hosts that can pull `debian:bookworm-slim`).
 //! The build files are compiled into the binary, so `kernelbox image build` works anywhere.
 
@@ -11,11 +11,14 @@ use tokio::process::Command;
 const BUILD_FILES: &[(&str, &str)] = &[
     (
         "build-offline.sh",
-        include_str!("../docker/build-offline.sh"),
+        include_str!("../../../docker/build-offline.sh"),
     ),
-    ("provision.sh", include_str!("../docker/provision.sh")),
-    ("Dockerfile", include_str!("../docker/Dockerfile")),
-    ("IMAGE_VERSION", include_str!("../docker/IMAGE_VERSION")),
+    ("provision.sh", include_str!("../../../docker/provision.sh")),
+    ("Dockerfile", include_str!("../../../docker/Dockerfile")),
+    (
+        "IMAGE_VERSION",
+        include_str!("../../../docker/IMAGE_VERSION"),
+    ),
 ];
 
 /// Image build failures.
@@ -62,7 +65,7 @@ async fn build_in(dir: &Path, image: &str, offline: bool) -> Result<(), ImageErr
     for (name, content) in BUILD_FILES {
         std::fs::write(dir.join(name), content).map_err(ImageError::Stage)?;
     }
-    let version = crate::engine::IMAGE_VERSION.trim();
+    let version = crate::engine::lifecycle::IMAGE_VERSION.trim();
     let (program, mut command) = if offline {
         let mut command = Command::new("bash");
         command.arg(dir.join("build-offline.sh")).arg(image);

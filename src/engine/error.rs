@@ -1,0 +1,170 @@
+//! The engine's errors: one variant per thing a caller can act on, each with a stable code.
+//!
+//! Every face shows the same failure the same way: the message is the [`std::fmt::Display`] text
+//! and the machine-readable code is [`EngineError::code`]. HTTP statuses and JSON-RPC codes are
+//! mapped from these in `http::error`, the one place that knows them.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::paths::{PathError, WORKSPACE};
+use crate::backend::BackendError;
+use crate::kernel::KernelError;
+
+/// Engine failures.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("no sandbox with id {id}")]
+    NotFound { id: String },
+    #[error("no execution with id {id} (only recent executions are kept)")]
+    ExecutionNotFound { id: String },
+    #[error("sandbox {id} is busy with another execution; wait for it to finish or cancel it")]
+    Busy { id: String },
+    #[error("the limit of {limit} live sandboxes is reached; close one first")]
+    TooManySandboxes { limit: usize },
+    #[error("invalid {field}: {reason}")]
+    InvalidInput { field: &'static str, reason: String },
+    #[error("path {path} is outside {WORKSPACE}")]
+    PathOutsideWorkspace { path: String },
+    #[error("no such file or directory: {path}")]
+    PathNotFound { path: String },
+    #[error("{path} is a directory")]
+    IsADirectory { path: String },
+    #[error("{what} is larger than the limit of {limit} bytes")]
+    TooLarge { what: &'static str, limit: u64 },
+    #[error("command did not finish within {secs} s and was killed")]
+    CommandTimeout { secs: u64 },
+    #[error("sandbox image {image} is missing or outdated; run `kernelbox image build`")]
+    ImageMissing { image: String },
+    #[error("the sandbox's kernel is not reachable")]
+    Kernel(#[source] KernelError),
+    #[error(transparent)]
+    Backend(BackendError),
+    #[error("the server is shutting down")]
+    ShuttingDown,
+    #[error("the upload was interrupted before it ended")]
+    UploadInterrupted(#[source] std::io::Error),
+    #[error("cannot buffer the upload on the server")]
+    Spool(#[source] std::io::Error),
+    #[error(transparent)]
+    GuestServer(#[from] GuestServerError),
+}
+
+impl From<BackendError> for EngineError {
+    fn from(error: BackendError) -> Self {
+        match error {
+            BackendError::ImageMissing { image } => EngineError::ImageMissing { image },
+            other => EngineError::Backend(other),
+        }
+    }
+}
+
+impl From<PathError> for EngineError {
+    fn from(error: PathError) -> Self {
+        match error {
+            PathError::OutsideWorkspace { path } => EngineError::PathOutsideWorkspace { path },
+            PathError::Nul => EngineError::InvalidInput {
+                field: "path",
+                reason: "contains a NUL byte".into(),
+            },
+        }
+    }
+}
+
+impl EngineError {
+    /// The stable, machine-readable code of this failure: the same on every face.
+    pub fn code(&self) -> &'static str {
+        use EngineError as E;
+        match self {
+            E::NotFound { .. } | E::ExecutionNotFound { .. } => "not_found",
+            E::PathNotFound { .. } => "path_not_found",
+            E::Busy { .. } => "busy",
+            E::TooManySandboxes { .. } => "too_many_sandboxes",
+            E::InvalidInput { .. } => "invalid_request",
+            E::PathOutsideWorkspace { .. } => "path_outside_workspace",
+            E::IsADirectory { .. } => "is_a_directory",
+            E::TooLarge { .. } => "too_large",
+            E::CommandTimeout { .. } => "timeout",
+            E::ImageMissing { .. } => "image_missing",
+            E::ShuttingDown => "shutting_down",
+            E::Kernel(_) => "kernel_unavailable",
+            E::UploadInterrupted(_) => "upload_interrupted",
+            E::Backend(error) => backend_code(error),
+            E::Spool(_) => "internal",
+            E::GuestServer(error) => error.code(),
+        }
+    }
+
+    /// Whether this is the server's own failure rather than something about the request: its
+    /// detail belongs in the log, and the caller gets a generic message.
+    pub fn is_internal(&self) -> bool {
+        self.code() == "internal"
+    }
+}
+
+fn backend_code(error: &BackendError) -> &'static str {
+    match error {
+        BackendError::Unavailable { .. } => "docker_unreachable",
+        // The runtime refused what the request asked for (say, more CPUs than the host has).
+        BackendError::Invalid { .. } => "invalid_request",
+        _ => "internal",
+    }
+}
+
+/// Failures of guest servers: third-party stdio MCP servers running inside a sandbox.
+#[derive(Debug, thiserror::Error)]
+pub enum GuestServerError {
+    #[error("no MCP server named {server:?} is registered in sandbox {sandbox_id}")]
+    ServerNotFound { sandbox_id: String, server: String },
+    #[error("no proxy session {session_id} (it ended, expired, or its server process exited)")]
+    SessionNotFound { session_id: String },
+    #[error("sandbox {sandbox_id} already has {limit} {what}; close one first")]
+    TooMany {
+        sandbox_id: String,
+        what: &'static str,
+        limit: usize,
+    },
+    #[error("MCP server {server:?} exited before it answered; its stderr ends with: {stderr}")]
+    Exited { server: String, stderr: String },
+    #[error("MCP server {server:?} did not answer within {waited:?}")]
+    NotAnswering { server: String, waited: Duration },
+    #[error("the MCP server process of {server:?} exited")]
+    ProcessExited { server: String },
+    #[error("MCP server {server:?} answered with error {code}: {message}")]
+    Remote {
+        server: String,
+        code: i64,
+        message: String,
+        data: Option<Value>,
+    },
+    #[error("MCP server {server:?} sent a response without {missing}")]
+    InvalidResponse {
+        server: String,
+        missing: &'static str,
+    },
+    #[error("the message cannot be encoded as JSON")]
+    InvalidMessage,
+    #[error("cannot start the MCP server process")]
+    Backend(#[source] BackendError),
+}
+
+impl GuestServerError {
+    /// The stable code of this failure.
+    pub fn code(&self) -> &'static str {
+        use GuestServerError as G;
+        match self {
+            G::ServerNotFound { .. } => "mcp_server_not_found",
+            G::SessionNotFound { .. } => "session_not_found",
+            G::TooMany { .. } => "too_many",
+            // The command the caller registered does not start or does not speak MCP.
+            G::Exited { .. } => "mcp_server_failed",
+            G::Remote { .. } => "mcp_error",
+            G::InvalidMessage => "invalid_request",
+            G::NotAnswering { .. } => "timeout",
+            G::ProcessExited { .. } => "mcp_server_exited",
+            G::InvalidResponse { .. } => "mcp_server_invalid_response",
+            G::Backend(error) => backend_code(error),
+        }
+    }
+}

@@ -1,0 +1,328 @@
+//! Running code: the engine starts an execution and a task drives it to its end, moving kernel
+//! events to the consumer as [`ExecEvent`]s and ending with one [`ExecEvent::Finished`].
+//!
+//! One execution runs at a time per sandbox: a second request while one runs waits half a
+//! second for it to end (a cancellation may be on its way), then gets [`EngineError::Busy`]; it is
+//! never queued behind a long run. An execution ends in one of:
+//! - completed or failed (a Python exception), as the kernel reported;
+//! - timeout: the kernel is interrupted; when it does not answer again within a grace period it
+//!   is restarted, and the result says so (state lost);
+//! - cancelled: the caller dropped the stream; the kernel is interrupted the same way;
+//! - kernel died (crash, `os._exit`, out of memory): the kernel is restarted automatically.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use tokio::sync::OwnedMutexGuard;
+use tokio::sync::mpsc;
+use tracing::Instrument;
+
+use super::collector::Collector;
+use super::error::EngineError;
+use super::execution::{
+    ExecEvent, ExecuteRequest, ExecutionOutcome, ExecutionResult, ExecutionStream, MAX_CODE_BYTES,
+    PythonError,
+};
+use super::history::ExecutionRecord;
+use super::lifecycle::Engine;
+use super::sandbox::Sandbox;
+use super::tenant::Tenant;
+use crate::backend::Backend;
+use crate::kernel::{KernelClient, KernelEvent, KernelExecution};
+
+/// How long an interrupted kernel has to finish the execution before it is restarted.
+const INTERRUPT_GRACE: Duration = Duration::from_secs(3);
+/// Events buffered between the execution and its consumer.
+const EVENT_BUFFER: usize = 64;
+
+impl Engine {
+    /// Starts running code in a sandbox.
+    pub async fn execute(
+        self: &Arc<Self>,
+        id: &str,
+        tenant: &Tenant,
+        request: ExecuteRequest,
+    ) -> Result<ExecutionStream, EngineError> {
+        let sandbox = self.get(id, tenant)?;
+        if request.code.len() > MAX_CODE_BYTES {
+            return Err(EngineError::TooLarge {
+                what: "code",
+                limit: MAX_CODE_BYTES as u64,
+            });
+        }
+        let timeout = request.timeout.unwrap_or(self.config.exec_timeout);
+        if timeout.is_zero() || timeout > self.config.max_exec_timeout {
+            return Err(EngineError::InvalidInput {
+                field: "timeout",
+                reason: format!(
+                    "must be between 1 and {} seconds",
+                    self.config.max_exec_timeout.as_secs()
+                ),
+            });
+        }
+        let guard = sandbox
+            .acquire_exec()
+            .await
+            .ok_or_else(|| EngineError::Busy { id: id.to_string() })?;
+        sandbox.touch();
+        let kernel = sandbox.kernel(self.config.kernel_ready_timeout).await?;
+        let execution = kernel
+            .execute(&request.code)
+            .await
+            .map_err(EngineError::Kernel)?;
+        let execution_id = format!("exe_{}", uuid::Uuid::new_v4().simple());
+        let (events, receiver) = mpsc::channel(EVENT_BUFFER);
+        sandbox.set_running(Some(events.downgrade()));
+        let started_at = Utc::now();
+        self.history.started(ExecutionRecord {
+            execution_id: execution_id.clone(),
+            sandbox_id: id.to_string(),
+            tenant: sandbox.tenant().clone(),
+            started_at,
+            result: None,
+        });
+        let run = Run {
+            engine: self.clone(),
+            sandbox: sandbox.clone(),
+            kernel,
+            execution,
+            events,
+            collector: Collector::new(
+                self.config.output_limit_bytes,
+                self.config.rich_output_limit_bytes,
+            ),
+            deadline: Instant::now() + timeout,
+            timeout,
+            execution_id: execution_id.clone(),
+            started_at,
+            started: Instant::now(),
+        };
+        let span = tracing::info_span!("execute", sandbox_id = %id, execution_id = %execution_id);
+        self.tasks.spawn(run.drive(guard).instrument(span));
+        Ok(ExecutionStream {
+            execution_id,
+            events: receiver,
+        })
+    }
+
+    /// Restarts a sandbox's kernel: variables are lost, files stay. A restart is the way out of
+    /// a stuck execution, so a running execution is not waited for: the kernel is killed, and
+    /// that execution ends with "kernel died".
+    pub async fn restart_kernel(&self, id: &str, tenant: &Tenant) -> Result<(), EngineError> {
+        let sandbox = self.get(id, tenant)?;
+        sandbox.touch();
+        if sandbox.is_busy() {
+            sandbox.set_winding_down(true);
+            sandbox.kill_kernel(self.backend()).await?;
+        }
+        let _guard = sandbox.exec_lock.clone().lock_owned().await;
+        sandbox
+            .restart_kernel(self.backend(), self.config.kernel_ready_timeout)
+            .await
+    }
+}
+
+enum Stop {
+    Finished {
+        status: String,
+        execution_count: Option<i64>,
+    },
+    Timeout,
+    Cancelled,
+    KernelDied,
+}
+
+struct Run {
+    engine: Arc<Engine>,
+    sandbox: Arc<Sandbox>,
+    kernel: Arc<KernelClient>,
+    execution: KernelExecution,
+    events: mpsc::Sender<ExecEvent>,
+    collector: Collector,
+    deadline: Instant,
+    timeout: Duration,
+    execution_id: String,
+    started_at: DateTime<Utc>,
+    started: Instant,
+}
+
+impl Run {
+    async fn drive(mut self, guard: OwnedMutexGuard<()>) {
+        let stop = self.pump().await;
+        if !matches!(stop, Stop::Finished { .. }) {
+            self.sandbox.set_winding_down(true);
+        }
+        let backend = self.engine.backend.clone();
+        let ready_within = self.engine.config.kernel_ready_timeout;
+        let mut execution_count = None;
+        let outcome = match stop {
+            Stop::Finished {
+                status,
+                execution_count: count,
+            } => {
+                execution_count = count;
+                match status.as_str() {
+                    "ok" => ExecutionOutcome::Completed,
+                    "aborted" => {
+                        self.collector.error.get_or_insert_with(aborted_error);
+                        ExecutionOutcome::Failed
+                    }
+                    _ => ExecutionOutcome::Failed,
+                }
+            }
+            Stop::Timeout => {
+                let kernel_restarted = self.interrupt(backend.as_ref(), ready_within).await;
+                self.collector.error = Some(timeout_error(self.timeout, kernel_restarted));
+                ExecutionOutcome::Timeout { kernel_restarted }
+            }
+            Stop::Cancelled => {
+                let kernel_restarted = self.interrupt(backend.as_ref(), ready_within).await;
+                ExecutionOutcome::Cancelled { kernel_restarted }
+            }
+            Stop::KernelDied => {
+                let out_of_memory = self
+                    .recover_dead_kernel(backend.as_ref(), ready_within)
+                    .await;
+                self.collector.error = Some(kernel_died_error(out_of_memory));
+                ExecutionOutcome::KernelDied { out_of_memory }
+            }
+        };
+        self.sandbox.touch();
+        self.sandbox.set_running(None);
+        drop(guard);
+        self.sandbox.set_winding_down(false);
+        let result = self.collector.finish(ExecutionResult {
+            execution_id: self.execution_id.clone(),
+            sandbox_id: self.sandbox.id().to_string(),
+            outcome,
+            stdout: String::new(),
+            stderr: String::new(),
+            outputs: Vec::new(),
+            error: None,
+            execution_count,
+            started_at: self.started_at,
+            duration_ms: self.started.elapsed().as_millis() as u64,
+            truncated: false,
+        });
+        tracing::debug!(outcome = ?result.outcome, duration_ms = result.duration_ms, "execution finished");
+        self.engine
+            .metrics
+            .execution_finished(&result.outcome, self.started.elapsed());
+        let result = Arc::new(result);
+        self.engine.history.finished(result.clone());
+        let _ = self.events.send(ExecEvent::Finished(result)).await;
+    }
+
+    /// Moves kernel events to the consumer until the execution ends or must be stopped.
+    async fn pump(&mut self) -> Stop {
+        let deadline = tokio::time::Instant::from_std(self.deadline);
+        loop {
+            let next = tokio::select! {
+                _ = self.events.closed() => return Stop::Cancelled,
+                _ = tokio::time::sleep_until(deadline) => return Stop::Timeout,
+                _ = self.sandbox.cancelled() => return Stop::Cancelled,
+                next = self.execution.next() => next,
+            };
+            let event = match next {
+                Ok(Some(KernelEvent::Done {
+                    status,
+                    execution_count,
+                })) => {
+                    return Stop::Finished {
+                        status,
+                        execution_count,
+                    };
+                }
+                Ok(Some(event)) => event,
+                Ok(None) => {
+                    return Stop::Finished {
+                        status: "ok".into(),
+                        execution_count: None,
+                    };
+                }
+                Err(error) => {
+                    tracing::info!(%error, "kernel connection lost during execution");
+                    return Stop::KernelDied;
+                }
+            };
+            if let Some(forward) = self.collector.take(event) {
+                tokio::select! {
+                    sent = self.events.send(forward) => if sent.is_err() { return Stop::Cancelled },
+                    _ = tokio::time::sleep_until(deadline) => return Stop::Timeout,
+                }
+            }
+        }
+    }
+
+    /// Interrupts the kernel and waits for the execution to end; restarts the kernel when it
+    /// does not. Returns whether it restarted.
+    async fn interrupt(&mut self, backend: &dyn Backend, ready_within: Duration) -> bool {
+        if self.kernel.interrupt(INTERRUPT_GRACE).await.is_ok() {
+            let settle = async {
+                loop {
+                    match self.execution.next().await {
+                        Ok(Some(KernelEvent::Done { .. })) | Ok(None) => return true,
+                        Ok(Some(_)) => {}
+                        Err(_) => return false,
+                    }
+                }
+            };
+            if tokio::time::timeout(INTERRUPT_GRACE, settle).await == Ok(true) {
+                return false;
+            }
+        }
+        tracing::info!("kernel ignored the interrupt; restarting it");
+        if let Err(error) = self.sandbox.restart_kernel(backend, ready_within).await {
+            tracing::warn!(%error, "kernel restart failed");
+        }
+        true
+    }
+
+    /// After the kernel died: tell whether memory ran out, and reconnect to the fresh kernel
+    /// the container's supervisor started.
+    async fn recover_dead_kernel(&self, backend: &dyn Backend, ready_within: Duration) -> bool {
+        let out_of_memory = self.sandbox.oom_killed_since_last_check(backend).await;
+        if let Err(error) = self.sandbox.connect_kernel(ready_within).await {
+            tracing::warn!(%error, "could not reconnect to the restarted kernel");
+        }
+        out_of_memory
+    }
+}
+
+fn timeout_error(timeout: Duration, kernel_restarted: bool) -> PythonError {
+    let what = if kernel_restarted {
+        "the kernel did not respond to the interrupt and was restarted: variables and imports are lost (files are kept)"
+    } else {
+        "the kernel was interrupted; its state is kept"
+    };
+    PythonError {
+        ename: "TimeoutError".into(),
+        evalue: format!(
+            "execution exceeded the {} s time limit; {what}",
+            timeout.as_secs_f64()
+        ),
+        traceback: Vec::new(),
+    }
+}
+
+fn aborted_error() -> PythonError {
+    PythonError {
+        ename: "Aborted".into(),
+        evalue: "the kernel aborted the request without running it; run it again".into(),
+        traceback: Vec::new(),
+    }
+}
+
+fn kernel_died_error(out_of_memory: bool) -> PythonError {
+    let evalue = if out_of_memory {
+        "kernel died: out of memory. The kernel was restarted: variables and imports are lost (files are kept)"
+    } else {
+        "kernel died. The kernel was restarted: variables and imports are lost (files are kept)"
+    };
+    PythonError {
+        ename: "KernelDied".into(),
+        evalue: evalue.into(),
+        traceback: Vec::new(),
+    }
+}

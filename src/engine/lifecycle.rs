@@ -1,0 +1,458 @@
+//! The [`Engine`]: the sandbox table and the sandbox lifecycle: create, look up, list, destroy,
+//! reattach after a restart, the idle reaper, the liveness check and shutdown. What a sandbox
+//! does (executions, files, commands, guest servers) is in sibling files, each an `impl Engine`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use dashmap::DashMap;
+use rand::RngCore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use super::error::EngineError;
+use super::guest_registry::GuestRegistry;
+use super::history::{ExecutionHistory, ExecutionRecord};
+use super::labels;
+use super::metrics::EngineMetrics;
+use super::sandbox::{Sandbox, SandboxInfo};
+use super::tenant::Tenant;
+use super::validate;
+use crate::backend::{Backend, BackendError, ContainerInfo, ContainerSpec, Limits};
+use crate::config::EngineConfig;
+use crate::kernel::{ConnectionInfo, KernelError};
+
+/// The version of the sandbox image this build expects (the image's `io.kernelbox.image-version`).
+pub const IMAGE_VERSION: &str = include_str!("../../docker/IMAGE_VERSION");
+/// How often kernel heartbeats are checked.
+const LIVENESS_INTERVAL: Duration = Duration::from_secs(5);
+/// How long a heartbeat may take.
+const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How many recent executions are remembered, and how many bytes of results they may hold.
+const HISTORY_ENTRIES: usize = 256;
+const HISTORY_BYTES: usize = 64 * 1024 * 1024;
+
+/// Options for a new sandbox.
+#[derive(Debug, Clone)]
+pub struct CreateSandbox {
+    /// A free-form label the caller can use to find the sandbox again.
+    pub tag: Option<String>,
+    /// Environment variables for the kernel and commands.
+    pub env: HashMap<String, String>,
+    /// The tenant that owns the sandbox.
+    pub tenant: Tenant,
+    pub memory_mb: Option<u64>,
+    pub cpus: Option<f64>,
+}
+
+impl CreateSandbox {
+    /// A sandbox for `tenant` with the server's defaults.
+    pub fn new(tenant: Tenant) -> Self {
+        Self {
+            tag: None,
+            env: HashMap::new(),
+            tenant,
+            memory_mb: None,
+            cpus: None,
+        }
+    }
+}
+
+/// The engine. Share it as `Arc<Engine>`.
+pub struct Engine {
+    pub(super) backend: Arc<dyn Backend>,
+    pub(super) config: EngineConfig,
+    sandboxes: DashMap<String, Arc<Sandbox>>,
+    pub(super) history: ExecutionHistory,
+    pub(super) metrics: EngineMetrics,
+    pub(super) guests: GuestRegistry,
+    /// Every task the engine spawns: awaited (or given up on) at shutdown.
+    pub(super) tasks: TaskTracker,
+    pub(super) shutdown: CancellationToken,
+}
+
+impl Engine {
+    pub fn new(backend: Arc<dyn Backend>, config: EngineConfig) -> Arc<Self> {
+        Arc::new(Self {
+            backend,
+            config,
+            sandboxes: DashMap::new(),
+            history: ExecutionHistory::new(HISTORY_ENTRIES, HISTORY_BYTES),
+            metrics: EngineMetrics::new(),
+            guests: GuestRegistry::default(),
+            tasks: TaskTracker::new(),
+            shutdown: CancellationToken::new(),
+        })
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    pub(crate) fn backend(&self) -> &dyn Backend {
+        self.backend.as_ref()
+    }
+
+    /// The metrics in the Prometheus text format (`GET /metrics`).
+    pub fn metrics_text(&self) -> String {
+        self.metrics.render(self.sandboxes.len())
+    }
+
+    /// Checks that the runtime answers and the image exists at the version this build needs.
+    pub async fn check_image(&self) -> Result<(), EngineError> {
+        let labels = self.backend.image_labels(&self.config.image).await?;
+        let version = labels
+            .as_ref()
+            .and_then(|labels| labels.get(labels::IMAGE_VERSION));
+        if version.map(String::as_str) == Some(IMAGE_VERSION.trim()) {
+            Ok(())
+        } else {
+            Err(EngineError::ImageMissing {
+                image: self.config.image.clone(),
+            })
+        }
+    }
+
+    /// Creates a sandbox and waits until its kernel answers.
+    pub async fn create(&self, request: CreateSandbox) -> Result<SandboxInfo, EngineError> {
+        if self.shutdown.is_cancelled() {
+            return Err(EngineError::ShuttingDown);
+        }
+        if self.sandboxes.len() >= self.config.max_sandboxes {
+            return Err(EngineError::TooManySandboxes {
+                limit: self.config.max_sandboxes,
+            });
+        }
+        let limits = self.limits_for(&request)?;
+        if let Some(tag) = &request.tag {
+            validate::tag(tag)?;
+        }
+        let env = validate::env(&request.env)?;
+        let id = new_sandbox_id();
+        let span = tracing::info_span!("sandbox", sandbox_id = %id);
+        let started = std::time::Instant::now();
+        let created = async {
+            let created_at = Utc::now();
+            let connection = ConnectionInfo::for_container();
+            let spec = ContainerSpec {
+                name: format!("kernelbox-{}", id.replace('_', "-")),
+                image: self.config.image.clone(),
+                labels: labels::for_sandbox(&labels::SandboxLabels {
+                    id: &id,
+                    instance: &self.config.instance,
+                    owner: request.tenant.label(),
+                    tag: request.tag.as_deref(),
+                    created_at,
+                    image: &self.config.image,
+                    key: &connection.key,
+                }),
+                env,
+                limits,
+                connection,
+            };
+            let container = self.backend.create(&spec).await?;
+            let sandbox = Arc::new(
+                Sandbox::from_container(&container, &self.config.image).ok_or_else(|| {
+                    EngineError::Backend(BackendError::NoKernelPort { channel: "shell" })
+                })?,
+            );
+            if let Err(error) = sandbox
+                .connect_kernel(self.config.kernel_ready_timeout)
+                .await
+            {
+                tracing::warn!(%error, "kernel did not start; removing the container");
+                let _ = self.backend.destroy(&container.container_id).await;
+                return Err(error);
+            }
+            tracing::info!(
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "sandbox ready"
+            );
+            let info = sandbox.info();
+            self.sandboxes.insert(id.clone(), sandbox);
+            Ok(info)
+        }
+        .instrument(span)
+        .await;
+        match &created {
+            Ok(_) => self.metrics.sandbox_created(started.elapsed()),
+            Err(_) => self.metrics.sandbox_create_failed(),
+        }
+        created
+    }
+
+    fn limits_for(&self, request: &CreateSandbox) -> Result<Limits, EngineError> {
+        let mut limits = self.config.limits;
+        if let Some(memory_mb) = request.memory_mb {
+            if !(64..=self.config.limits.memory_mb.max(64) * 16).contains(&memory_mb) {
+                return Err(EngineError::InvalidInput {
+                    field: "memory_mb",
+                    reason: "must be at least 64".into(),
+                });
+            }
+            limits.memory_mb = memory_mb;
+        }
+        if let Some(cpus) = request.cpus {
+            if !(cpus > 0.0 && cpus <= 64.0) {
+                return Err(EngineError::InvalidInput {
+                    field: "cpus",
+                    reason: "must be greater than 0 and at most 64".into(),
+                });
+            }
+            limits.milli_cpus = (cpus * 1000.0).round() as u64;
+        }
+        Ok(limits)
+    }
+
+    /// A live sandbox of `tenant`; another tenant's sandbox is reported as not found.
+    pub fn get(&self, id: &str, tenant: &Tenant) -> Result<Arc<Sandbox>, EngineError> {
+        self.sandboxes
+            .get(id)
+            .map(|entry| entry.value().clone())
+            .filter(|sandbox| sandbox.tenant() == tenant)
+            .ok_or_else(|| EngineError::NotFound { id: id.to_string() })
+    }
+
+    /// A recent execution of `tenant`; another tenant's execution is reported as not found.
+    pub fn execution(
+        &self,
+        execution_id: &str,
+        tenant: &Tenant,
+    ) -> Result<ExecutionRecord, EngineError> {
+        self.history
+            .get(execution_id)
+            .filter(|record| &record.tenant == tenant)
+            .ok_or_else(|| EngineError::ExecutionNotFound {
+                id: execution_id.to_string(),
+            })
+    }
+
+    /// Information about one sandbox.
+    pub fn info(&self, id: &str, tenant: &Tenant) -> Result<SandboxInfo, EngineError> {
+        self.get(id, tenant).map(|sandbox| sandbox.info())
+    }
+
+    /// Every live sandbox of `tenant`, oldest first.
+    pub fn list(&self, tenant: &Tenant) -> Vec<SandboxInfo> {
+        let mut sandboxes: Vec<SandboxInfo> = self
+            .sandboxes
+            .iter()
+            .filter(|entry| entry.value().tenant() == tenant)
+            .map(|entry| entry.value().info())
+            .collect();
+        sandboxes.sort_by(|a, b| {
+            a.created_at
+                .cmp(&b.created_at)
+                .then_with(|| a.id.cmp(&b.id))
+        });
+        sandboxes
+    }
+
+    /// How many sandboxes are live, of every tenant (for `/health`): an operator-wide view.
+    pub fn sandbox_count(&self) -> usize {
+        self.sandboxes.len()
+    }
+
+    /// Destroys a sandbox of `tenant`: its container is removed even when its kernel is dead.
+    pub async fn destroy(&self, id: &str, tenant: &Tenant) -> Result<(), EngineError> {
+        self.get(id, tenant)?;
+        self.remove(id).await
+    }
+
+    /// Removes a sandbox whoever owns it: for the engine's own housekeeping (idle reaping,
+    /// shutdown, a closed connection's default sandbox).
+    async fn remove(&self, id: &str) -> Result<(), EngineError> {
+        let Some((_, sandbox)) = self.sandboxes.remove(id) else {
+            return Err(EngineError::NotFound { id: id.to_string() });
+        };
+        self.guests.forget_sandbox(id);
+        sandbox.cancel();
+        self.backend.destroy(sandbox.container_id()).await?;
+        tracing::info!(sandbox_id = %id, "sandbox destroyed");
+        Ok(())
+    }
+
+    /// Destroys a sandbox of `tenant` without waiting for it: for a connection that owned a
+    /// sandbox and went away (its handler is dropped, nobody awaits). A sandbox already gone is
+    /// fine.
+    pub fn destroy_in_background(self: &Arc<Self>, id: String, tenant: Tenant) {
+        if tokio::runtime::Handle::try_current().is_err() {
+            tracing::warn!(sandbox_id = %id, "no runtime to destroy the sandbox; the idle reaper will");
+            return;
+        }
+        let engine = self.clone();
+        self.tasks.spawn(async move {
+            match engine.destroy(&id, &tenant).await {
+                Ok(()) | Err(EngineError::NotFound { .. }) => {}
+                Err(error) => tracing::warn!(sandbox_id = %id, %error, "could not destroy sandbox"),
+            }
+        });
+    }
+
+    /// Reattaches to this instance's containers after a restart: each keeps its id and kernel
+    /// state. Containers whose kernel cannot be reached are removed. Returns how many came back.
+    pub async fn reattach(&self) -> Result<usize, EngineError> {
+        let containers = self
+            .backend
+            .list(&[(labels::INSTANCE, self.config.instance.as_str())])
+            .await?;
+        let mut restored = 0;
+        for container in containers {
+            match self.reattach_one(&container).await {
+                Ok(()) => restored += 1,
+                Err(error) => {
+                    tracing::warn!(container = %container.container_id, %error, "cannot reattach; removing");
+                    self.backend.destroy(&container.container_id).await?;
+                }
+            }
+        }
+        Ok(restored)
+    }
+
+    async fn reattach_one(&self, container: &ContainerInfo) -> Result<(), EngineError> {
+        let image = container
+            .labels
+            .get(labels::IMAGE)
+            .cloned()
+            .unwrap_or_default();
+        let sandbox = Sandbox::from_container(container, &image)
+            .ok_or(EngineError::Kernel(KernelError::Closed))?;
+        sandbox.connect_kernel(Duration::from_secs(10)).await?;
+        tracing::info!(sandbox_id = %sandbox.id(), "reattached");
+        self.sandboxes
+            .insert(sandbox.id().to_string(), Arc::new(sandbox));
+        Ok(())
+    }
+
+    /// Destroys sandboxes idle longer than the configured maximum. Returns their ids.
+    pub async fn reap_idle(&self) -> Vec<String> {
+        let idle: Vec<String> = self
+            .sandboxes
+            .iter()
+            .filter(|entry| {
+                !entry.value().is_busy() && entry.value().idle_for() > self.config.max_idle
+            })
+            .map(|entry| entry.key().clone())
+            .collect();
+        let mut reaped = Vec::new();
+        for id in idle {
+            match self.remove(&id).await {
+                Ok(()) => reaped.push(id),
+                Err(error) => {
+                    tracing::warn!(sandbox_id = %id, %error, "could not reap idle sandbox")
+                }
+            }
+        }
+        reaped
+    }
+
+    /// Runs the idle reaper every cleanup interval until shutdown.
+    pub fn spawn_reaper(self: &Arc<Self>) {
+        let engine = self.clone();
+        let shutdown = self.shutdown.clone();
+        self.tasks.spawn(async move {
+            let mut ticks = tokio::time::interval(engine.config.cleanup_interval);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = ticks.tick() => {
+                        let reaped = engine.reap_idle().await;
+                        if !reaped.is_empty() {
+                            tracing::info!(count = reaped.len(), "reaped idle sandboxes");
+                        }
+                    }
+                }
+            }
+        });
+    }
+
+    /// Whether the container runtime answers.
+    pub async fn backend_reachable(&self) -> bool {
+        self.backend.ping().await.is_ok()
+    }
+
+    /// Checks every idle sandbox's kernel heartbeat every few seconds until shutdown, so
+    /// `status` shows `dead` for a kernel that stopped answering.
+    pub fn spawn_liveness(self: &Arc<Self>) {
+        let engine = self.clone();
+        let shutdown = self.shutdown.clone();
+        self.tasks.spawn(async move {
+            let mut ticks = tokio::time::interval(LIVENESS_INTERVAL);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = ticks.tick() => {
+                        let sandboxes: Vec<Arc<Sandbox>> = engine.sandboxes.iter().map(|entry| entry.value().clone()).collect();
+                        for sandbox in sandboxes {
+                            if !sandbox.check_heartbeat(HEARTBEAT_TIMEOUT).await {
+                                tracing::warn!(sandbox_id = %sandbox.id(), "kernel heartbeat missed");
+                            }
+                        }
+                    }
+                }
+            }
+        });
+    }
+
+    /// Stops background work. With `destroy_sandboxes`, removes every sandbox too; otherwise they
+    /// keep running for the next start to reattach.
+    pub async fn shutdown(&self, destroy_sandboxes: bool) {
+        self.guests.close_all(self.backend.as_ref()).await;
+        self.shutdown.cancel();
+        for entry in self.sandboxes.iter() {
+            entry.value().cancel();
+        }
+        self.tasks.close();
+        if tokio::time::timeout(Duration::from_secs(10), self.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("background tasks did not stop within 10 s");
+        }
+        if destroy_sandboxes {
+            let ids: Vec<String> = self
+                .sandboxes
+                .iter()
+                .map(|entry| entry.key().clone())
+                .collect();
+            for id in ids {
+                if let Err(error) = self.remove(&id).await {
+                    tracing::warn!(sandbox_id = %id, %error, "could not destroy sandbox at shutdown");
+                }
+            }
+        }
+    }
+}
+
+/// `sbx_` plus 20 characters of lowercase base32 (100 random bits).
+fn new_sandbox_id() -> String {
+    let mut bytes = [0u8; 15];
+    rand::rng().fill_bytes(&mut bytes);
+    let encoded = data_encoding::BASE32_NOPAD
+        .encode(&bytes)
+        .to_ascii_lowercase();
+    format!("sbx_{}", &encoded[..20])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sandbox_ids_have_the_documented_shape() {
+        let id = new_sandbox_id();
+        assert!(id.starts_with("sbx_"));
+        assert_eq!(id.len(), 24);
+        assert!(
+            id[4..]
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || ('2'..='7').contains(&c))
+        );
+        assert_ne!(id, new_sandbox_id());
+    }
+}

@@ -1,0 +1,222 @@
+//! The MCP server handler: [`KernelboxMcp`], which sandbox each call uses, and the resources.
+//! The tools themselves are in `tools`.
+
+use std::sync::Arc;
+
+use rmcp::handler::server::router::tool::ToolRouter;
+use rmcp::model::{
+    Implementation, ListResourceTemplatesResult, ListResourcesResult, PaginatedRequestParams,
+    ReadResourceRequestParams, ReadResourceResponse, ServerCapabilities, ServerConfig,
+};
+use rmcp::service::RequestContext;
+use rmcp::{ErrorData, RoleServer, ServerHandler, tool_handler};
+
+use super::resources;
+use crate::engine::{CreateSandbox, Engine, EngineError, SandboxInfo, Tenant};
+
+/// What the server tells a model about itself at initialize.
+pub(crate) const INSTRUCTIONS: &str = "kernelbox runs Python in sandboxes: each is a Docker container with a \
+stateful IPython kernel (Python 3.11; numpy, pandas, matplotlib and pillow preinstalled). Variables, \
+imports and files persist between calls in the same session. Use execute_code to run Python (plots \
+come back as images), run_command for shell commands, install_packages for pip packages, and the \
+file tools to move files in and out of /workspace. Without a session_id your calls share one \
+default sandbox per connection; create_session makes more.";
+
+/// Failures of a tool call, shown to the model as an `isError` result.
+#[derive(Debug, thiserror::Error)]
+pub enum ToolFailure {
+    #[error(
+        "unknown session_id {id}: it does not exist or belongs to someone else; call list_sessions to see yours or create_session for a new one"
+    )]
+    UnknownSession { id: String },
+    #[error("invalid {field}: {reason}")]
+    InvalidArgument { field: &'static str, reason: String },
+    #[error("the call was cancelled")]
+    Cancelled,
+    #[error(transparent)]
+    Engine(EngineError),
+}
+
+impl From<EngineError> for ToolFailure {
+    fn from(error: EngineError) -> Self {
+        match error {
+            EngineError::NotFound { id } => ToolFailure::UnknownSession { id },
+            other => ToolFailure::Engine(other),
+        }
+    }
+}
+
+/// The MCP server. One value per connection (stdio), per legacy HTTP session, or per stateless
+/// HTTP request; clones share the connection's default sandbox.
+#[derive(Clone)]
+pub struct KernelboxMcp {
+    pub(crate) engine: Arc<Engine>,
+    pub(crate) connection: Arc<ConnectionSandbox>,
+    pub(crate) tool_router: ToolRouter<Self>,
+}
+
+impl KernelboxMcp {
+    /// Destroys the connection's default sandbox now (at stdio EOF), rather than in the
+    /// background when the last clone is dropped.
+    pub async fn close(&self) {
+        let default = self.connection.default.lock().await.take();
+        if let Some((id, tenant)) = default
+            && let Err(error) = self.engine.destroy(&id, &tenant).await
+        {
+            tracing::debug!(sandbox_id = %id, %error, "default sandbox already gone");
+        }
+    }
+
+    /// The sandbox a call runs in, and whether the call created it.
+    pub(crate) async fn target(
+        &self,
+        session_id: Option<&str>,
+        context: &RequestContext<RoleServer>,
+    ) -> Result<Target, ToolFailure> {
+        let tenant = tenant(context);
+        if let Some(id) = session_id.filter(|id| !id.is_empty()) {
+            self.engine.get(id, &tenant)?;
+            return Ok(Target {
+                id: id.to_string(),
+                created: false,
+                tenant,
+            });
+        }
+        if is_stateless(context) {
+            let info = self.create_sandbox(&tenant, Default::default()).await?;
+            return Ok(Target {
+                id: info.id,
+                created: true,
+                tenant,
+            });
+        }
+        let mut default = self.connection.default.lock().await;
+        if let Some((id, _)) = default.as_ref()
+            && self.engine.get(id, &tenant).is_ok()
+        {
+            return Ok(Target {
+                id: id.clone(),
+                created: false,
+                tenant,
+            });
+        }
+        let info = self.create_sandbox(&tenant, Default::default()).await?;
+        *default = Some((info.id.clone(), tenant.clone()));
+        Ok(Target {
+            id: info.id,
+            created: false,
+            tenant,
+        })
+    }
+
+    pub(crate) async fn create_sandbox(
+        &self,
+        tenant: &Tenant,
+        env: std::collections::HashMap<String, String>,
+    ) -> Result<SandboxInfo, ToolFailure> {
+        Ok(self
+            .engine
+            .create(CreateSandbox {
+                tag: Some("mcp".into()),
+                env,
+                ..CreateSandbox::new(tenant.clone())
+            })
+            .await?)
+    }
+
+    /// Forgets the default sandbox when it is closed explicitly.
+    pub(crate) async fn forget_default(&self, id: &str) {
+        let mut default = self.connection.default.lock().await;
+        if default.as_ref().is_some_and(|(default, _)| default == id) {
+            *default = None;
+        }
+    }
+}
+
+/// A resolved sandbox for one call.
+pub(crate) struct Target {
+    pub(crate) id: String,
+    /// A stateless call created this sandbox: the result must tell the id.
+    pub(crate) created: bool,
+    pub(crate) tenant: Tenant,
+}
+
+/// The default sandbox of one connection (its id, and the tenant it was made for); destroyed
+/// when the connection's last handler goes.
+pub(crate) struct ConnectionSandbox {
+    pub(crate) engine: Arc<Engine>,
+    pub(crate) default: tokio::sync::Mutex<Option<(String, Tenant)>>,
+}
+
+impl Drop for ConnectionSandbox {
+    fn drop(&mut self) {
+        if let Some((id, tenant)) = self.default.get_mut().take() {
+            self.engine.destroy_in_background(id, tenant);
+        }
+    }
+}
+
+/// The tenant of the HTTP request behind a call; a stdio connection is the local tenant.
+pub(crate) fn tenant(context: &RequestContext<RoleServer>) -> Tenant {
+    context
+        .extensions
+        .get::<axum::http::request::Parts>()
+        .and_then(|parts| parts.extensions.get::<Tenant>())
+        .cloned()
+        .unwrap_or(Tenant::Local)
+}
+
+/// A stateless call: HTTP on a revision without the initialize handshake (2026-07-28 on).
+fn is_stateless(context: &RequestContext<RoleServer>) -> bool {
+    let over_http = context
+        .extensions
+        .get::<axum::http::request::Parts>()
+        .is_some();
+    over_http
+        && context
+            .protocol_version()
+            .is_some_and(|version| !version.has_initialize())
+}
+
+#[tool_handler(router = self.tool_router)]
+impl ServerHandler for KernelboxMcp {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(
+            ServerCapabilities::builder()
+                .enable_tools()
+                .enable_resources()
+                .build(),
+        )
+        .with_server_info(
+            Implementation::new("kernelbox", env!("CARGO_PKG_VERSION"))
+                .with_title("kernelbox Python sandboxes"),
+        )
+        .with_instructions(INSTRUCTIONS)
+    }
+
+    async fn list_resources(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ListResourcesResult, ErrorData> {
+        Ok(resources::list(&self.engine, &tenant(&context)))
+    }
+
+    async fn list_resource_templates(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListResourceTemplatesResult, ErrorData> {
+        Ok(resources::templates())
+    }
+
+    async fn read_resource(
+        &self,
+        request: ReadResourceRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ReadResourceResponse, ErrorData> {
+        resources::read(&self.engine, &tenant(&context), &request.uri)
+            .await
+            .map(Into::into)
+    }
+}
