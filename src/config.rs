@@ -24,6 +24,8 @@ impl EnvVars {
     pub const INSECURE: &'static str = "KERNELBOX_INSECURE";
     /// Sandbox image.
     pub const IMAGE: &'static str = "KERNELBOX_IMAGE";
+    /// Further images a create request may ask for, comma-separated.
+    pub const ALLOWED_IMAGES: &'static str = "KERNELBOX_ALLOWED_IMAGES";
     /// Sandboxes idle longer than this many seconds are destroyed.
     pub const MAX_IDLE_SECS: &'static str = "KERNELBOX_MAX_IDLE_SECS";
     /// How often the idle reaper runs, in seconds.
@@ -139,6 +141,10 @@ pub struct StdioArgs {
 pub struct EngineArgs {
     #[arg(long, env = EnvVars::IMAGE, default_value = DEFAULT_IMAGE)]
     pub image: String,
+    /// Further images a create request may ask for by name, comma-separated (built from the
+    /// kernelbox image, so they carry its layout and version label).
+    #[arg(long, env = EnvVars::ALLOWED_IMAGES, value_delimiter = ',')]
+    pub allowed_images: Vec<String>,
     #[arg(long, env = EnvVars::MAX_IDLE_SECS, default_value_t = 3600)]
     pub max_idle_secs: u64,
     #[arg(long, env = EnvVars::CLEANUP_INTERVAL_SECS, default_value_t = 60)]
@@ -189,7 +195,10 @@ pub enum ConfigError {
 /// The engine's settings, validated.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
+    /// The image sandboxes run unless a request names another.
     pub image: String,
+    /// Further images a request may name.
+    pub allowed_images: Vec<String>,
     pub instance: String,
     pub limits: Limits,
     pub exec_timeout: Duration,
@@ -251,6 +260,12 @@ impl EngineArgs {
         }
         Ok(EngineConfig {
             image: self.image,
+            allowed_images: self
+                .allowed_images
+                .into_iter()
+                .map(|image| image.trim().to_string())
+                .filter(|image| !image.is_empty())
+                .collect(),
             instance,
             limits: Limits {
                 memory_mb: self.memory_mb,

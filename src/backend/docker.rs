@@ -543,21 +543,14 @@ mod tests {
             status_code,
             message: "whatever the daemon says".into(),
         };
-        assert!(matches!(
-            classify("op", "container", error(404)),
-            BackendError::NotFound { .. }
-        ));
-        assert!(matches!(
-            classify("op", "container", error(409)),
-            BackendError::Conflict { .. }
-        ));
-        assert!(matches!(
-            classify("op", "container", error(400)),
-            BackendError::Invalid { .. }
-        ));
-        assert!(matches!(
-            classify("op", "container", error(500)),
-            BackendError::Failed { .. }
-        ));
+        let kind = |status_code| match classify("op", "container", error(status_code)) {
+            BackendError::NotFound { .. } => "not found",
+            BackendError::Conflict { .. } => "conflict",
+            BackendError::Invalid { .. } => "invalid",
+            BackendError::Failed { .. } => "failed",
+            _ => "other",
+        };
+        let kinds = [404, 409, 400, 500].map(kind);
+        assert_eq!(kinds, ["not found", "conflict", "invalid", "failed"]);
     }
 }

@@ -54,8 +54,7 @@ impl Engine {
         tenant: &Tenant,
         request: CommandRequest,
     ) -> Result<CommandResult, EngineError> {
-        let sandbox = self.get(id, tenant)?;
-        sandbox.touch();
+        let sandbox = self.use_sandbox(id, tenant)?;
         if request.command.trim().is_empty() {
             return Err(EngineError::InvalidInput {
                 field: "command",
@@ -66,16 +65,11 @@ impl Engine {
         if let Some(cwd) = &request.cwd {
             validate::no_nul("cwd", cwd)?;
         }
-        let timeout = request.timeout.unwrap_or(self.config.exec_timeout);
-        if timeout.is_zero() || timeout > self.config.max_exec_timeout {
-            return Err(EngineError::InvalidInput {
-                field: "timeout",
-                reason: format!(
-                    "must be between 1 and {} seconds",
-                    self.config.max_exec_timeout.as_secs()
-                ),
-            });
-        }
+        let timeout = validate::timeout(
+            request.timeout,
+            self.config.exec_timeout,
+            self.config.max_exec_timeout,
+        )?;
         let env = validate::env(&request.env)?;
         let workdir = match request.cwd.as_deref() {
             None | Some("") => WORKSPACE.to_string(),
@@ -96,8 +90,7 @@ impl Engine {
         tenant: &Tenant,
         packages: &[String],
     ) -> Result<CommandResult, EngineError> {
-        let sandbox = self.get(id, tenant)?;
-        sandbox.touch();
+        let sandbox = self.use_sandbox(id, tenant)?;
         validate_packages(packages)?;
         let mut argv: Vec<String> = [
             "python3",

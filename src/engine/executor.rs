@@ -28,6 +28,7 @@ use super::history::ExecutionRecord;
 use super::lifecycle::Engine;
 use super::sandbox::Sandbox;
 use super::tenant::Tenant;
+use super::validate;
 use crate::backend::Backend;
 use crate::kernel::{KernelClient, KernelEvent, KernelExecution};
 
@@ -51,16 +52,11 @@ impl Engine {
                 limit: MAX_CODE_BYTES as u64,
             });
         }
-        let timeout = request.timeout.unwrap_or(self.config.exec_timeout);
-        if timeout.is_zero() || timeout > self.config.max_exec_timeout {
-            return Err(EngineError::InvalidInput {
-                field: "timeout",
-                reason: format!(
-                    "must be between 1 and {} seconds",
-                    self.config.max_exec_timeout.as_secs()
-                ),
-            });
-        }
+        let timeout = validate::timeout(
+            request.timeout,
+            self.config.exec_timeout,
+            self.config.max_exec_timeout,
+        )?;
         let guard = sandbox
             .acquire_exec()
             .await
@@ -110,8 +106,7 @@ impl Engine {
     /// a stuck execution, so a running execution is not waited for: the kernel is killed, and
     /// that execution ends with "kernel died".
     pub async fn restart_kernel(&self, id: &str, tenant: &Tenant) -> Result<(), EngineError> {
-        let sandbox = self.get(id, tenant)?;
-        sandbox.touch();
+        let sandbox = self.use_sandbox(id, tenant)?;
         if sandbox.is_busy() {
             sandbox.set_winding_down(true);
             sandbox.kill_kernel(self.backend()).await?;

@@ -40,8 +40,7 @@ impl Engine {
         tenant: &Tenant,
         server: &str,
     ) -> Result<ProxySession, EngineError> {
-        let sandbox = self.get(sandbox_id, tenant)?;
-        sandbox.touch();
+        let sandbox = self.use_sandbox(sandbox_id, tenant)?;
         let registration = self.guests.registration(sandbox_id, server)?;
         let live = self
             .guests

@@ -42,6 +42,9 @@ pub struct CreateSandbox {
     pub tag: Option<String>,
     /// Environment variables for the kernel and commands.
     pub env: HashMap<String, String>,
+    /// The image to run: `None` for the server's default; others must be on the operator's
+    /// allow-list (`--allowed-images`).
+    pub image: Option<String>,
     /// The tenant that owns the sandbox.
     pub tenant: Tenant,
     pub memory_mb: Option<u64>,
@@ -54,6 +57,7 @@ impl CreateSandbox {
         Self {
             tag: None,
             env: HashMap::new(),
+            image: None,
             tenant,
             memory_mb: None,
             cpus: None,
@@ -101,9 +105,15 @@ impl Engine {
         self.metrics.render(self.sandboxes.len())
     }
 
-    /// Checks that the runtime answers and the image exists at the version this build needs.
+    /// Checks that the runtime answers and the default image exists at the version this build
+    /// needs.
     pub async fn check_image(&self) -> Result<(), EngineError> {
-        let labels = self.backend.image_labels(&self.config.image).await?;
+        self.check_image_named(&self.config.image).await
+    }
+
+    /// Checks that `image` exists and carries the image version this build needs.
+    async fn check_image_named(&self, image: &str) -> Result<(), EngineError> {
+        let labels = self.backend.image_labels(image).await?;
         let version = labels
             .as_ref()
             .and_then(|labels| labels.get(labels::IMAGE_VERSION));
@@ -111,9 +121,29 @@ impl Engine {
             Ok(())
         } else {
             Err(EngineError::ImageMissing {
-                image: self.config.image.clone(),
+                image: image.to_string(),
             })
         }
+    }
+
+    /// The image a request asks for: the default, or one the operator allows.
+    fn image_for(&self, request: &CreateSandbox) -> Result<String, EngineError> {
+        let Some(image) = request.image.as_deref() else {
+            return Ok(self.config.image.clone());
+        };
+        validate::no_nul("image", image)?;
+        if image == self.config.image || self.config.allowed_images.iter().any(|a| a == image) {
+            return Ok(image.to_string());
+        }
+        let mut allowed = vec![self.config.image.as_str()];
+        allowed.extend(self.config.allowed_images.iter().map(String::as_str));
+        Err(EngineError::InvalidInput {
+            field: "image",
+            reason: format!(
+                "{image:?} is not an image this server runs; allowed: {}",
+                allowed.join(", ")
+            ),
+        })
     }
 
     /// Creates a sandbox and waits until its kernel answers.
@@ -131,6 +161,10 @@ impl Engine {
             validate::tag(tag)?;
         }
         let env = validate::env(&request.env)?;
+        let image = self.image_for(&request)?;
+        if image != self.config.image {
+            self.check_image_named(&image).await?;
+        }
         let id = new_sandbox_id();
         let span = tracing::info_span!("sandbox", sandbox_id = %id);
         let started = std::time::Instant::now();
@@ -139,14 +173,14 @@ impl Engine {
             let connection = ConnectionInfo::for_container();
             let spec = ContainerSpec {
                 name: format!("kernelbox-{}", id.replace('_', "-")),
-                image: self.config.image.clone(),
+                image: image.clone(),
                 labels: labels::for_sandbox(&labels::SandboxLabels {
                     id: &id,
                     instance: &self.config.instance,
                     owner: request.tenant.label(),
                     tag: request.tag.as_deref(),
                     created_at,
-                    image: &self.config.image,
+                    image: &image,
                     key: &connection.key,
                 }),
                 env,
@@ -154,11 +188,10 @@ impl Engine {
                 connection,
             };
             let container = self.backend.create(&spec).await?;
-            let sandbox = Arc::new(
-                Sandbox::from_container(&container, &self.config.image).ok_or_else(|| {
+            let sandbox =
+                Arc::new(Sandbox::from_container(&container, &image).ok_or_else(|| {
                     EngineError::Backend(BackendError::NoKernelPort { channel: "shell" })
-                })?,
-            );
+                })?);
             if let Err(error) = sandbox
                 .connect_kernel(self.config.kernel_ready_timeout)
                 .await
@@ -214,6 +247,18 @@ impl Engine {
             .map(|entry| entry.value().clone())
             .filter(|sandbox| sandbox.tenant() == tenant)
             .ok_or_else(|| EngineError::NotFound { id: id.to_string() })
+    }
+
+    /// A live sandbox of `tenant` that a call is about to use: marked as used now, so the idle
+    /// reaper leaves it alone.
+    pub(super) fn use_sandbox(
+        &self,
+        id: &str,
+        tenant: &Tenant,
+    ) -> Result<Arc<Sandbox>, EngineError> {
+        let sandbox = self.get(id, tenant)?;
+        sandbox.touch();
+        Ok(sandbox)
     }
 
     /// A recent execution of `tenant`; another tenant's execution is reported as not found.

@@ -68,21 +68,15 @@ mod tests {
             workspace_path("/workspace/x/../y").ok().as_deref(),
             Some("/workspace/y")
         );
-        assert!(matches!(
-            workspace_path("../x"),
-            Err(PathError::OutsideWorkspace { .. })
-        ));
-        assert!(matches!(
-            workspace_path("/etc/passwd"),
-            Err(PathError::OutsideWorkspace { .. })
-        ));
-        assert!(matches!(
-            workspace_path("/workspacex"),
-            Err(PathError::OutsideWorkspace { .. })
-        ));
-        assert!(matches!(
-            workspace_path("a/../../x"),
-            Err(PathError::OutsideWorkspace { .. })
-        ));
+        for outside in ["../x", "/etc/passwd", "/workspacex", "a/../../x"] {
+            assert!(
+                matches!(
+                    workspace_path(outside),
+                    Err(PathError::OutsideWorkspace { .. })
+                ),
+                "{outside}"
+            );
+        }
+        assert_eq!(workspace_path("a\0b"), Err(PathError::Nul));
     }
 }

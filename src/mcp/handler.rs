@@ -37,6 +37,18 @@ pub enum ToolFailure {
     Engine(EngineError),
 }
 
+impl ToolFailure {
+    /// The stable code of the failure: the same code REST answers with for the same input.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ToolFailure::UnknownSession { .. } => "not_found",
+            ToolFailure::InvalidArgument { .. } => "invalid_request",
+            ToolFailure::Cancelled => "cancelled",
+            ToolFailure::Engine(error) => error.code(),
+        }
+    }
+}
+
 impl From<EngineError> for ToolFailure {
     fn from(error: EngineError) -> Self {
         match error {
@@ -83,7 +95,9 @@ impl KernelboxMcp {
             });
         }
         if is_stateless(context) {
-            let info = self.create_sandbox(&tenant, Default::default()).await?;
+            let info = self
+                .create_sandbox(&tenant, Default::default(), None)
+                .await?;
             return Ok(Target {
                 id: info.id,
                 created: true,
@@ -100,7 +114,9 @@ impl KernelboxMcp {
                 tenant,
             });
         }
-        let info = self.create_sandbox(&tenant, Default::default()).await?;
+        let info = self
+            .create_sandbox(&tenant, Default::default(), None)
+            .await?;
         *default = Some((info.id.clone(), tenant.clone()));
         Ok(Target {
             id: info.id,
@@ -113,12 +129,14 @@ impl KernelboxMcp {
         &self,
         tenant: &Tenant,
         env: std::collections::HashMap<String, String>,
+        image: Option<String>,
     ) -> Result<SandboxInfo, ToolFailure> {
         Ok(self
             .engine
             .create(CreateSandbox {
                 tag: Some("mcp".into()),
                 env,
+                image,
                 ..CreateSandbox::new(tenant.clone())
             })
             .await?)

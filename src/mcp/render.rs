@@ -32,7 +32,8 @@ fn error_result(text: String) -> CallToolResult {
     CallToolResult::error(vec![ContentBlock::text(text)])
 }
 
-/// A failed call, as the model should read it. Internal details are logged, not shown.
+/// A failed call, as the model should read it, with `structuredContent.error` holding the stable
+/// `code` (the one REST uses) and the message. Internal details are logged, not shown.
 pub(crate) fn failure(failure: &ToolFailure) -> CallToolResult {
     let text = match failure {
         ToolFailure::Engine(EngineError::Backend(error)) => {
@@ -44,9 +45,14 @@ pub(crate) fn failure(failure: &ToolFailure) -> CallToolResult {
             tracing::warn!(%error, "kernel unreachable during a tool call");
             "the sandbox's kernel is not reachable; call restart_kernel, or close the session and create a new one".to_string()
         }
+        ToolFailure::Engine(error) if error.is_internal() => {
+            tracing::error!(%error, detail = ?error, "tool call failed");
+            "internal error; see the server log".to_string()
+        }
         other => other.to_string(),
     };
-    error_result(text)
+    let structured = json!({ "error": { "code": failure.code(), "message": text } });
+    with_structured(error_result(text), structured)
 }
 
 /// A short confirmation, naming the session.

@@ -160,6 +160,10 @@ pub struct CreateSessionArgs {
     /// Environment variables for the kernel and commands of the new session.
     #[serde(default)]
     pub env: HashMap<String, String>,
+    /// The image to run (default: the server's); the server only runs images its operator
+    /// allows.
+    #[serde(default)]
+    pub image: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize, JsonSchema)]
@@ -440,7 +444,10 @@ impl KernelboxMcp {
         context: RequestContext<RoleServer>,
     ) -> ToolResult {
         Ok(
-            match self.create_sandbox(&tenant(&context), args.env).await {
+            match self
+                .create_sandbox(&tenant(&context), args.env, args.image)
+                .await
+            {
                 Ok(info) => render::session_created(&info),
                 Err(failure) => render::failure(&failure),
             },

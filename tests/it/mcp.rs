@@ -187,3 +187,64 @@ async fn http_tenants_cannot_reach_each_others_sessions() {
     let facts = scenario(&["http-tenants", &mcp_url(&server), "key-one", "key-two"]).await;
     assert!(!container_exists(facts["owned"].as_str().expect("id")));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_input_gets_the_same_code_and_message_over_mcp_and_rest() {
+    let Some(server) = TestServer::start("mcp-bad-input", &[]).await else {
+        return;
+    };
+    let mcp = scenario(&["bad-input", &mcp_url(&server)]).await;
+
+    let rest_error = |response: reqwest::Response| async move {
+        let status = response.status();
+        let body: Value = response.json().await.expect("JSON error body");
+        (
+            status,
+            body["error"]["code"].as_str().map(String::from),
+            body["error"]["message"].as_str().map(String::from),
+        )
+    };
+    let image = server
+        .post("/containers")
+        .json(&serde_json::json!({"image": "kernelbox-no-such-image:latest"}))
+        .send()
+        .await
+        .expect("create");
+    let (status, code, message) = rest_error(image).await;
+    assert_eq!(status, 422);
+    assert_eq!(code.as_deref(), mcp["image"].as_str());
+    assert_eq!(message.as_deref(), mcp["image_message"].as_str());
+
+    let created: Value = server
+        .post("/containers")
+        .send()
+        .await
+        .expect("create")
+        .json()
+        .await
+        .expect("container");
+    let id = created["id"].as_str().expect("id");
+    let nul = server
+        .post(&format!("/containers/{id}/commands"))
+        .json(&serde_json::json!({"cmd": "echo a\u{0}b"}))
+        .send()
+        .await
+        .expect("command");
+    let (status, code, message) = rest_error(nul).await;
+    assert_eq!(status, 422);
+    assert_eq!(code.as_deref(), mcp["nul_command"].as_str());
+    assert_eq!(message.as_deref(), mcp["nul_message"].as_str());
+
+    let path = server
+        .get(&format!("/containers/{id}/files/..%2F..%2Fetc%2Fpasswd"))
+        .send()
+        .await
+        .expect("read");
+    let (status, code, message) = rest_error(path).await;
+    assert_eq!(status, 400);
+    assert_eq!(code.as_deref(), mcp["path"].as_str());
+    assert_eq!(message.as_deref(), mcp["path_message"].as_str());
+    assert_eq!(mcp["image"], "invalid_request", "{mcp}");
+    assert_eq!(mcp["nul_command"], "invalid_request", "{mcp}");
+    assert_eq!(mcp["path"], "path_outside_workspace", "{mcp}");
+}

@@ -9,6 +9,7 @@ scenario each:
     python scenarios.py http-stateless <url>
     python scenarios.py http-tenants <url> <key> <other key>
     python scenarios.py proxy <mode> <url>      (mcp-server-time behind the MCP proxy)
+    python scenarios.py bad-input <url>         (the error codes of three bad inputs)
 
 A scenario asserts as it goes and exits non-zero on the first failure. It prints one line
 `RESULT <json>` with facts the Rust side checks against Docker (sandbox ids, timings).
@@ -359,6 +360,32 @@ async def scenario_http_stateless(url: str) -> None:
         result_line({"closed": [session_id, other_id, created_id]})
 
 
+async def scenario_bad_input(url: str) -> None:
+    """Bad input comes back as an error result whose structured content names the stable code."""
+
+    def code_of(result) -> str:
+        check(result.is_error is True, f"not an error: {text_of(result)}")
+        return result.structured_content["error"]["code"]
+
+    async with Client(url) as client:
+        image = await call(client, "create_session", {"image": "kernelbox-no-such-image:latest"})
+        created = await call(client, "create_session", {})
+        session_id = created.structured_content["session_id"]
+        nul = await call(client, "run_command", {"command": "echo a\u0000b", "session_id": session_id})
+        path = await call(client, "read_file", {"path": "../../etc/passwd", "session_id": session_id})
+        await call(client, "close_session", {"session_id": session_id})
+        result_line(
+            {
+                "image": code_of(image),
+                "image_message": text_of(image),
+                "nul_command": code_of(nul),
+                "nul_message": text_of(nul),
+                "path": code_of(path),
+                "path_message": text_of(path),
+            }
+        )
+
+
 async def scenario_proxy(mode: str, url: str) -> None:
     """The MCP proxy in front of mcp-server-time inside a sandbox: handshake, tools, a call."""
     async with Client(url, mode=mode) as client:
@@ -392,6 +419,8 @@ def main() -> None:
         anyio.run(scenario_http_tenants, rest[0], rest[1], rest[2])
     elif scenario == "proxy":
         anyio.run(scenario_proxy, rest[0], rest[1])
+    elif scenario == "bad-input":
+        anyio.run(scenario_bad_input, rest[0])
     else:
         raise SystemExit(f"unknown scenario {scenario}")
 

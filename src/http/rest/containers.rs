@@ -27,6 +27,9 @@ pub struct CreateContainer {
     pub tag: Option<String>,
     /// Environment variables for the kernel and commands (names: letters, digits, `_`).
     pub env: Option<HashMap<String, String>>,
+    /// The image to run (default: the server's `--image`); others must be among the server's
+    /// `--allowed-images`.
+    pub image: Option<String>,
     /// Memory limit in MiB (default: the server's `--memory-mb`).
     #[schema(minimum = 64)]
     pub memory_mb: Option<u64>,
@@ -113,6 +116,7 @@ pub(crate) async fn create(
         .create(CreateSandbox {
             tag: request.tag,
             env,
+            image: request.image,
             tenant,
             memory_mb: request.memory_mb,
             cpus: request.cpus,
