@@ -3,17 +3,16 @@
 //! Run with `cargo bench --bench engine` (needs the sandbox image: `kernelbox image build`).
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use kernelbox::backend::Backend;
 use kernelbox::backend::docker::DockerBackend;
 use kernelbox::config::EngineConfig;
 use kernelbox::engine::Tenant;
 use kernelbox::engine::{CreateSandbox, Engine, ExecuteRequest};
-use kernelbox::kernel::KernelClient;
 
 mod support;
-use support::{ms, percentile, raw_execute};
+use support::{kernels, ms, percentile, raw_execute};
 
 const ITERATIONS: usize = 1000;
 const CREATES: usize = 5;
@@ -64,12 +63,15 @@ async fn run(engine: &Arc<Engine>, backend: &dyn Backend) -> anyhow::Result<()> 
 
     let info = engine.create(CreateSandbox::new(Tenant::Local)).await?;
     let sandbox = engine.get(&info.id, &Tenant::Local)?;
-    let endpoint = backend
-        .inspect(sandbox.container_id())
-        .await?
-        .kernel
-        .ok_or_else(|| anyhow::anyhow!("no kernel endpoint"))?;
-    let raw = KernelClient::connect(&endpoint, Duration::from_secs(30)).await?;
+    let raw = kernels::current_transport(backend, sandbox.container_id()).await?;
+    let mut old = kernels::OldTransport::start(
+        &engine.config().image,
+        &format!("{}-old", engine.config().instance),
+    )
+    .await?;
+    let compared = kernels::compare_transports(&mut old, &raw, ITERATIONS).await;
+    old.stop().await;
+    compared?;
 
     // Warm both paths.
     for _ in 0..50 {

@@ -17,7 +17,7 @@ use serde_json::json;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 mod support;
-use support::{LoopbackServer, ms, percentile, raw_execute};
+use support::{LoopbackServer, kernels, ms, percentile, raw_execute};
 
 const ITERATIONS: usize = 1000;
 const WARMUP: usize = 50;
@@ -52,12 +52,13 @@ async fn main() -> anyhow::Result<()> {
 
 async fn run(engine: &Arc<Engine>, backend: &dyn Backend, instance: &str) -> anyhow::Result<()> {
     let id = engine.create(CreateSandbox::new(Tenant::Local)).await?.id;
-    let endpoint = backend
-        .inspect(engine.get(&id, &Tenant::Local)?.container_id())
-        .await?
-        .kernel
-        .ok_or_else(|| anyhow::anyhow!("no kernel endpoint"))?;
-    let raw = KernelClient::connect(&endpoint, Duration::from_secs(30)).await?;
+    let container = engine.get(&id, &Tenant::Local)?.container_id().to_string();
+    let raw = kernels::current_transport(backend, &container).await?;
+    let mut old =
+        kernels::OldTransport::start(&engine.config().image, &format!("{instance}-old")).await?;
+    let compared = kernels::compare_transports(&mut old, &raw, ITERATIONS).await;
+    old.stop().await;
+    compared?;
     println!("{ITERATIONS} calls of execute_code({CODE:?}), after {WARMUP} warm-up calls");
 
     let (mut http, mut raw_during_http) = http_calls(engine, &raw, &id).await?;

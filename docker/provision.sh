@@ -11,7 +11,7 @@ apt-get install -y -q --no-install-recommends \
     python3 python3-ipykernel python3-jupyter-client \
     python3-numpy python3-pandas python3-matplotlib python3-pil python3-pip \
     python3-munkres python3-unicodedata2 \
-    iptables ipset tini procps ca-certificates
+    socat iptables ipset tini procps ca-certificates
 if dpkg -l gcc python3-scipy 2>/dev/null | grep -q '^ii'; then
     echo "provision: a compiler or scipy slipped into the image" >&2
     exit 1
@@ -25,6 +25,9 @@ rm -rf /usr/lib/python3/dist-packages/debugpy
 groupadd --gid 1000 sandbox
 useradd --uid 1000 --gid 1000 --create-home --shell /bin/bash sandbox
 install -d -o 1000 -g 1000 -m 0755 /workspace
+# The kernel's ZeroMQ sockets: unix sockets only the sandbox's own processes (and the server,
+# through `docker exec`) can reach. No kernel port exists on any network.
+install -d -o 1000 -g 1000 -m 0700 /run/kernelbox
 
 # `pip install` as the sandbox user goes to ~/.local without the PEP 668 refusal.
 cat > /etc/pip.conf <<'PIP'

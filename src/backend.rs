@@ -15,7 +15,7 @@ use bytes::Bytes;
 use futures::Stream;
 use tokio::io::AsyncWrite;
 
-use crate::kernel::{ConnectionInfo, KernelEndpoint};
+use crate::kernel::{ChannelStream, ConnectionInfo, KernelChannel};
 
 /// A stream of bytes (a tar archive) moving in or out of a sandbox.
 pub type ByteStream = Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>>;
@@ -51,8 +51,6 @@ pub struct ContainerInfo {
     pub running: bool,
     /// The kernel was (or the container's main process was) killed for exceeding memory.
     pub oom_killed: bool,
-    /// How to reach the kernel from this host, once the container runs.
-    pub kernel: Option<KernelEndpoint>,
 }
 
 /// A command to run inside a sandbox.
@@ -125,8 +123,6 @@ pub enum BackendError {
         #[source]
         source: RuntimeError,
     },
-    #[error("the container has no published port for the kernel's {channel} channel")]
-    NoKernelPort { channel: &'static str },
     #[error("the container runtime started the process detached, not attached")]
     NotAttached,
     #[error("the process exited before it started: {stderr}")]
@@ -173,11 +169,21 @@ pub trait Backend: Send + Sync + 'static {
     ) -> Result<(), BackendError>;
     /// A tar stream of `path` (a file or a directory, named by its last component).
     fn get_archive(&self, container_id: &str, path: &str) -> ByteStream;
+    /// A byte stream to one of the kernel's sockets inside the sandbox: how the server reaches
+    /// a kernel, through the runtime and nothing else.
+    async fn open_kernel_channel(
+        &self,
+        container_id: &str,
+        channel: KernelChannel,
+    ) -> Result<ChannelStream, BackendError>;
     /// Sends SIGKILL to a process group inside the container.
     async fn kill_process_group(&self, container_id: &str, pgid: u32) -> Result<(), BackendError>;
     /// Kills the sandbox's kernel process; the sandbox starts a fresh kernel on its own, keeping
     /// its files and installed packages.
     async fn kill_kernel(&self, container_id: &str) -> Result<(), BackendError>;
+    /// Restarts every process of the sandbox (its files and installed packages stay), and
+    /// returns once it runs again.
+    async fn restart(&self, container_id: &str) -> Result<(), BackendError>;
     /// How many processes the sandbox's memory limit has killed since it started.
     async fn oom_kills(&self, container_id: &str) -> Result<u64, BackendError>;
     /// Removes the container, running or not. Removing a missing container succeeds.

@@ -52,6 +52,8 @@ impl EnvVars {
     pub const RICH_OUTPUT_LIMIT_BYTES: &'static str = "KERNELBOX_RICH_OUTPUT_LIMIT_BYTES";
     /// Largest upload (a file, or a directory archive once unpacked from gzip), in bytes.
     pub const MAX_UPLOAD_BYTES: &'static str = "KERNELBOX_MAX_UPLOAD_BYTES";
+    /// Largest message a kernel may send, in bytes; a larger one restarts the sandbox.
+    pub const MAX_KERNEL_MESSAGE_BYTES: &'static str = "KERNELBOX_MAX_KERNEL_MESSAGE_BYTES";
     /// Name of this kernelbox instance; it only manages sandboxes carrying its name.
     pub const INSTANCE: &'static str = "KERNELBOX_INSTANCE";
     /// Set to `true` to destroy this instance's sandboxes on shutdown.
@@ -168,6 +170,10 @@ pub struct EngineArgs {
     /// Largest upload (a file, or a directory archive after gunzip), in bytes.
     #[arg(long, env = EnvVars::MAX_UPLOAD_BYTES, default_value_t = 8 * 1024 * 1024 * 1024)]
     pub max_upload_bytes: u64,
+    /// Largest message a kernel may send, in bytes: a kernel that announces a larger one loses
+    /// its connection before anything is buffered, and its sandbox is restarted.
+    #[arg(long, env = EnvVars::MAX_KERNEL_MESSAGE_BYTES, default_value_t = 16 * 1024 * 1024)]
+    pub max_kernel_message_bytes: usize,
     /// Instance name (defaults to the mode: `serve` or `stdio`).
     #[arg(long, env = EnvVars::INSTANCE)]
     pub instance: Option<String>,
@@ -210,6 +216,8 @@ pub struct EngineConfig {
     pub rich_output_limit_bytes: usize,
     /// Largest upload, in bytes (files, and directory archives after gunzip).
     pub max_upload_bytes: u64,
+    /// Largest message a kernel may send, in bytes.
+    pub max_kernel_message_bytes: usize,
     /// How long a new kernel has to answer.
     pub kernel_ready_timeout: Duration,
 }
@@ -283,6 +291,7 @@ impl EngineArgs {
             output_limit_bytes: self.output_limit_bytes,
             rich_output_limit_bytes: self.rich_output_limit_bytes,
             max_upload_bytes: positive(self.max_upload_bytes, "--max-upload-bytes")?,
+            max_kernel_message_bytes: self.max_kernel_message_bytes.max(64 * 1024),
             kernel_ready_timeout: Duration::from_secs(60),
         })
     }

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub(crate) mod kernels;
+
 use std::time::Duration;
 
 use kernelbox::kernel::{KernelClient, KernelEvent};

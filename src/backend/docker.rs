@@ -1,5 +1,7 @@
-//! The Docker backend (bollard). Kernel ports are published on 127.0.0.1 only, with host ports
-//! Docker picks at random; the kernel itself runs as the image's non-root user.
+//! The Docker backend (bollard). Nothing is published: the kernel listens on unix sockets inside
+//! its container, and the server reaches them through execs that run `socat` there, so the
+//! channel is the Docker API itself (local socket or a remote `DOCKER_HOST` alike). The kernel
+//! and everything the server runs in a sandbox run as the image's non-root user.
 //!
 //! | part        | what it does                                               |
 //! |-------------|------------------------------------------------------------|
@@ -17,26 +19,21 @@ use bollard::Docker;
 use bollard::container::LogOutput;
 use bollard::errors::Error as DockerError;
 use bollard::exec::{StartExecOptions, StartExecResults};
-use bollard::models::{
-    ContainerCreateBody, ContainerInspectResponse, ExecConfig, HostConfig, PortBinding,
-};
+use bollard::models::{ContainerCreateBody, ContainerInspectResponse, ExecConfig, HostConfig};
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, DownloadFromContainerOptionsBuilder,
-    ListContainersOptionsBuilder, RemoveContainerOptionsBuilder, UploadToContainerOptionsBuilder,
+    ListContainersOptionsBuilder, RemoveContainerOptionsBuilder, RestartContainerOptionsBuilder,
+    UploadToContainerOptionsBuilder,
 };
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
+use tokio_util::io::StreamReader;
 
 use super::{
     AttachedExec, Backend, BackendError, ByteStream, ContainerInfo, ContainerSpec, ExecChunk,
     ExecOutput, ExecSpec,
 };
-use crate::engine::labels::KERNEL_KEY;
-use crate::kernel::connection::CONTAINER_PORTS;
-use crate::kernel::{KernelEndpoint, KernelPorts};
-
-/// Where the published kernel ports listen on the host.
-const PUBLISH_HOST: &str = "127.0.0.1";
+use crate::kernel::{ChannelStream, KernelChannel};
 /// The environment variable that carries the kernel's connection file into the container.
 const CONNECTION_ENV: &str = "KERNELBOX_CONNECTION";
 
@@ -45,10 +42,18 @@ const CONNECTION_ENV: &str = "KERNELBOX_CONNECTION";
 /// stays up, so files and installed packages survive a kernel restart. The user site directory
 /// is created first: Python only puts it on `sys.path` when it exists at startup, and `pip install`
 /// (as the sandbox user) installs there.
-const KERNEL_SUPERVISOR: &str = r#"printf '%s' "$KERNELBOX_CONNECTION" > /tmp/kernel.json
+const KERNEL_SUPERVISOR: &str = r#"umask 077
+printf '%s' "$KERNELBOX_CONNECTION" > /tmp/kernel.json
 unset KERNELBOX_CONNECTION
 mkdir -p "$(python3 -c 'import site; print(site.getusersitepackages())')"
 while :; do python3 -m ipykernel_launcher -f /tmp/kernel.json; done"#;
+/// Seconds a restarting sandbox's processes get after SIGTERM before SIGKILL.
+const RESTART_GRACE_SECS: i32 = 1;
+/// The relay between an exec's stdio and a kernel socket: root-owned, so sandbox code cannot
+/// replace it.
+const SOCAT: &str = "/usr/bin/socat";
+/// How often socat tries the kernel's socket (25 ms apart) before it gives up.
+const KERNEL_CONNECT_RETRIES: u32 = 200;
 /// Kills the kernel, anchored: the supervisor's own command line mentions the kernel too.
 const KILL_KERNEL: [&str; 4] = ["pkill", "-KILL", "-f", "^python3 -m ipykernel_launcher"];
 /// Prints the memory cgroup's event counters (cgroup v2, then v1).
@@ -147,10 +152,6 @@ fn unavailable(error: DockerError) -> BackendError {
     }
 }
 
-fn port_key(port: u16) -> String {
-    format!("{port}/tcp")
-}
-
 fn container_info(inspect: ContainerInspectResponse) -> ContainerInfo {
     let state = inspect.state.unwrap_or_default();
     let running = state.running.unwrap_or(false);
@@ -158,44 +159,11 @@ fn container_info(inspect: ContainerInspectResponse) -> ContainerInfo {
         .config
         .and_then(|config| config.labels)
         .unwrap_or_default();
-    let published = inspect
-        .network_settings
-        .and_then(|settings| settings.ports)
-        .unwrap_or_default();
-    let host_port = |port: u16| -> Option<u16> {
-        published
-            .get(&port_key(port))?
-            .as_ref()?
-            .iter()
-            .find(|binding| binding.host_ip.as_deref() == Some(PUBLISH_HOST))?
-            .host_port
-            .as_deref()?
-            .parse()
-            .ok()
-    };
-    let ports = (|| {
-        Some(KernelPorts {
-            shell: host_port(CONTAINER_PORTS.shell)?,
-            iopub: host_port(CONTAINER_PORTS.iopub)?,
-            stdin: host_port(CONTAINER_PORTS.stdin)?,
-            control: host_port(CONTAINER_PORTS.control)?,
-            hb: host_port(CONTAINER_PORTS.hb)?,
-        })
-    })();
-    let kernel = match (running, ports, labels.get(KERNEL_KEY)) {
-        (true, Some(ports), Some(key)) => Some(KernelEndpoint {
-            host: PUBLISH_HOST.into(),
-            ports,
-            key: key.clone(),
-        }),
-        _ => None,
-    };
     ContainerInfo {
         container_id: inspect.id.unwrap_or_default(),
         labels,
         running,
         oom_killed: state.oom_killed.unwrap_or(false),
-        kernel,
     }
 }
 
@@ -245,20 +213,8 @@ impl Backend for DockerBackend {
         let connection = serde_json::to_string(&spec.connection).unwrap_or_default();
         let mut env = spec.env.clone();
         env.push(format!("{CONNECTION_ENV}={connection}"));
-        let port_bindings = CONTAINER_PORTS
-            .named()
-            .iter()
-            .map(|(_, port)| {
-                let binding = PortBinding {
-                    host_ip: Some(PUBLISH_HOST.into()),
-                    host_port: Some(String::new()),
-                };
-                (port_key(*port), Some(vec![binding]))
-            })
-            .collect();
         let memory = (spec.limits.memory_mb * 1024 * 1024) as i64;
         let host_config = HostConfig {
-            port_bindings: Some(port_bindings),
             memory: Some(memory),
             memory_swap: Some(memory),
             nano_cpus: Some((spec.limits.milli_cpus * 1_000_000) as i64),
@@ -272,13 +228,6 @@ impl Backend for DockerBackend {
             cmd: Some(vec!["sh".into(), "-c".into(), KERNEL_SUPERVISOR.into()]),
             env: Some(env),
             labels: Some(spec.labels.clone()),
-            exposed_ports: Some(
-                CONTAINER_PORTS
-                    .named()
-                    .iter()
-                    .map(|(_, port)| port_key(*port))
-                    .collect(),
-            ),
             host_config: Some(host_config),
             ..Default::default()
         };
@@ -474,6 +423,49 @@ impl Backend for DockerBackend {
         Box::pin(stream)
     }
 
+    async fn open_kernel_channel(
+        &self,
+        container_id: &str,
+        channel: KernelChannel,
+    ) -> Result<ChannelStream, BackendError> {
+        // socat waits a few seconds for the socket while the kernel starts, inside the sandbox.
+        let target = format!(
+            "UNIX-CONNECT:{},retry={KERNEL_CONNECT_RETRIES},interval=0.025",
+            channel.socket_path()
+        );
+        let spec = ExecSpec {
+            argv: [SOCAT, "-b", "262144", "STDIO", &target]
+                .map(String::from)
+                .to_vec(),
+            workdir: "/".into(),
+            env: Vec::new(),
+            user: None,
+            output_limit: 0,
+        };
+        let (_, started) = self.start_exec(container_id, spec, true).await?;
+        let StartExecResults::Attached { output, input } = started else {
+            return Err(BackendError::NotAttached);
+        };
+        let name = channel.name();
+        let bytes = output.filter_map(move |chunk| async move {
+            match chunk {
+                Ok(LogOutput::StdOut { message } | LogOutput::Console { message }) => {
+                    Some(Ok(message))
+                }
+                Ok(LogOutput::StdErr { message }) => {
+                    tracing::debug!(channel = name, stderr = %String::from_utf8_lossy(&message).trim_end(), "kernel channel relay");
+                    None
+                }
+                Ok(LogOutput::StdIn { .. }) => None,
+                Err(error) => Some(Err(io::Error::other(error))),
+            }
+        });
+        Ok(ChannelStream {
+            reader: Box::pin(StreamReader::new(Box::pin(bytes))),
+            writer: input,
+        })
+    }
+
     async fn kill_process_group(&self, container_id: &str, pgid: u32) -> Result<(), BackendError> {
         let group = format!("-{pgid}");
         self.exec(
@@ -488,6 +480,16 @@ impl Backend for DockerBackend {
         self.exec(container_id, backend_command(&KILL_KERNEL))
             .await
             .map(drop)
+    }
+
+    async fn restart(&self, container_id: &str) -> Result<(), BackendError> {
+        let options = RestartContainerOptionsBuilder::default()
+            .t(RESTART_GRACE_SECS)
+            .build();
+        self.docker
+            .restart_container(container_id, Some(options))
+            .await
+            .map_err(|error| classify("container restart", "container", error))
     }
 
     async fn oom_kills(&self, container_id: &str) -> Result<u64, BackendError> {

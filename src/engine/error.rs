@@ -39,6 +39,14 @@ pub enum EngineError {
     ImageMissing { image: String },
     #[error("the sandbox's kernel is not reachable")]
     Kernel(#[source] KernelError),
+    #[error(
+        "the kernel of sandbox {id} broke the protocol {limit} times within {window_secs} s and is left stopped; restart its kernel or destroy it"
+    )]
+    KernelQuarantined {
+        id: String,
+        limit: usize,
+        window_secs: u64,
+    },
     #[error(transparent)]
     Backend(BackendError),
     #[error("the server is shutting down")]
@@ -88,7 +96,7 @@ impl EngineError {
             E::CommandTimeout { .. } => "timeout",
             E::ImageMissing { .. } => "image_missing",
             E::ShuttingDown => "shutting_down",
-            E::Kernel(_) => "kernel_unavailable",
+            E::Kernel(_) | E::KernelQuarantined { .. } => "kernel_unavailable",
             E::UploadInterrupted(_) => "upload_interrupted",
             E::Backend(error) => backend_code(error),
             E::Spool(_) => "internal",

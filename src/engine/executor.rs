@@ -30,7 +30,7 @@ use super::sandbox::Sandbox;
 use super::tenant::Tenant;
 use super::validate;
 use crate::backend::Backend;
-use crate::kernel::{KernelClient, KernelEvent, KernelExecution};
+use crate::kernel::{CloseReason, KernelClient, KernelError, KernelEvent, KernelExecution};
 
 /// How long an interrupted kernel has to finish the execution before it is restarted.
 const INTERRUPT_GRACE: Duration = Duration::from_secs(3);
@@ -175,13 +175,28 @@ impl Run {
                 let kernel_restarted = self.interrupt(backend.as_ref(), ready_within).await;
                 ExecutionOutcome::Cancelled { kernel_restarted }
             }
-            Stop::KernelDied => {
-                let out_of_memory = self
-                    .recover_dead_kernel(backend.as_ref(), ready_within)
-                    .await;
-                self.collector.error = Some(kernel_died_error(out_of_memory));
-                ExecutionOutcome::KernelDied { out_of_memory }
-            }
+            Stop::KernelDied => match self.kernel.close_reason() {
+                Some(CloseReason::Violation { channel, error }) => {
+                    let violation = KernelError::Violation {
+                        channel,
+                        source: error,
+                    };
+                    self.collector.error = Some(violation_error(&violation));
+                    if let Err(error) = self.sandbox.kernel(ready_within).await {
+                        tracing::warn!(%error, "could not restart the sandbox after a violation");
+                    }
+                    ExecutionOutcome::KernelDied {
+                        out_of_memory: false,
+                    }
+                }
+                _ => {
+                    let out_of_memory = self
+                        .recover_dead_kernel(backend.as_ref(), ready_within)
+                        .await;
+                    self.collector.error = Some(kernel_died_error(out_of_memory));
+                    ExecutionOutcome::KernelDied { out_of_memory }
+                }
+            },
         };
         self.sandbox.touch();
         self.sandbox.set_running(None);
@@ -305,6 +320,16 @@ fn aborted_error() -> PythonError {
     PythonError {
         ename: "Aborted".into(),
         evalue: "the kernel aborted the request without running it; run it again".into(),
+        traceback: Vec::new(),
+    }
+}
+
+fn violation_error(violation: &KernelError) -> PythonError {
+    PythonError {
+        ename: "KernelProtocolError".into(),
+        evalue: format!(
+            "{violation}. The server closed the connection and restarted the sandbox's processes: variables and imports are lost (files are kept)"
+        ),
         traceback: Vec::new(),
     }
 }

@@ -18,22 +18,24 @@ use super::guest_registry::GuestRegistry;
 use super::history::{ExecutionHistory, ExecutionRecord};
 use super::labels;
 use super::metrics::EngineMetrics;
-use super::sandbox::{Sandbox, SandboxInfo};
+use super::sandbox::{KernelLink, Sandbox, SandboxInfo};
 use super::tenant::Tenant;
 use super::validate;
-use crate::backend::{Backend, BackendError, ContainerInfo, ContainerSpec, Limits};
+use crate::backend::{Backend, ContainerInfo, ContainerSpec, Limits};
 use crate::config::EngineConfig;
-use crate::kernel::{ConnectionInfo, KernelError};
+use crate::kernel::{ConnectionInfo, KernelError, Limits as MessageLimits};
 
 /// The version of the sandbox image this build expects (the image's `io.kernelbox.image-version`).
 pub const IMAGE_VERSION: &str = include_str!("../../docker/IMAGE_VERSION");
-/// How often kernel heartbeats are checked.
+/// How often kernels are checked.
 const LIVENESS_INTERVAL: Duration = Duration::from_secs(5);
-/// How long a heartbeat may take.
-const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long reconnecting to a kernel that went away may take during a check.
+const LIVENESS_TIMEOUT: Duration = Duration::from_secs(10);
 /// How many recent executions are remembered, and how many bytes of results they may hold.
 const HISTORY_ENTRIES: usize = 256;
 const HISTORY_BYTES: usize = 64 * 1024 * 1024;
+/// Most frames in one kernel message (a Jupyter message has 6 plus a few identities and buffers).
+const MAX_KERNEL_MESSAGE_PARTS: usize = 64;
 
 /// Options for a new sandbox.
 #[derive(Debug, Clone)]
@@ -98,6 +100,19 @@ impl Engine {
 
     pub(crate) fn backend(&self) -> &dyn Backend {
         self.backend.as_ref()
+    }
+
+    /// What a sandbox needs to reach its kernel.
+    fn kernel_link(&self) -> KernelLink {
+        KernelLink {
+            backend: self.backend.clone(),
+            limits: MessageLimits {
+                max_frame_bytes: self.config.max_kernel_message_bytes,
+                max_message_bytes: self.config.max_kernel_message_bytes,
+                max_parts: MAX_KERNEL_MESSAGE_PARTS,
+            },
+            counters: self.metrics.kernel_counters(),
+        }
     }
 
     /// The metrics in the Prometheus text format (`GET /metrics`).
@@ -170,7 +185,7 @@ impl Engine {
         let started = std::time::Instant::now();
         let created = async {
             let created_at = Utc::now();
-            let connection = ConnectionInfo::for_container();
+            let connection = ConnectionInfo::for_sandbox();
             let spec = ContainerSpec {
                 name: format!("kernelbox-{}", id.replace('_', "-")),
                 image: image.clone(),
@@ -188,10 +203,10 @@ impl Engine {
                 connection,
             };
             let container = self.backend.create(&spec).await?;
-            let sandbox =
-                Arc::new(Sandbox::from_container(&container, &image).ok_or_else(|| {
-                    EngineError::Backend(BackendError::NoKernelPort { channel: "shell" })
-                })?);
+            let sandbox = Arc::new(
+                Sandbox::from_container(&container, &image, self.kernel_link())
+                    .ok_or(EngineError::Kernel(KernelError::Closed))?,
+            );
             if let Err(error) = sandbox
                 .connect_kernel(self.config.kernel_ready_timeout)
                 .await
@@ -363,7 +378,7 @@ impl Engine {
             .get(labels::IMAGE)
             .cloned()
             .unwrap_or_default();
-        let sandbox = Sandbox::from_container(container, &image)
+        let sandbox = Sandbox::from_container(container, &image, self.kernel_link())
             .ok_or(EngineError::Kernel(KernelError::Closed))?;
         sandbox.connect_kernel(Duration::from_secs(10)).await?;
         tracing::info!(sandbox_id = %sandbox.id(), "reattached");
@@ -434,8 +449,8 @@ impl Engine {
                     _ = ticks.tick() => {
                         let sandboxes: Vec<Arc<Sandbox>> = engine.sandboxes.iter().map(|entry| entry.value().clone()).collect();
                         for sandbox in sandboxes {
-                            if !sandbox.check_heartbeat(HEARTBEAT_TIMEOUT).await {
-                                tracing::warn!(sandbox_id = %sandbox.id(), "kernel heartbeat missed");
+                            if !sandbox.check_alive(LIVENESS_TIMEOUT).await {
+                                tracing::warn!(sandbox_id = %sandbox.id(), "kernel not reachable");
                             }
                         }
                     }

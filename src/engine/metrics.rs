@@ -11,7 +11,11 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
 use super::execution::ExecutionOutcome;
+use crate::kernel::KernelCounters;
 
 /// Bucket bounds in seconds: 5 ms to about 10 minutes.
 const EXECUTION_BUCKETS: [f64; 14] = [
@@ -38,6 +42,14 @@ pub struct EngineMetrics {
     execution_seconds: Histogram,
     creations: Family<ResultLabels, Counter>,
     create_seconds: Histogram,
+    /// Counted by every kernel connection; read into `rejected` when rendering.
+    kernel_counters: Arc<KernelCounters>,
+    rejected: Family<ReasonLabels, Counter>,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
 }
 
 impl EngineMetrics {
@@ -69,7 +81,15 @@ impl EngineMetrics {
             "Time to create a sandbox until its kernel answers",
             create_seconds.clone(),
         );
+        let rejected = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "kernel_messages_rejected",
+            "Kernel messages dropped because they were not signed with the kernel's key (bad_signature) or did not parse (malformed)",
+            rejected.clone(),
+        );
         Self {
+            kernel_counters: Arc::default(),
+            rejected,
             registry,
             live_sandboxes,
             executions,
@@ -103,9 +123,22 @@ impl EngineMetrics {
             .inc();
     }
 
+    /// The counters every kernel connection adds to.
+    pub(crate) fn kernel_counters(&self) -> Arc<KernelCounters> {
+        self.kernel_counters.clone()
+    }
+
     /// The text exposition, with `live` as the current number of sandboxes.
     pub(crate) fn render(&self, live: usize) -> String {
         self.live_sandboxes.set(live as i64);
+        for (reason, counter) in [
+            ("bad_signature", &self.kernel_counters.bad_signature),
+            ("malformed", &self.kernel_counters.malformed),
+        ] {
+            let family = self.rejected.get_or_create(&ReasonLabels { reason });
+            let seen = counter.load(Ordering::Relaxed);
+            family.inc_by(seen.saturating_sub(family.get()));
+        }
         let mut text = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);

@@ -1,10 +1,18 @@
 //! One sandbox: its container, its kernel connection and the lock that lets one execution run
 //! at a time.
+//!
+//! The kernel is reached through the backend alone (a [`Dialer`] over the runtime's API). What
+//! comes back is untrusted: a kernel that breaks the protocol's bounds loses its connection, and
+//! the sandbox's processes are restarted. One that keeps doing so is left stopped: each restart
+//! costs the server work, so a sandbox gets [`VIOLATION_BUDGET`] of them per
+//! [`VIOLATION_WINDOW`], and after that only a caller's own restart brings it back.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
@@ -14,7 +22,10 @@ use super::execution::ExecEvent;
 use super::labels;
 use super::tenant::Tenant;
 use crate::backend::{Backend, ContainerInfo};
-use crate::kernel::{KernelClient, KernelEndpoint, KernelError};
+use crate::kernel::{
+    ChannelStream, CloseReason, DialError, Dialer, KernelChannel, KernelClient, KernelCounters,
+    KernelError, Limits,
+};
 
 /// How long a request waits for a busy sandbox before it is told "busy".
 const BUSY_GRACE: Duration = Duration::from_millis(500);
@@ -22,6 +33,35 @@ const BUSY_GRACE: Duration = Duration::from_millis(500);
 const WIND_DOWN_WAIT: Duration = Duration::from_secs(30);
 /// How long a polite kernel shutdown may take before the process is killed.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+/// Restarts after protocol violations a sandbox gets per [`VIOLATION_WINDOW`].
+pub const VIOLATION_BUDGET: usize = 3;
+/// The window [`VIOLATION_BUDGET`] counts in.
+pub const VIOLATION_WINDOW: Duration = Duration::from_secs(600);
+
+/// What a sandbox needs to reach its kernel: the backend, the bounds on what the kernel sends,
+/// and the server's counters of rejected messages.
+#[derive(Clone)]
+pub(crate) struct KernelLink {
+    pub(crate) backend: Arc<dyn Backend>,
+    pub(crate) limits: Limits,
+    pub(crate) counters: Arc<KernelCounters>,
+}
+
+/// Opens one sandbox's kernel channels through the backend.
+struct SandboxDialer<'a> {
+    backend: &'a dyn Backend,
+    container_id: &'a str,
+}
+
+#[async_trait]
+impl Dialer for SandboxDialer<'_> {
+    async fn dial(&self, channel: KernelChannel) -> Result<ChannelStream, DialError> {
+        self.backend
+            .open_kernel_channel(self.container_id, channel)
+            .await
+            .map_err(|error| Box::new(error) as DialError)
+    }
+}
 
 /// What a sandbox is doing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -67,8 +107,12 @@ pub struct Sandbox {
     tag: Option<String>,
     image: String,
     created_at: DateTime<Utc>,
-    endpoint: RwLock<KernelEndpoint>,
+    /// The kernel's HMAC key.
+    key: String,
+    link: KernelLink,
     kernel: RwLock<Option<Arc<KernelClient>>>,
+    /// When the kernel broke the protocol lately (and the sandbox was restarted for it).
+    violations: Mutex<VecDeque<Instant>>,
     /// Held by the running execution (and by a restart).
     pub(crate) exec_lock: Arc<tokio::sync::Mutex<()>>,
     restarting: AtomicBool,
@@ -77,7 +121,7 @@ pub struct Sandbox {
     winding_down: AtomicBool,
     /// The running execution's event channel, without keeping it open.
     running: Mutex<Option<tokio::sync::mpsc::WeakSender<ExecEvent>>>,
-    /// The last heartbeat was answered.
+    /// The kernel was reachable at the last check.
     alive: AtomicBool,
     /// The container's OOM-kill count when last read.
     oom_kills_seen: AtomicU64,
@@ -87,9 +131,14 @@ pub struct Sandbox {
 
 impl Sandbox {
     /// A sandbox for a running container carrying kernelbox labels; `None` when the container
-    /// lacks its labels or published kernel ports.
-    pub(crate) fn from_container(container: &ContainerInfo, image: &str) -> Option<Self> {
+    /// lacks its labels.
+    pub(crate) fn from_container(
+        container: &ContainerInfo,
+        image: &str,
+        link: KernelLink,
+    ) -> Option<Self> {
         let id = container.labels.get(labels::ID)?.clone();
+        let key = container.labels.get(labels::KERNEL_KEY)?.clone();
         let created_at = container
             .labels
             .get(labels::CREATED)
@@ -103,8 +152,10 @@ impl Sandbox {
             tag: container.labels.get(labels::TAG).cloned(),
             image: image.to_string(),
             created_at,
-            endpoint: RwLock::new(container.kernel.clone()?),
+            key,
+            link,
             kernel: RwLock::new(None),
+            violations: Mutex::new(VecDeque::new()),
             exec_lock: Arc::new(tokio::sync::Mutex::new(())),
             restarting: AtomicBool::new(false),
             winding_down: AtomicBool::new(false),
@@ -202,12 +253,13 @@ impl Sandbox {
         self.winding_down.store(winding_down, Ordering::SeqCst);
     }
 
-    /// Checks the kernel's heartbeat and records the answer.
-    pub(crate) async fn check_heartbeat(&self, within: Duration) -> bool {
+    /// Checks that the kernel is reachable and records the answer: an open connection is; a
+    /// closed one is reconnected (after a restart when the kernel broke the protocol), and the
+    /// sandbox is alive only if that works.
+    pub(crate) async fn check_alive(&self, within: Duration) -> bool {
         let alive = match self.current_kernel() {
-            Some(kernel) if !kernel.is_closed() => kernel.heartbeat(within).await,
-            // No connection: the next use reconnects; report it as alive only if that works.
-            _ => self.connect_kernel(within).await.is_ok(),
+            Some(kernel) if !kernel.is_closed() => true,
+            _ => self.kernel(within).await.is_ok(),
         };
         self.alive.store(alive, Ordering::SeqCst);
         alive
@@ -240,20 +292,37 @@ impl Sandbox {
         self.kernel.read().ok().and_then(|kernel| kernel.clone())
     }
 
-    /// Connects (or reconnects) to the kernel and waits until it answers.
+    /// Connects (or reconnects) to the kernel and waits until it answers. A kernel that breaks
+    /// the protocol gets its sandbox restarted and is tried once more, within the sandbox's
+    /// budget of such restarts.
     pub(crate) async fn connect_kernel(
         &self,
         ready_within: Duration,
     ) -> Result<Arc<KernelClient>, EngineError> {
-        let endpoint = self
-            .endpoint
-            .read()
-            .map(|endpoint| endpoint.clone())
-            .map_err(|_| EngineError::Kernel(KernelError::Closed))?;
+        match self.dial_kernel(ready_within).await {
+            Err(EngineError::Kernel(violation @ KernelError::Violation { .. })) => {
+                self.restart_after_violation(&violation, ready_within).await
+            }
+            other => other,
+        }
+    }
+
+    /// One connection attempt, no recovery.
+    async fn dial_kernel(&self, ready_within: Duration) -> Result<Arc<KernelClient>, EngineError> {
+        let dialer = SandboxDialer {
+            backend: self.link.backend.as_ref(),
+            container_id: &self.container_id,
+        };
         let client = Arc::new(
-            KernelClient::connect(&endpoint, ready_within)
-                .await
-                .map_err(EngineError::Kernel)?,
+            KernelClient::connect(
+                &dialer,
+                &self.key,
+                self.link.limits,
+                self.link.counters.clone(),
+                ready_within,
+            )
+            .await
+            .map_err(EngineError::Kernel)?,
         );
         if let Ok(mut kernel) = self.kernel.write() {
             *kernel = Some(client.clone());
@@ -261,15 +330,82 @@ impl Sandbox {
         Ok(client)
     }
 
-    /// The kernel connection, reconnecting when the old one dropped (the kernel restarted).
+    /// The kernel connection, reconnecting when the old one dropped (the kernel restarted), and
+    /// restarting the sandbox first when the old one broke the protocol.
     pub(crate) async fn kernel(
         &self,
         ready_within: Duration,
     ) -> Result<Arc<KernelClient>, EngineError> {
         match self.current_kernel() {
             Some(kernel) if !kernel.is_closed() => Ok(kernel),
-            _ => self.connect_kernel(ready_within).await,
+            Some(kernel) => match kernel.close_reason() {
+                Some(CloseReason::Violation { channel, error }) => {
+                    let violation = KernelError::Violation {
+                        channel,
+                        source: error,
+                    };
+                    self.restart_after_violation(&violation, ready_within).await
+                }
+                _ => self.connect_kernel(ready_within).await,
+            },
+            None => self.connect_kernel(ready_within).await,
         }
+    }
+
+    /// After the kernel broke the protocol: restarts every process of the sandbox (so a process
+    /// that took the kernel's place goes too; files stay) and connects again, unless the sandbox
+    /// used up its budget of such restarts, which leaves it stopped.
+    async fn restart_after_violation(
+        &self,
+        violation: &KernelError,
+        ready_within: Duration,
+    ) -> Result<Arc<KernelClient>, EngineError> {
+        if let Ok(mut kernel) = self.kernel.write() {
+            kernel.take();
+        }
+        if !self.spend_violation() {
+            self.alive.store(false, Ordering::SeqCst);
+            return Err(EngineError::KernelQuarantined {
+                id: self.id.clone(),
+                limit: VIOLATION_BUDGET,
+                window_secs: VIOLATION_WINDOW.as_secs(),
+            });
+        }
+        tracing::warn!(sandbox_id = %self.id, error = %violation, "restarting the sandbox after a protocol violation");
+        self.restart_processes(ready_within).await
+    }
+
+    /// Counts one restart against the budget; false when the budget is spent.
+    fn spend_violation(&self) -> bool {
+        let Ok(mut violations) = self.violations.lock() else {
+            return false;
+        };
+        while violations
+            .front()
+            .is_some_and(|at| at.elapsed() > VIOLATION_WINDOW)
+        {
+            violations.pop_front();
+        }
+        if violations.len() >= VIOLATION_BUDGET {
+            return false;
+        }
+        violations.push_back(Instant::now());
+        true
+    }
+
+    /// Restarts every process of the sandbox and connects to the fresh kernel, once.
+    async fn restart_processes(
+        &self,
+        ready_within: Duration,
+    ) -> Result<Arc<KernelClient>, EngineError> {
+        self.restarting.store(true, Ordering::SeqCst);
+        let restarted = async {
+            self.link.backend.restart(&self.container_id).await?;
+            self.dial_kernel(ready_within).await
+        }
+        .await;
+        self.restarting.store(false, Ordering::SeqCst);
+        restarted
     }
 
     /// Restarts the kernel: a polite shutdown first, a kill when the kernel does not go; the
@@ -296,6 +432,18 @@ impl Sandbox {
             .write()
             .ok()
             .and_then(|mut kernel| kernel.take());
+        let violated = old
+            .as_ref()
+            .is_some_and(|old| matches!(old.close_reason(), Some(CloseReason::Violation { .. })));
+        if violated || self.quarantined() {
+            // The caller asked for it: a restart of the whole sandbox, outside the budget.
+            drop(old);
+            if let Ok(mut violations) = self.violations.lock() {
+                violations.clear();
+            }
+            self.restart_processes(ready_within).await?;
+            return Ok(());
+        }
         let mut gone = false;
         if let Some(old) = &old
             && !old.is_closed()
@@ -314,6 +462,16 @@ impl Sandbox {
         }
         drop(old);
         self.connect_kernel(ready_within).await.map(drop)
+    }
+
+    /// Whether the sandbox used up its budget of restarts after violations.
+    fn quarantined(&self) -> bool {
+        self.violations.lock().is_ok_and(|violations| {
+            violations.len() >= VIOLATION_BUDGET
+                && violations
+                    .front()
+                    .is_some_and(|at| at.elapsed() <= VIOLATION_WINDOW)
+        })
     }
 
     /// Kills the kernel process; the container's supervisor starts a fresh one.

@@ -1,46 +1,60 @@
-//! A connected kernel: one DEALER for shell, one for control, a SUB for iopub and a REQ for the
-//! heartbeat. Reader tasks route every incoming shell and iopub message to whoever registered its
-//! parent `msg_id`; anything else (another client's traffic, stale output) is dropped.
+//! A connected kernel: a DEALER for shell, one for control and a SUB for iopub, each spoken in
+//! ZMTP over a byte stream the caller's [`Dialer`] opens (the Docker backend runs `socat` to the
+//! kernel's unix socket in an exec). Reader tasks route every shell and iopub message to whoever
+//! registered its parent `msg_id`; anything else (stale output, forged messages) is dropped.
+//!
+//! Everything that comes back is untrusted: frames are bounded by [`Limits`] before they are
+//! buffered, and a kernel that breaks a bound loses its connection with
+//! [`CloseReason::Violation`], which the engine answers by restarting it.
 
+use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use dashmap::DashMap;
-use futures::StreamExt;
+use async_trait::async_trait;
 use serde_json::{Value, json};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{Mutex, mpsc};
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
-use tokio_util::sync::CancellationToken;
-use zeromq::{
-    DealerSocket, ReqSocket, Socket, SocketEvent, SocketRecv, SocketSend, SubSocket, ZmqMessage,
-};
 
-use super::connection::KernelEndpoint;
-use super::error::KernelError;
+use super::connection::KernelChannel;
+use super::error::{DialError, KernelError};
 use super::execution::KernelExecution;
-use super::routing::{Channel, Route, Routed, Shared};
-use super::wire::{Codec, Message};
+use super::routing::{Channel, CloseReason, KernelCounters, Route, Routed, Shared};
+use super::wire::{Codec, WireError};
+use super::zmtp::{self, Limits, SocketType, ZmtpReader, ZmtpWriter};
 
 /// Messages buffered per in-flight request before the reader waits for the consumer. Bounds the
 /// server's memory when a kernel prints faster than the server consumes: a stream message holds
-/// up to 64 KiB (the sandbox's stdout flush size), so this holds at most about 512 KiB. With 256,
-/// a busy machine let 16 MiB pile up here during a 100 MB print.
+/// up to 64 KiB (the sandbox's stdout flush size), so this holds at most about 512 KiB.
 const ROUTE_CAPACITY: usize = 8;
 /// How long one readiness probe (`kernel_info_request`) waits before it is sent again.
 const READY_PROBE_INTERVAL: Duration = Duration::from_millis(100);
-/// Pause between connection attempts while the kernel is still starting.
-const CONNECT_RETRY_PAUSE: Duration = Duration::from_millis(25);
+
+type Reader = ZmtpReader<Pin<Box<dyn AsyncRead + Send>>>;
+type Writer = ZmtpWriter<Pin<Box<dyn AsyncWrite + Send>>>;
+
+/// A byte stream to one of the kernel's sockets: what the kernel sends, and where to write.
+pub struct ChannelStream {
+    pub reader: Pin<Box<dyn AsyncRead + Send>>,
+    pub writer: Pin<Box<dyn AsyncWrite + Send>>,
+}
+
+/// Opens byte streams to a kernel's sockets.
+#[async_trait]
+pub trait Dialer: Send + Sync {
+    /// A stream to `channel`. It may take a while (the kernel may still be starting); it ends
+    /// at once when the kernel's socket is not there.
+    async fn dial(&self, channel: KernelChannel) -> Result<ChannelStream, DialError>;
+}
 
 /// A connection to one kernel. Cheap to share behind an `Arc`.
 pub struct KernelClient {
     codec: Codec,
-    shell: Mutex<zeromq::DealerSendHalf>,
-    control: Mutex<DealerSocket>,
-    heartbeat: Mutex<ReqSocket>,
-    heartbeat_url: String,
+    shell: Mutex<Writer>,
+    control: Mutex<(Reader, Writer)>,
     shared: Arc<Shared>,
     readers: Vec<JoinHandle<()>>,
 }
@@ -54,74 +68,69 @@ impl Drop for KernelClient {
 }
 
 impl KernelClient {
-    /// Connects every channel and waits until the kernel answers `kernel_info` and its iopub
-    /// output reaches us (so no output of the first execution is lost to a late subscription).
+    /// Opens every channel and waits until the kernel answers `kernel_info` and its iopub output
+    /// reaches us (so no output of the first execution is lost to a late subscription).
+    /// Messages that fail their signature or do not parse are counted in `counters`.
     pub async fn connect(
-        endpoint: &KernelEndpoint,
+        dialer: &dyn Dialer,
+        key: &str,
+        limits: Limits,
+        counters: Arc<KernelCounters>,
         ready_within: Duration,
     ) -> Result<Self, KernelError> {
         let started = Instant::now();
         let deadline = started + ready_within;
-        let codec = Codec::new(&endpoint.key);
-
-        let mut iopub = SubSocket::new();
-        iopub
-            .subscribe("")
+        let codec = Codec::new(key);
+        let (iopub, mut iopub_writer) = open(
+            dialer,
+            KernelChannel::IoPub,
+            SocketType::Sub,
+            limits,
+            deadline,
+        )
+        .await?;
+        iopub_writer
+            .subscribe(b"")
             .await
-            .map_err(|source| KernelError::Channel {
-                channel: "iopub",
-                source,
-            })?;
-        connect_until(
-            &mut iopub,
-            &endpoint.url(endpoint.ports.iopub),
-            "iopub",
+            .map_err(|error| KernelError::from_channel("iopub", error))?;
+        let (shell, shell_writer) = open(
+            dialer,
+            KernelChannel::Shell,
+            SocketType::Dealer,
+            limits,
             deadline,
         )
         .await?;
-        let mut shell = DealerSocket::new();
-        let shell_events = shell.monitor();
-        connect_until(
-            &mut shell,
-            &endpoint.url(endpoint.ports.shell),
-            "shell",
+        let control = open(
+            dialer,
+            KernelChannel::Control,
+            SocketType::Dealer,
+            limits,
             deadline,
         )
         .await?;
-        let mut control = DealerSocket::new();
-        connect_until(
-            &mut control,
-            &endpoint.url(endpoint.ports.control),
-            "control",
-            deadline,
-        )
-        .await?;
-        let mut heartbeat = ReqSocket::new();
-        connect_until(
-            &mut heartbeat,
-            &endpoint.url(endpoint.ports.hb),
-            "hb",
-            deadline,
-        )
-        .await?;
-
-        let shared = Arc::new(Shared {
-            routes: DashMap::new(),
-            closed: AtomicBool::new(false),
-            closed_signal: CancellationToken::new(),
-        });
-        let (shell_send, shell_recv) = shell.split();
+        let shared = Arc::new(Shared::new(counters));
         let readers = vec![
-            tokio::spawn(read_shell(shell_recv, codec.clone(), shared.clone())),
-            tokio::spawn(read_iopub(iopub, codec.clone(), shared.clone())),
-            tokio::spawn(watch_disconnect(shell_events, shared.clone())),
+            tokio::spawn(read_channel(
+                shell,
+                Channel::Shell,
+                codec.clone(),
+                shared.clone(),
+                None,
+            )),
+            // The iopub writer lives with its reader: closing it would end the stream.
+            tokio::spawn(read_channel(
+                iopub,
+                Channel::IoPub,
+                codec.clone(),
+                shared.clone(),
+                Some(iopub_writer),
+            )),
         ];
         let client = Self {
             codec,
-            shell: Mutex::new(shell_send),
+            shell: Mutex::new(shell_writer),
             control: Mutex::new(control),
-            heartbeat: Mutex::new(heartbeat),
-            heartbeat_url: endpoint.url(endpoint.ports.hb),
             shared,
             readers,
         };
@@ -130,9 +139,6 @@ impl KernelClient {
     }
 
     async fn wait_ready(&self, deadline: Instant, started: Instant) -> Result<(), KernelError> {
-        let not_ready = || KernelError::NotReady {
-            waited_ms: started.elapsed().as_millis() as u64,
-        };
         while Instant::now() < deadline {
             let mut route = self.send_shell("kernel_info_request", &json!({})).await?;
             let probe_until = (Instant::now() + READY_PROBE_INTERVAL).min(deadline);
@@ -147,7 +153,7 @@ impl KernelClient {
                         channel: Channel::IoPub,
                         ..
                     })) => heard_iopub = true,
-                    Ok(None) => return Err(KernelError::Closed),
+                    Ok(None) => return Err(self.closed_error()),
                     Err(_) => break,
                 }
             }
@@ -155,10 +161,13 @@ impl KernelClient {
                 return Ok(());
             }
         }
-        Err(not_ready())
+        Err(KernelError::NotReady {
+            waited_ms: started.elapsed().as_millis() as u64,
+        })
     }
 
-    /// True once the connection to the kernel is gone (kernel died or restarted).
+    /// True once the connection to the kernel is gone (kernel died or restarted, or broke the
+    /// protocol).
     pub fn is_closed(&self) -> bool {
         self.shared.closed.load(Ordering::SeqCst)
     }
@@ -166,6 +175,22 @@ impl KernelClient {
     /// Resolves once the connection to the kernel is gone.
     pub async fn closed(&self) {
         self.shared.closed_signal.cancelled().await
+    }
+
+    /// Why the connection closed; `None` while it is open.
+    pub fn close_reason(&self) -> Option<CloseReason> {
+        self.shared.reason()
+    }
+
+    /// The error for a request that found the connection closed: a violation says so.
+    fn closed_error(&self) -> KernelError {
+        match self.close_reason() {
+            Some(CloseReason::Violation { channel, error }) => KernelError::Violation {
+                channel,
+                source: error,
+            },
+            _ => KernelError::Closed,
+        }
     }
 
     /// Sends `execute_request` and returns its event stream.
@@ -195,7 +220,7 @@ impl KernelClient {
                     return Ok(routed.message.content);
                 }
             }
-            Err(KernelError::Closed)
+            Err(self.closed_error())
         };
         timeout(within, wait)
             .await
@@ -219,30 +244,9 @@ impl KernelClient {
             .map(drop)
     }
 
-    /// One heartbeat round trip: true when the kernel echoed within `within`. The kernel answers
-    /// heartbeats on their own thread, so a busy kernel still answers.
-    pub async fn heartbeat(&self, within: Duration) -> bool {
-        let mut socket = self.heartbeat.lock().await;
-        let ping = async {
-            socket
-                .send(ZmqMessage::from(Bytes::from_static(b"ping")))
-                .await?;
-            socket.recv().await
-        };
-        if matches!(timeout(within, ping).await, Ok(Ok(_))) {
-            return true;
-        }
-        // A REQ socket whose reply never came cannot send again: start a fresh one.
-        let mut fresh = ReqSocket::new();
-        if let Ok(Ok(())) = timeout(within, fresh.connect(&self.heartbeat_url)).await {
-            *socket = fresh;
-        }
-        false
-    }
-
     async fn send_shell(&self, msg_type: &str, content: &Value) -> Result<Route, KernelError> {
         if self.is_closed() {
-            return Err(KernelError::Closed);
+            return Err(self.closed_error());
         }
         let (message, msg_id) = self.codec.request(msg_type, content);
         let (tx, rx) = mpsc::channel(ROUTE_CAPACITY);
@@ -252,12 +256,16 @@ impl KernelClient {
             msg_id,
             shared: self.shared.clone(),
         };
-        let sent = self.shell.lock().await.send(message).await;
-        sent.map_err(|source| KernelError::Channel {
-            channel: "shell",
-            source,
-        })?;
+        let sent = self.shell.lock().await.send(&message).await;
+        sent.map_err(|error| self.fail("shell", error))?;
         Ok(route)
+    }
+
+    /// A channel failure: the connection is closed with the reason it gives.
+    fn fail(&self, channel: &'static str, error: zmtp::ZmtpError) -> KernelError {
+        let error = KernelError::from_channel(channel, error);
+        self.shared.close_with(&error);
+        error
     }
 
     async fn control_request(
@@ -269,26 +277,28 @@ impl KernelClient {
         let waited_ms = within.as_millis() as u64;
         let (message, msg_id) = self.codec.request(msg_type, &content);
         let mut control = self.control.lock().await;
+        let (reader, writer) = &mut *control;
         let exchange = async {
-            control
-                .send(message)
+            writer
+                .send(&message)
                 .await
-                .map_err(|source| KernelError::Channel {
-                    channel: "control",
-                    source,
-                })?;
+                .map_err(|error| self.fail("control", error))?;
             loop {
-                let raw = control
-                    .recv()
-                    .await
-                    .map_err(|source| KernelError::Channel {
-                        channel: "control",
-                        source,
-                    })?;
-                let reply = self.codec.decode(raw)?;
-                // Replies to earlier requests that timed out are skipped.
-                if reply.parent_msg_id() == Some(msg_id.as_str()) {
-                    return Ok(reply.content);
+                let frames = match reader.recv().await {
+                    Ok(Some(frames)) => frames,
+                    Ok(None) => {
+                        self.shared.close(CloseReason::Ended);
+                        return Err(KernelError::Closed);
+                    }
+                    Err(error) => return Err(self.fail("control", error)),
+                };
+                match self.codec.decode(frames) {
+                    // Replies to earlier requests that timed out are skipped.
+                    Ok(reply) if reply.parent_msg_id() == Some(msg_id.as_str()) => {
+                        return Ok(reply.content);
+                    }
+                    Ok(_) => {}
+                    Err(error) => count_rejected(&self.shared, "control", &error),
                 }
             }
         };
@@ -301,85 +311,100 @@ impl KernelClient {
     }
 }
 
-/// Connects `socket`, retrying while the kernel is not yet listening, until `deadline`.
-async fn connect_until<S: Socket>(
-    socket: &mut S,
-    url: &str,
-    channel: &'static str,
+/// Dials `channel` and performs the ZMTP handshake, dialing again while the kernel is not
+/// listening yet (the stream ends at once then), until `deadline`. A peer that breaks the
+/// protocol is not dialed again.
+async fn open(
+    dialer: &dyn Dialer,
+    channel: KernelChannel,
+    socket_type: SocketType,
+    limits: Limits,
     deadline: Instant,
-) -> Result<(), KernelError> {
+) -> Result<(Reader, Writer), KernelError> {
+    let name = channel.name();
+    let waited = deadline.saturating_duration_since(Instant::now());
     loop {
         let remaining = deadline.saturating_duration_since(Instant::now());
-        let error = match timeout(remaining, socket.connect(url)).await {
-            Ok(Ok(())) => return Ok(()),
-            Ok(Err(source)) => source,
-            Err(_) => zeromq::ZmqError::Other("connect timed out"),
-        };
-        if Instant::now() + CONNECT_RETRY_PAUSE >= deadline {
-            return Err(KernelError::Connect {
-                channel,
-                source: error,
-            });
-        }
-        // The kernel's port is published before the kernel listens on it; the published port
-        // accepts and then resets. Back off briefly and try again.
-        tracing::trace!(channel, %error, "kernel not listening yet");
-        tokio::time::sleep(CONNECT_RETRY_PAUSE).await;
-    }
-}
-
-async fn route(shared: &Shared, channel: Channel, message: Message) {
-    let Some(parent) = message.parent_msg_id() else {
-        return;
-    };
-    let Some(sender) = shared.routes.get(parent).map(|entry| entry.value().clone()) else {
-        return;
-    };
-    // A consumer that went away has already removed its route; nothing to do if it fails.
-    let _ = sender.send(Routed { channel, message }).await;
-}
-
-async fn read_shell(mut socket: zeromq::DealerRecvHalf, codec: Codec, shared: Arc<Shared>) {
-    loop {
-        match socket.recv().await {
-            Ok(raw) => match codec.decode(raw) {
-                Ok(message) => route(&shared, Channel::Shell, message).await,
-                Err(error) => tracing::warn!(%error, "dropping shell message"),
-            },
-            Err(error) => {
-                tracing::debug!(%error, "shell channel closed");
-                break;
+        let attempt = timeout(remaining, async {
+            let stream = dialer
+                .dial(channel)
+                .await
+                .map_err(|source| KernelError::Dial {
+                    channel: name,
+                    source,
+                })?;
+            zmtp::handshake(stream.reader, stream.writer, socket_type, limits)
+                .await
+                .map_err(|error| KernelError::from_channel(name, error))
+        })
+        .await;
+        match attempt {
+            Ok(Ok(halves)) => return Ok(halves),
+            Ok(Err(error @ (KernelError::Violation { .. } | KernelError::Dial { .. }))) => {
+                return Err(error);
+            }
+            Ok(Err(error)) if Instant::now() < deadline => {
+                // The stream ended before the kernel answered: it is still starting.
+                tracing::trace!(channel = name, %error, "kernel not listening yet");
+            }
+            Ok(Err(error)) => return Err(error),
+            Err(_) => {
+                return Err(KernelError::NotReady {
+                    waited_ms: waited.as_millis() as u64,
+                });
             }
         }
     }
-    shared.close();
 }
 
-async fn read_iopub(mut socket: SubSocket, codec: Codec, shared: Arc<Shared>) {
-    loop {
-        match socket.recv().await {
-            Ok(raw) => match codec.decode(raw) {
-                Ok(message) => route(&shared, Channel::IoPub, message).await,
-                Err(error) => tracing::warn!(%error, "dropping iopub message"),
-            },
-            Err(error) => {
-                tracing::debug!(%error, "iopub channel closed");
-                break;
-            }
-        }
-    }
-    shared.close();
-}
-
-async fn watch_disconnect(
-    mut events: futures::channel::mpsc::Receiver<SocketEvent>,
+/// Reads one channel until it ends, routing every message that passes its signature. `keep` is
+/// the channel's writer where nothing is sent on it (iopub), held so the stream stays open.
+async fn read_channel(
+    mut reader: Reader,
+    channel: Channel,
+    codec: Codec,
     shared: Arc<Shared>,
+    keep: Option<Writer>,
 ) {
-    while let Some(event) = events.next().await {
-        if matches!(event, SocketEvent::Disconnected(_)) {
-            tracing::debug!("kernel shell connection dropped");
-            shared.close();
-            return;
+    let name = match channel {
+        Channel::Shell => "shell",
+        Channel::IoPub => "iopub",
+    };
+    loop {
+        match reader.recv().await {
+            Ok(Some(frames)) => match codec.decode(frames) {
+                Ok(message) => shared.route(channel, message).await,
+                Err(error) => count_rejected(&shared, name, &error),
+            },
+            Ok(None) => {
+                tracing::debug!(channel = name, "kernel channel ended");
+                shared.close(CloseReason::Ended);
+                break;
+            }
+            Err(error) => {
+                let error = KernelError::from_channel(name, error);
+                if matches!(error, KernelError::Violation { .. }) {
+                    tracing::warn!(%error, "closing the kernel connection");
+                } else {
+                    tracing::debug!(%error, "kernel channel failed");
+                }
+                shared.close_with(&error);
+                break;
+            }
         }
+    }
+    drop(keep);
+}
+
+/// Counts a message that was dropped because its signature failed or it did not parse.
+fn count_rejected(shared: &Shared, channel: &'static str, error: &WireError) {
+    let counter = match error {
+        WireError::BadSignature => &shared.counters.bad_signature,
+        _ => &shared.counters.malformed,
+    };
+    let seen = counter.fetch_add(1, Ordering::Relaxed);
+    // A kernel can send these in a loop: the log shows the first few, the metrics all.
+    if seen < 3 {
+        tracing::warn!(channel, %error, "dropping a kernel message");
     }
 }

@@ -1,13 +1,21 @@
 //! Errors talking to a kernel.
 
+use std::sync::Arc;
+
+use super::wire::WireError;
+use super::zmtp::ZmtpError;
+
+/// The runtime's error when opening a channel, kept for the log.
+pub type DialError = Box<dyn std::error::Error + Send + Sync>;
+
 /// Errors talking to a kernel.
 #[derive(Debug, thiserror::Error)]
 pub enum KernelError {
-    #[error("could not connect to the kernel's {channel} channel")]
-    Connect {
+    #[error("could not open the kernel's {channel} channel")]
+    Dial {
         channel: &'static str,
         #[source]
-        source: zeromq::ZmqError,
+        source: DialError,
     },
     #[error("kernel did not become ready within {waited_ms} ms")]
     NotReady { waited_ms: u64 },
@@ -15,7 +23,15 @@ pub enum KernelError {
     Channel {
         channel: &'static str,
         #[source]
-        source: zeromq::ZmqError,
+        source: ZmtpError,
+    },
+    /// What came out of the sandbox broke the protocol or its bounds (a frame past the limit, a
+    /// bad handshake): the connection was closed, and the kernel must be restarted.
+    #[error("the kernel broke the protocol on its {channel} channel: {source}")]
+    Violation {
+        channel: &'static str,
+        #[source]
+        source: Arc<ZmtpError>,
     },
     #[error("kernel connection is closed")]
     Closed,
@@ -25,5 +41,31 @@ pub enum KernelError {
         waited_ms: u64,
     },
     #[error("malformed kernel message")]
-    Wire(#[from] super::wire::WireError),
+    Wire(#[from] WireError),
+}
+
+impl KernelError {
+    /// A channel error as a violation when it is the peer's fault (a broken bound), else as it
+    /// is.
+    pub(crate) fn from_channel(channel: &'static str, error: ZmtpError) -> Self {
+        if is_violation(&error) {
+            KernelError::Violation {
+                channel,
+                source: Arc::new(error),
+            }
+        } else {
+            KernelError::Channel {
+                channel,
+                source: error,
+            }
+        }
+    }
+}
+
+/// Whether a ZMTP failure is the peer breaking the protocol, rather than the stream ending.
+pub(crate) fn is_violation(error: &ZmtpError) -> bool {
+    !matches!(
+        error,
+        ZmtpError::Io(_) | ZmtpError::UnexpectedEof { .. } | ZmtpError::Broken
+    )
 }

@@ -6,7 +6,6 @@ use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::Sha256;
-use zeromq::ZmqMessage;
 
 const DELIMITER: &[u8] = b"<IDS|MSG>";
 const PROTOCOL_VERSION: &str = "5.3";
@@ -80,7 +79,7 @@ impl Codec {
     }
 
     /// Builds and signs a request. Returns the message and its `msg_id`.
-    pub fn request(&self, msg_type: &str, content: &Value) -> (ZmqMessage, String) {
+    pub fn request(&self, msg_type: &str, content: &Value) -> (Vec<Bytes>, String) {
         let msg_id = uuid::Uuid::new_v4().to_string();
         let header = Header {
             msg_id: msg_id.clone(),
@@ -97,17 +96,15 @@ impl Codec {
             to_bytes(content),
         ];
         let signature = hex::encode(self.sign(&frames));
-        let mut message = ZmqMessage::from(Bytes::from_static(DELIMITER));
-        message.push_back(Bytes::from(signature));
-        for frame in frames {
-            message.push_back(frame);
-        }
+        let mut message = Vec::with_capacity(6);
+        message.push(Bytes::from_static(DELIMITER));
+        message.push(Bytes::from(signature));
+        message.extend(frames);
         (message, msg_id)
     }
 
     /// Verifies and decodes a message received from the kernel.
-    pub fn decode(&self, message: ZmqMessage) -> Result<Message, WireError> {
-        let frames = message.into_vec();
+    pub fn decode(&self, frames: Vec<Bytes>) -> Result<Message, WireError> {
         let start = frames
             .iter()
             .position(|frame| frame.as_ref() == DELIMITER)
@@ -158,7 +155,7 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn reply_to(codec: &Codec, request: &ZmqMessage, msg_type: &str, content: Value) -> ZmqMessage {
+    fn reply_to(codec: &Codec, request: &[Bytes], msg_type: &str, content: Value) -> Vec<Bytes> {
         let parent: Value = serde_json::from_slice(&request.get(2).cloned().unwrap_or_default())
             .unwrap_or(Value::Null);
         let header = json!({"msg_id": "r1", "session": "k", "msg_type": msg_type});
@@ -168,12 +165,12 @@ mod tests {
             to_bytes(&json!({})),
             to_bytes(&content),
         ];
-        let mut message = ZmqMessage::from(Bytes::from_static(b"identity"));
-        message.push_back(Bytes::from_static(DELIMITER));
-        message.push_back(Bytes::from(hex::encode(codec.sign(&frames))));
-        for frame in frames {
-            message.push_back(frame);
-        }
+        let mut message = vec![
+            Bytes::from_static(b"identity"),
+            Bytes::from_static(DELIMITER),
+            Bytes::from(hex::encode(codec.sign(&frames))),
+        ];
+        message.extend(frames);
         message
     }
 
@@ -202,10 +199,9 @@ mod tests {
         let codec = Codec::new("secret");
         let (request, _) = codec.request("execute_request", &json!({}));
         let reply = reply_to(&codec, &request, "execute_reply", json!({"status": "ok"}));
-        let mut frames = reply.into_vec();
-        let last = frames.len() - 1;
-        frames[last] = Bytes::from_static(b"{\"status\":\"error\"}");
-        let tampered = ZmqMessage::try_from(frames).expect("frames");
+        let mut tampered = reply;
+        let last = tampered.len() - 1;
+        tampered[last] = Bytes::from_static(b"{\"status\":\"error\"}");
         assert!(matches!(
             codec.decode(tampered),
             Err(WireError::BadSignature)
@@ -215,7 +211,7 @@ mod tests {
     #[test]
     fn missing_delimiter_is_rejected() {
         let codec = Codec::new("secret");
-        let message = ZmqMessage::from(Bytes::from_static(b"junk"));
+        let message = vec![Bytes::from_static(b"junk")];
         assert!(matches!(codec.decode(message), Err(WireError::NoDelimiter)));
     }
 }
