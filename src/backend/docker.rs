@@ -1,6 +1,8 @@
 //! The Docker backend (bollard). Kernel ports are published on 127.0.0.1 only, with host ports
 //! Docker picks at random; the kernel itself runs as the image's non-root user.
 
+pub mod firewall;
+
 use std::collections::HashMap;
 use std::io;
 
