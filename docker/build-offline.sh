@@ -39,7 +39,7 @@ deb $security_mirror bookworm-security main
 SOURCES
 cp /etc/resolv.conf "$rootfs/etc/resolv.conf" 2>/dev/null || true
 
-step 3 "installing python3, ipykernel, numpy, pandas, matplotlib, pillow, pip, iptables, tini"
+step 3 "installing python3, ipykernel, numpy, pandas, matplotlib, pillow, pip, nftables, dnsmasq, tini"
 install -m 0755 "$here/provision.sh" "$rootfs/tmp/provision.sh"
 mount -t proc proc "$rootfs/proc"
 chroot "$rootfs" /bin/sh /tmp/provision.sh >&2

@@ -11,7 +11,7 @@ apt-get install -y -q --no-install-recommends \
     python3 python3-ipykernel python3-jupyter-client \
     python3-numpy python3-pandas python3-matplotlib python3-pil python3-pip \
     python3-munkres python3-unicodedata2 \
-    socat iptables ipset tini procps ca-certificates
+    nftables dnsmasq-base socat tini procps ca-certificates
 if dpkg -l gcc python3-scipy 2>/dev/null | grep -q '^ii'; then
     echo "provision: a compiler or scipy slipped into the image" >&2
     exit 1
@@ -28,6 +28,249 @@ install -d -o 1000 -g 1000 -m 0755 /workspace
 # The kernel's ZeroMQ sockets: unix sockets only the sandbox's own processes (and the server,
 # through `docker exec`) can reach. No kernel port exists on any network.
 install -d -o 1000 -g 1000 -m 0700 /run/kernelbox
+
+# The network sidecar (a second container from this image, sharing its network namespace with
+# the sandbox) runs dnsmasq as this uid; the firewall lets only this uid reach the upstream DNS.
+groupadd --system --gid 990 kbxdns
+useradd --system --uid 990 --gid 990 --no-create-home --home-dir /nonexistent \
+    --shell /usr/sbin/nologin kbxdns
+install -m 0755 /dev/null /usr/local/sbin/kernelbox-netd
+cat > /usr/local/sbin/kernelbox-netd <<'NETD'
+#!/bin/sh
+# kernelbox-netd: the network sidecar of a kernelbox sandbox. The sidecar container owns the
+# network namespace the sandbox joins; this script is its main process and its control command.
+#
+#   kernelbox-netd [run]  main process (root, under tini): closes the namespace at once with a
+#                         deny-everything ruleset, points /etc/resolv.conf at 127.0.0.1, restores
+#                         the last applied policy when the container restarts, and keeps dnsmasq
+#                         running with the current config.
+#   kernelbox-netd apply  run by the server as `docker exec -i -u 0 <sidecar> kernelbox-netd apply`:
+#                         reads a policy from stdin, applies it, and exits 0 only once it is in
+#                         force (ruleset committed, dnsmasq answering with the new config).
+#
+# apply's stdin: a header line, three length-prefixed parts (decimal byte counts; each body
+# follows its header line directly, with nothing after it) and a trailer line:
+#   kernelbox-netd-apply 1\n
+#   nft <len>\n<body>       one nft transaction that replaces table inet kernelbox
+#   dnsmasq <len>\n<body>   dnsmasq's complete config
+#   state <len>\n<body>     opaque (JSON), stored as /var/lib/kernelbox/state.json
+#   end\n
+set -eu
+umask 022
+export LC_ALL=C
+
+# Runtime state lives on a tmpfs Docker mounts anew at every start: a restarted sidecar never
+# sees a stale pid, hold or ready marker. What must survive a restart lives in lib_dir.
+run_dir=/dev/shm/kernelbox-netd
+lib_dir=/var/lib/kernelbox
+conf=$run_dir/dnsmasq.conf
+dns_user=kbxdns
+max_part=4194304
+
+log() { echo "kernelbox-netd: $*" >&2; }
+die() { log "$*"; exit 1; }
+
+# The namespace's first ruleset and config, before the server applies a policy: what kernelbox
+# renders for a policy of one Deny layer, without upstream servers or inbound ports (a unit test
+# in src/backend/docker/firewall.rs keeps the two equal). Loopback only, never Docker's embedded
+# DNS; no name resolves.
+deny_ruleset() {
+    uid=$(id -u "$dns_user")
+    cat <<EOF
+# kernelbox egress policy (generated): one transaction replacing the table.
+table inet kernelbox
+delete table inet kernelbox
+table inet kernelbox {
+    set upstream_v4 { type ipv4_addr; }
+    set upstream_v6 { type ipv6_addr; }
+    set learned4 { type ipv4_addr; size 65536; flags dynamic,timeout; timeout 3600s; }
+    set learned6 { type ipv6_addr; size 65536; flags dynamic,timeout; timeout 3600s; }
+    chain refuse {
+        meta l4proto tcp reject with tcp reset
+        reject with icmpx port-unreachable
+    }
+    chain layer0 {
+        goto refuse
+    }
+    chain input {
+        type filter hook input priority filter; policy drop;
+        iif "lo" accept
+        ct state established,related accept
+        icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert } ip6 hoplimit 255 accept
+    }
+    chain forward {
+        type filter hook forward priority filter; policy drop;
+    }
+    chain output {
+        type filter hook output priority mangle; policy drop;
+        ct state established,related accept
+        meta skuid $uid ip daddr @upstream_v4 meta l4proto { tcp, udp } th dport 53 accept
+        meta skuid $uid ip6 daddr @upstream_v6 meta l4proto { tcp, udp } th dport 53 accept
+        meta skuid $uid goto refuse
+        meta l4proto { tcp, udp } th dport { 53, 853 } ip daddr 127.0.0.1 accept
+        meta l4proto { tcp, udp } th dport { 53, 853 } goto refuse
+        ip daddr 127.0.0.11 goto refuse
+        oif "lo" accept
+        icmpv6 type { nd-router-solicit, nd-neighbor-solicit, nd-neighbor-advert } ip6 hoplimit 255 accept
+        icmpv6 type { mld-listener-report, mld-listener-done, mld2-listener-report } ip6 daddr ff02::/16 accept
+        ip daddr @learned4 update @learned4 { ip daddr }
+        ip6 daddr @learned6 update @learned6 { ip6 daddr }
+        jump layer0
+        accept
+    }
+}
+EOF
+}
+
+deny_dnsmasq() {
+    cat <<EOF
+# kernelbox dnsmasq config (generated)
+port=53
+listen-address=127.0.0.1
+bind-interfaces
+no-resolv
+no-hosts
+user=$dns_user
+group=$dns_user
+pid-file=
+log-facility=-
+cache-size=0
+address=/#/
+EOF
+}
+
+# Asks 127.0.0.1:53 for version.bind (CHAOS TXT), which dnsmasq answers itself, never upstream.
+dns_ready() {
+    python3 -I -S - "$1" <<'PY'
+import os, socket, sys, time
+query = os.urandom(2) + b"\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x07version\x04bind\x00\x00\x10\x00\x03"
+deadline = time.monotonic() + float(sys.argv[1])
+while time.monotonic() < deadline:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(0.05)
+        try:
+            sock.sendto(query, ("127.0.0.1", 53))
+            if sock.recv(512)[:2] == query[:2]:
+                sys.exit(0)
+        except OSError:
+            time.sleep(0.005)
+sys.exit(1)
+PY
+}
+
+# dnsmasq runs as its own uid: root without CAP_KILL signals it as that uid.
+stop_dnsmasq() {
+    pid=$(cat "$run_dir/dnsmasq.pid" 2>/dev/null || true)
+    [ -n "$pid" ] || return 0
+    setpriv --reuid="$dns_user" --regid="$dns_user" --clear-groups kill -TERM "$pid" 2>/dev/null || true
+    tries=0
+    while [ -e "/proc/$pid" ] && [ "$(cut -d' ' -f3 "/proc/$pid/stat" 2>/dev/null)" != Z ]; do
+        tries=$((tries + 1))
+        [ "$tries" -le 500 ] || die "dnsmasq (pid $pid) did not stop"
+        sleep 0.01
+    done
+}
+
+run() {
+    mkdir -p "$run_dir" "$lib_dir"
+    chmod 0755 "$run_dir"
+    # An apply waits for the ready marker, and the lock keeps it out until then: the
+    # deny-everything ruleset never lands over an applied policy.
+    exec 9> "$run_dir/apply.lock"
+    flock 9
+    deny_ruleset | nft -f - || die "could not install the deny-everything ruleset"
+    # A bind mount from the daemon: rewrite it in place.
+    printf 'nameserver 127.0.0.1\n' > /etc/resolv.conf
+    deny_dnsmasq > "$conf"
+    if [ -s "$lib_dir/ruleset.nft" ] && [ -s "$lib_dir/dnsmasq.conf" ]; then
+        if nft -f "$lib_dir/ruleset.nft"; then
+            cp "$lib_dir/dnsmasq.conf" "$conf"
+            log "restored the last applied policy"
+        else
+            rm -f "$lib_dir/ruleset.nft" "$lib_dir/dnsmasq.conf" "$lib_dir/state.json"
+            deny_ruleset | nft -f -
+            log "could not restore the last applied policy; everything stays denied"
+        fi
+    fi
+    touch "$run_dir/ready"
+    exec 9>&-
+    trap 'exit 0' TERM INT
+    while :; do
+        while [ -e "$run_dir/hold" ]; do sleep 0.01; done
+        dnsmasq --keep-in-foreground --conf-file="$conf" &
+        echo $! > "$run_dir/dnsmasq.pid"
+        wait $! || true
+        rm -f "$run_dir/dnsmasq.pid"
+        [ -e "$run_dir/hold" ] || sleep 0.2
+    done
+}
+
+read_part() {
+    IFS=' ' read -r name length || die "input ended before the $1 part"
+    [ "$name" = "$1" ] || die "expected the $1 part, got '$name'"
+    case $length in '' | *[!0-9]*) die "bad length for $1: '$length'" ;; esac
+    if [ "${#length}" -gt 8 ] || [ "$length" -gt "$max_part" ]; then
+        die "$1 is larger than $max_part bytes"
+    fi
+    head -c "$length" > "$stage/$1"
+    [ "$(wc -c < "$stage/$1")" -eq "$length" ] || die "input ended inside the $1 part"
+}
+
+apply() {
+    # Docker's default for a container is 0, which would let the sandbox bind port 53 (and
+    # answer its own DNS, or keep dnsmasq from starting); the sidecar must be created with
+    # --sysctl net.ipv4.ip_unprivileged_port_start=1024.
+    [ "$(cat /proc/sys/net/ipv4/ip_unprivileged_port_start)" -ge 1024 ] ||
+        die "net.ipv4.ip_unprivileged_port_start is below 1024 in this network namespace"
+    tries=0
+    until [ -e "$run_dir/ready" ]; do
+        tries=$((tries + 1))
+        [ "$tries" -le 1000 ] || die "the sidecar's main process is not up"
+        sleep 0.01
+    done
+    exec 9> "$run_dir/apply.lock"
+    flock 9
+    stage=$(mktemp -d "$run_dir/stage.XXXXXX")
+    trap 'rm -rf "$stage"; rm -f "$run_dir/hold"' EXIT
+    IFS= read -r header || die "no input"
+    [ "$header" = "kernelbox-netd-apply 1" ] || die "unknown input format: '$header'"
+    read_part nft
+    read_part dnsmasq
+    read_part state
+    IFS= read -r trailer || true
+    [ "$trailer" = end ] || die "missing end line"
+
+    dnsmasq --test --conf-file="$stage/dnsmasq" 2>"$stage/test.err" || {
+        cat "$stage/test.err" >&2
+        die "dnsmasq refused the config"
+    }
+    # Stop the resolver before the new rules go in, so it cannot learn an address for a name the
+    # new policy refuses; then the new rules (one transaction: all or nothing), then the new config.
+    touch "$run_dir/hold"
+    stop_dnsmasq
+    if ! nft -f "$stage/nft"; then
+        rm -f "$run_dir/hold"
+        dns_ready 5 || true
+        die "nft failed to apply the ruleset; the previous policy stays in force"
+    fi
+    cp "$stage/nft" "$lib_dir/ruleset.nft.new"
+    cp "$stage/dnsmasq" "$lib_dir/dnsmasq.conf.new"
+    cp "$stage/state" "$lib_dir/state.json.new"
+    cp "$stage/dnsmasq" "$conf.new"
+    mv "$conf.new" "$conf"
+    mv "$lib_dir/ruleset.nft.new" "$lib_dir/ruleset.nft"
+    mv "$lib_dir/dnsmasq.conf.new" "$lib_dir/dnsmasq.conf"
+    mv "$lib_dir/state.json.new" "$lib_dir/state.json"
+    rm -f "$run_dir/hold"
+    dns_ready 5 || die "dnsmasq did not come back with the new config"
+}
+
+case ${1:-run} in
+run) run ;;
+apply) apply ;;
+*) die "usage: kernelbox-netd [run|apply]" ;;
+esac
+NETD
 
 # `pip install` as the sandbox user goes to ~/.local without the PEP 668 refusal.
 cat > /etc/pip.conf <<'PIP'

@@ -4,6 +4,7 @@
 //! | module      | what it holds                                                          |
 //! |-------------|------------------------------------------------------------------------|
 //! | [`config`]  | settings, every one a CLI flag and a `KERNELBOX_*` variable            |
+//! | [`egress`]  | egress policies: what a sandbox may reach, and narrowing them          |
 //! | [`kernel`]  | the protocol client for kernels: Jupyter messaging                     |
 //! | [`guest`]   | the protocol client for guest servers: JSON-RPC over a process's stdio |
 //! | [`backend`] | where sandboxes run: the [`backend::Backend`] trait, and Docker        |
@@ -16,6 +17,7 @@
 
 pub mod backend;
 pub mod config;
+pub mod egress;
 pub mod engine;
 pub mod guest;
 pub mod http;

@@ -10,6 +10,8 @@
 
 pub mod image;
 
+pub mod firewall;
+
 use std::collections::HashMap;
 use std::io;
 use std::time::Duration;
