@@ -22,7 +22,7 @@ async fn main() -> anyhow::Result<()> {
     let instance = format!("bench-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     let mut config = EngineConfig::defaults(&instance);
     config.output_limit_bytes = 16 * 1024 * 1024;
-    let backend = Arc::new(DockerBackend::connect().await?);
+    let backend = Arc::new(DockerBackend::connect(Default::default()).await?);
     let engine = Engine::new(backend.clone(), config);
     engine.check_image().await?;
     let result = run(&engine, backend.as_ref()).await;

@@ -42,7 +42,7 @@ async fn main() -> anyhow::Result<()> {
         "bench-mcp-{}",
         &uuid::Uuid::new_v4().simple().to_string()[..8]
     );
-    let backend = Arc::new(DockerBackend::connect().await?);
+    let backend = Arc::new(DockerBackend::connect(Default::default()).await?);
     let engine = Engine::new(backend.clone(), EngineConfig::defaults(&instance));
     engine.check_image().await?;
     let outcome = run(&engine, backend.as_ref(), &instance).await;

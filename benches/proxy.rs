@@ -96,7 +96,7 @@ async fn main() -> anyhow::Result<()> {
         &uuid::Uuid::new_v4().simple().to_string()[..8]
     );
     let engine = Engine::new(
-        Arc::new(DockerBackend::connect().await?),
+        Arc::new(DockerBackend::connect(Default::default()).await?),
         EngineConfig::defaults(&instance),
     );
     engine.check_image().await?;

@@ -15,6 +15,7 @@ use bytes::Bytes;
 use futures::Stream;
 use tokio::io::AsyncWrite;
 
+use crate::egress::EgressPolicy;
 use crate::kernel::{ChannelStream, ConnectionInfo, KernelChannel};
 
 /// A stream of bytes (a tar archive) moving in or out of a sandbox.
@@ -40,6 +41,10 @@ pub struct ContainerSpec {
     pub env: Vec<String>,
     pub limits: Limits,
     pub connection: ConnectionInfo,
+    /// What the sandbox's code may reach: in force before the sandbox's first process runs.
+    pub egress: EgressPolicy,
+    /// An opaque document kept with the policy, read back with [`Backend::egress_state`].
+    pub egress_state: Vec<u8>,
 }
 
 /// What the backend knows about a sandbox container.
@@ -186,6 +191,20 @@ pub trait Backend: Send + Sync + 'static {
     async fn restart(&self, container_id: &str) -> Result<(), BackendError>;
     /// How many processes the sandbox's memory limit has killed since it started.
     async fn oom_kills(&self, container_id: &str) -> Result<u64, BackendError>;
-    /// Removes the container, running or not. Removing a missing container succeeds.
+    /// Replaces the sandbox's egress policy; returns once the new one is in force. `state` is
+    /// kept with it.
+    async fn apply_egress(
+        &self,
+        container_id: &str,
+        policy: &EgressPolicy,
+        state: &[u8],
+    ) -> Result<(), BackendError>;
+    /// The document kept with the policy in force; `None` when none was ever applied.
+    async fn egress_state(&self, container_id: &str) -> Result<Option<Vec<u8>>, BackendError>;
+    /// Removes what a sandbox left behind after it went (its network plumbing), among the
+    /// containers carrying every one of `labels`. Returns how many were removed.
+    async fn collect_garbage(&self, labels: &[(&str, &str)]) -> Result<usize, BackendError>;
+    /// Removes the container and everything that belongs to it, running or not. Removing a
+    /// missing container succeeds.
     async fn destroy(&self, container_id: &str) -> Result<(), BackendError>;
 }

@@ -4,9 +4,11 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use ipnet::IpNet;
 
 use crate::backend::Limits;
+use crate::egress::{DomainName, EgressLayer, EgressPolicy, parse_cidr};
 
 /// Environment variable names, one per option.
 pub struct EnvVars;
@@ -54,6 +56,18 @@ impl EnvVars {
     pub const MAX_UPLOAD_BYTES: &'static str = "KERNELBOX_MAX_UPLOAD_BYTES";
     /// Largest message a kernel may send, in bytes; a larger one restarts the sandbox.
     pub const MAX_KERNEL_MESSAGE_BYTES: &'static str = "KERNELBOX_MAX_KERNEL_MESSAGE_BYTES";
+    /// The operator's egress policy: `public`, `deny` or `allowlist`.
+    pub const EGRESS: &'static str = "KERNELBOX_EGRESS";
+    /// Domains the `allowlist` egress policy allows, comma-separated.
+    pub const EGRESS_ALLOWED_DOMAINS: &'static str = "KERNELBOX_EGRESS_ALLOWED_DOMAINS";
+    /// Addresses and CIDRs the `allowlist` egress policy allows, comma-separated.
+    pub const EGRESS_ALLOWED_IPS: &'static str = "KERNELBOX_EGRESS_ALLOWED_IPS";
+    /// Addresses and CIDRs the `public` egress policy refuses besides the private ranges.
+    pub const EGRESS_DENIED_IPS: &'static str = "KERNELBOX_EGRESS_DENIED_IPS";
+    /// DNS servers the sandboxes' resolvers forward to, comma-separated.
+    pub const DNS: &'static str = "KERNELBOX_DNS";
+    /// The Docker network the sandboxes' network sidecars attach to.
+    pub const NETWORK: &'static str = "KERNELBOX_NETWORK";
     /// Name of this kernelbox instance; it only manages sandboxes carrying its name.
     pub const INSTANCE: &'static str = "KERNELBOX_INSTANCE";
     /// Set to `true` to destroy this instance's sandboxes on shutdown.
@@ -174,6 +188,29 @@ pub struct EngineArgs {
     /// its connection before anything is buffered, and its sandbox is restarted.
     #[arg(long, env = EnvVars::MAX_KERNEL_MESSAGE_BYTES, default_value_t = 16 * 1024 * 1024)]
     pub max_kernel_message_bytes: usize,
+    /// What sandboxes may reach unless a client sets their firewall: `public` (the internet, but
+    /// no private, loopback, link-local or metadata address), `deny` (nothing), or `allowlist`
+    /// (only `--egress-allowed-domains` and `--egress-allowed-ips`).
+    #[arg(long, env = EnvVars::EGRESS, value_enum, default_value_t = EgressMode::Public)]
+    pub egress: EgressMode,
+    /// Domains the `allowlist` policy allows (each with its subdomains), comma-separated.
+    #[arg(long, env = EnvVars::EGRESS_ALLOWED_DOMAINS, value_delimiter = ',')]
+    pub egress_allowed_domains: Vec<String>,
+    /// Addresses and CIDRs the `allowlist` policy allows, comma-separated.
+    #[arg(long, env = EnvVars::EGRESS_ALLOWED_IPS, value_delimiter = ',')]
+    pub egress_allowed_ips: Vec<String>,
+    /// Addresses and CIDRs `public` refuses besides the special-purpose ranges (the Docker
+    /// host's own public addresses, say), comma-separated.
+    #[arg(long, env = EnvVars::EGRESS_DENIED_IPS, value_delimiter = ',')]
+    pub egress_denied_ips: Vec<String>,
+    /// DNS servers the sandboxes' resolvers forward allowed names to (default: Docker's
+    /// embedded DNS, which uses the host's).
+    #[arg(long, env = EnvVars::DNS, value_delimiter = ',')]
+    pub dns: Vec<IpAddr>,
+    /// The Docker network the sandboxes' network sidecars attach to (created, with
+    /// inter-container traffic off, when missing).
+    #[arg(long, env = EnvVars::NETWORK, default_value = "kernelbox")]
+    pub network: String,
     /// Instance name (defaults to the mode: `serve` or `stdio`).
     #[arg(long, env = EnvVars::INSTANCE)]
     pub instance: Option<String>,
@@ -186,6 +223,58 @@ pub struct EngineArgs {
     /// Refuse to start when the image is missing, instead of building it.
     #[arg(long, env = EnvVars::NO_IMAGE_BUILD)]
     pub no_image_build: bool,
+}
+
+/// The operator's egress policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum EgressMode {
+    /// The internet, but no private, loopback, link-local or metadata address.
+    Public,
+    /// Nothing.
+    Deny,
+    /// Only `--egress-allowed-domains` and `--egress-allowed-ips`.
+    Allowlist,
+}
+
+fn egress_policy(
+    mode: EgressMode,
+    domains: &[String],
+    ips: &[String],
+) -> Result<EgressPolicy, ConfigError> {
+    if mode != EgressMode::Allowlist && !(domains.is_empty() && ips.is_empty()) {
+        return Err(ConfigError::Invalid {
+            option: "--egress-allowed-domains and --egress-allowed-ips",
+            requirement: "given only with --egress allowlist",
+        });
+    }
+    let layer = match mode {
+        EgressMode::Public => EgressLayer::Public,
+        EgressMode::Deny => EgressLayer::Deny,
+        EgressMode::Allowlist => EgressLayer::Allow {
+            domains: domains
+                .iter()
+                .map(|domain| {
+                    DomainName::new(domain.trim()).map_err(|_| ConfigError::Invalid {
+                        option: "--egress-allowed-domains",
+                        requirement: "host names",
+                    })
+                })
+                .collect::<Result<_, _>>()?,
+            cidrs: ips
+                .iter()
+                .map(|ip| {
+                    parse_cidr(ip.trim()).map_err(|_| ConfigError::Invalid {
+                        option: "--egress-allowed-ips",
+                        requirement: "IPv4 or IPv6 addresses or CIDRs",
+                    })
+                })
+                .collect::<Result<_, _>>()?,
+        },
+    };
+    EgressPolicy::new(vec![layer]).map_err(|_| ConfigError::Invalid {
+        option: "--egress-allowed-domains and --egress-allowed-ips",
+        requirement: "at most 256 entries each",
+    })
 }
 
 /// Invalid settings.
@@ -218,6 +307,14 @@ pub struct EngineConfig {
     pub max_upload_bytes: u64,
     /// Largest message a kernel may send, in bytes.
     pub max_kernel_message_bytes: usize,
+    /// The operator's egress policy.
+    pub egress: EgressPolicy,
+    /// What `public` refuses besides the special-purpose ranges.
+    pub egress_denied: Vec<IpNet>,
+    /// DNS servers the sandboxes' resolvers forward to; empty for the backend's default.
+    pub dns: Vec<IpAddr>,
+    /// The backend network sandboxes attach to.
+    pub network: String,
     /// How long a new kernel has to answer.
     pub kernel_ready_timeout: Duration,
 }
@@ -292,6 +389,23 @@ impl EngineArgs {
             rich_output_limit_bytes: self.rich_output_limit_bytes,
             max_upload_bytes: positive(self.max_upload_bytes, "--max-upload-bytes")?,
             max_kernel_message_bytes: self.max_kernel_message_bytes.max(64 * 1024),
+            egress: egress_policy(
+                self.egress,
+                &self.egress_allowed_domains,
+                &self.egress_allowed_ips,
+            )?,
+            egress_denied: self
+                .egress_denied_ips
+                .iter()
+                .map(|cidr| {
+                    parse_cidr(cidr).map_err(|_| ConfigError::Invalid {
+                        option: "--egress-denied-ips",
+                        requirement: "IPv4 or IPv6 addresses or CIDRs",
+                    })
+                })
+                .collect::<Result<_, _>>()?,
+            dns: self.dns,
+            network: self.network,
             kernel_ready_timeout: Duration::from_secs(60),
         })
     }

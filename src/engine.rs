@@ -11,6 +11,8 @@
 //! | [`collector`]      | an execution's output under its caps                                |
 //! | [`history`]        | recent executions, looked up by id after they ended                 |
 //! | [`files`]          | files and directory trees, confined to `/workspace`                 |
+//! | [`firewall`]       | a sandbox's egress policy: the operator's, a client's, a model's    |
+//! | [`network`]        | setting and reading a sandbox's firewall                            |
 //! | [`paths`]          | where user files live, and the lexical path policy                  |
 //! | [`commands`]       | shell commands and package installs                                 |
 //! | [`guest_servers`]  | guest servers (stdio MCP servers in a sandbox): registrations, tools |
@@ -29,6 +31,7 @@ pub mod error;
 pub mod execution;
 pub mod executor;
 pub mod files;
+pub mod firewall;
 pub mod guest_registry;
 pub mod guest_servers;
 pub mod guest_sessions;
@@ -36,6 +39,7 @@ pub mod history;
 pub mod labels;
 pub mod lifecycle;
 pub mod metrics;
+pub mod network;
 pub mod paths;
 pub mod sandbox;
 pub mod tenant;
@@ -46,6 +50,7 @@ pub use execution::{
     ExecEvent, ExecuteRequest, ExecutionOutcome, ExecutionResult, ExecutionStream, Output,
 };
 pub use files::{FileDownload, FileEntry, FileKind, UploadedFile};
+pub use firewall::{AllowList, EgressRequest, Firewall, FirewallSource};
 pub use guest_servers::{GuestServer, GuestServerParams};
 pub use guest_sessions::ProxySession;
 pub use history::ExecutionRecord;

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Parser;
 use kernelbox::backend::docker::DockerBackend;
+use kernelbox::backend::docker::network::NetworkOptions;
 use kernelbox::config::{Cli, Command, EngineArgs, ImageCommand};
 use kernelbox::engine::{Engine, EngineError};
 use kernelbox::http::auth::ApiKeys;
@@ -81,7 +82,8 @@ async fn main_exec(cli: Cli) -> anyhow::Result<()> {
 async fn start_engine(args: EngineArgs, mode: &str) -> anyhow::Result<Arc<Engine>> {
     let build_missing_image = !args.no_image_build;
     let config = args.into_config(mode)?;
-    let backend = DockerBackend::connect()
+    let network = NetworkOptions::for_engine(&config)?;
+    let backend = DockerBackend::connect(network)
         .await
         .context("cannot reach Docker (is the daemon running, and DOCKER_HOST right?)")?;
     let image = config.image.clone();

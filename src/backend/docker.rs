@@ -3,12 +3,16 @@
 //! channel is the Docker API itself (local socket or a remote `DOCKER_HOST` alike). The kernel
 //! and everything the server runs in a sandbox run as the image's non-root user.
 //!
-//! | part        | what it does                                               |
-//! |-------------|------------------------------------------------------------|
-//! | this file   | containers, execs, archives, the kernel's supervisor       |
-//! | [`image`]   | building the sandbox image (`kernelbox image build`)       |
+//!
+//! | part         | what it does                                                   |
+//! |--------------|----------------------------------------------------------------|
+//! | this file    | containers, execs, archives, the kernel's supervisor           |
+//! | [`network`]  | each sandbox's network sidecar and the bridge they sit on      |
+//! | [`firewall`] | egress policies as the sidecar's nftables rules and dnsmasq    |
+//! | [`image`]    | building the sandbox image (`kernelbox image build`)           |
 
 pub mod image;
+pub mod network;
 
 pub mod firewall;
 
@@ -23,18 +27,21 @@ use bollard::errors::Error as DockerError;
 use bollard::exec::{StartExecOptions, StartExecResults};
 use bollard::models::{ContainerCreateBody, ContainerInspectResponse, ExecConfig, HostConfig};
 use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, DownloadFromContainerOptionsBuilder,
+    CreateContainerOptionsBuilder, DownloadFromContainerOptionsBuilder, InspectNetworkOptions,
     ListContainersOptionsBuilder, RemoveContainerOptionsBuilder, RestartContainerOptionsBuilder,
     UploadToContainerOptionsBuilder,
 };
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
+use tokio::io::AsyncWriteExt;
 use tokio_util::io::StreamReader;
 
+use self::network::NetworkOptions;
 use super::{
     AttachedExec, Backend, BackendError, ByteStream, ContainerInfo, ContainerSpec, ExecChunk,
     ExecOutput, ExecSpec,
 };
+use crate::egress::EgressPolicy;
 use crate::kernel::{ChannelStream, KernelChannel};
 /// The environment variable that carries the kernel's connection file into the container.
 const CONNECTION_ENV: &str = "KERNELBOX_CONNECTION";
@@ -49,6 +56,9 @@ printf '%s' "$KERNELBOX_CONNECTION" > /tmp/kernel.json
 unset KERNELBOX_CONNECTION
 mkdir -p "$(python3 -c 'import site; print(site.getusersitepackages())')"
 while :; do python3 -m ipykernel_launcher -f /tmp/kernel.json; done"#;
+/// How long applying an egress policy in a sidecar may take (it waits for the sidecar to be up
+/// and for its resolver to answer with the new config).
+const EGRESS_APPLY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Seconds a restarting sandbox's processes get after SIGTERM before SIGKILL.
 const RESTART_GRACE_SECS: i32 = 1;
 /// The relay between an exec's stdio and a kernel socket: root-owned, so sandbox code cannot
@@ -76,19 +86,240 @@ const START_STDERR_BYTES: usize = 4096;
 #[derive(Clone)]
 pub struct DockerBackend {
     docker: Docker,
+    network: NetworkOptions,
 }
 
 impl DockerBackend {
-    /// Connects with the local defaults and negotiates the API version with the daemon.
-    pub async fn connect() -> Result<Self, BackendError> {
+    /// Connects with the local defaults, negotiates the API version with the daemon, and makes
+    /// sure the sandboxes' network exists.
+    pub async fn connect(network: NetworkOptions) -> Result<Self, BackendError> {
         let docker = Docker::connect_with_defaults().map_err(unavailable)?;
         let docker = docker.negotiate_version().await.map_err(unavailable)?;
-        Ok(Self { docker })
+        let backend = Self { docker, network };
+        backend.ensure_network().await?;
+        Ok(backend)
+    }
+
+    /// Creates the sandboxes' network when it is missing.
+    async fn ensure_network(&self) -> Result<(), BackendError> {
+        let name = &self.network.network;
+        match self
+            .docker
+            .inspect_network(name, None::<InspectNetworkOptions>)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(DockerError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => match self
+                .docker
+                .create_network(network::network_request(name))
+                .await
+            {
+                Ok(_) => {
+                    tracing::info!(network = %name, "created the sandboxes' network");
+                    Ok(())
+                }
+                // Created by another process at the same moment.
+                Err(DockerError::DockerResponseServerError {
+                    status_code: 409, ..
+                }) => Ok(()),
+                Err(error) => Err(classify("network create", "network", error)),
+            },
+            Err(error) => Err(classify("network inspect", "network", error)),
+        }
+    }
+
+    /// Creates a container; an image that is not there is [`BackendError::ImageMissing`].
+    async fn create_container(
+        &self,
+        name: &str,
+        body: ContainerCreateBody,
+    ) -> Result<String, BackendError> {
+        let image = body.image.clone().unwrap_or_default();
+        let options = CreateContainerOptionsBuilder::default().name(name).build();
+        self.docker
+            .create_container(Some(options), body)
+            .await
+            .map(|created| created.id)
+            .map_err(|error| match classify("container create", "image", error) {
+                BackendError::NotFound { .. } => BackendError::ImageMissing { image },
+                other => other,
+            })
+    }
+
+    async fn start_container(&self, id: &str) -> Result<(), BackendError> {
+        self.docker
+            .start_container(id, None)
+            .await
+            .map_err(|error| classify("container start", "container", error))
+    }
+
+    /// Removes one container; a missing one is fine.
+    async fn remove_container(&self, id: &str) -> Result<(), BackendError> {
+        let options = RemoveContainerOptionsBuilder::default()
+            .force(true)
+            .v(true)
+            .build();
+        match self.docker.remove_container(id, Some(options)).await {
+            Ok(()) => Ok(()),
+            Err(DockerError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(()),
+            Err(error) => Err(classify("container remove", "container", error)),
+        }
+    }
+
+    /// The id of a sandbox's network sidecar.
+    async fn sidecar_of(&self, container_id: &str) -> Result<String, BackendError> {
+        let inspect = self
+            .docker
+            .inspect_container(container_id, None)
+            .await
+            .map_err(|error| classify("container inspect", "container", error))?;
+        inspect
+            .config
+            .and_then(|config| config.labels)
+            .and_then(|mut labels| labels.remove(network::SIDECAR_LABEL))
+            .ok_or(BackendError::NotFound {
+                what: "network sidecar",
+            })
+    }
+
+    /// Applies `policy` in the sidecar: `kernelbox-netd apply` as root there (never in the
+    /// sandbox), the rendered rules and config on its stdin; done when it exits 0.
+    async fn apply_in_sidecar(
+        &self,
+        sidecar_id: &str,
+        policy: &EgressPolicy,
+        state: &[u8],
+    ) -> Result<(), BackendError> {
+        let rendered = firewall::render(policy, &self.network.firewall);
+        let input = Bytes::from(firewall::apply_input(&rendered, state));
+        let spec = ExecSpec {
+            argv: firewall::APPLY_ARGV.map(String::from).to_vec(),
+            workdir: "/".into(),
+            env: Vec::new(),
+            user: Some("0".into()),
+            output_limit: 64 * 1024,
+        };
+        let output = tokio::time::timeout(
+            EGRESS_APPLY_TIMEOUT,
+            self.exec_with_input(sidecar_id, spec, Some(input)),
+        )
+        .await
+        .map_err(|_| BackendError::Timeout {
+            operation: "egress policy apply",
+            waited: EGRESS_APPLY_TIMEOUT,
+        })??;
+        if output.exit_code == 0 {
+            return Ok(());
+        }
+        Err(BackendError::Failed {
+            operation: "egress policy apply",
+            source: String::from_utf8_lossy(&output.stderr)
+                .trim()
+                .to_string()
+                .into(),
+        })
     }
 
     /// The bollard client, for image management.
     pub fn client(&self) -> &Docker {
         &self.docker
+    }
+
+    /// Everything of a sandbox after its sidecar was created: start it, apply the policy while
+    /// the sandbox container is being created, then start the sandbox: its first process runs
+    /// under the policy.
+    async fn create_sandbox(
+        &self,
+        spec: &ContainerSpec,
+        sidecar: &str,
+    ) -> Result<ContainerInfo, BackendError> {
+        self.start_container(sidecar).await?;
+        let connection = serde_json::to_string(&spec.connection).unwrap_or_default();
+        let mut env = spec.env.clone();
+        env.push(format!("{CONNECTION_ENV}={connection}"));
+        let memory = (spec.limits.memory_mb * 1024 * 1024) as i64;
+        let mut labels = spec.labels.clone();
+        labels.insert(network::SIDECAR_LABEL.to_string(), sidecar.to_string());
+        let body = ContainerCreateBody {
+            image: Some(spec.image.clone()),
+            cmd: Some(vec!["sh".into(), "-c".into(), KERNEL_SUPERVISOR.into()]),
+            env: Some(env),
+            labels: Some(labels),
+            host_config: Some(HostConfig {
+                network_mode: Some(network::sandbox_network_mode(sidecar)),
+                memory: Some(memory),
+                memory_swap: Some(memory),
+                nano_cpus: Some((spec.limits.milli_cpus * 1_000_000) as i64),
+                pids_limit: Some(spec.limits.pids as i64),
+                cap_drop: Some(vec!["ALL".into()]),
+                security_opt: Some(vec!["no-new-privileges".into()]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let (applied, created) = tokio::join!(
+            self.apply_in_sidecar(sidecar, &spec.egress, &spec.egress_state),
+            self.create_container(&spec.name, body),
+        );
+        let created = created?;
+        if let Err(error) = applied {
+            let _ = self.remove_container(&created).await;
+            return Err(error);
+        }
+        if let Err(error) = self.start_container(&created).await {
+            let _ = self.remove_container(&created).await;
+            return Err(error);
+        }
+        self.inspect(&created).await
+    }
+
+    /// Runs a command to completion, writing `input` (when given) to its stdin first.
+    async fn exec_with_input(
+        &self,
+        container_id: &str,
+        spec: ExecSpec,
+        input: Option<Bytes>,
+    ) -> Result<ExecOutput, BackendError> {
+        let output_limit = spec.output_limit;
+        let (exec_id, started) = self.start_exec(container_id, spec, input.is_some()).await?;
+        let mut result = ExecOutput::default();
+        if let StartExecResults::Attached {
+            mut output,
+            input: mut stdin,
+        } = started
+        {
+            if let Some(input) = input {
+                // A process that exits without reading everything is its own business: its exit
+                // code says what happened.
+                let _ = stdin.write_all(&input).await;
+                let _ = stdin.shutdown().await;
+            }
+            drop(stdin);
+            while let Some(chunk) = output.next().await {
+                let chunk = chunk.map_err(|error| classify("exec output", "container", error))?;
+                let dropped = match chunk {
+                    LogOutput::StdOut { message } | LogOutput::Console { message } => {
+                        append_capped(&mut result.stdout, &message, output_limit)
+                    }
+                    LogOutput::StdErr { message } => {
+                        append_capped(&mut result.stderr, &message, output_limit)
+                    }
+                    LogOutput::StdIn { .. } => false,
+                };
+                result.truncated |= dropped;
+            }
+        }
+        let inspect = self
+            .docker
+            .inspect_exec(&exec_id)
+            .await
+            .map_err(|error| classify("exec inspect", "container", error))?;
+        result.exit_code = inspect.exit_code.unwrap_or(-1);
+        Ok(result)
     }
 
     /// Creates and starts an exec with stdout and stderr attached (and stdin when asked).
@@ -212,47 +443,23 @@ impl Backend for DockerBackend {
     }
 
     async fn create(&self, spec: &ContainerSpec) -> Result<ContainerInfo, BackendError> {
-        let connection = serde_json::to_string(&spec.connection).unwrap_or_default();
-        let mut env = spec.env.clone();
-        env.push(format!("{CONNECTION_ENV}={connection}"));
-        let memory = (spec.limits.memory_mb * 1024 * 1024) as i64;
-        let host_config = HostConfig {
-            memory: Some(memory),
-            memory_swap: Some(memory),
-            nano_cpus: Some((spec.limits.milli_cpus * 1_000_000) as i64),
-            pids_limit: Some(spec.limits.pids as i64),
-            cap_drop: Some(vec!["ALL".into()]),
-            security_opt: Some(vec!["no-new-privileges".into()]),
-            ..Default::default()
-        };
-        let body = ContainerCreateBody {
-            image: Some(spec.image.clone()),
-            cmd: Some(vec!["sh".into(), "-c".into(), KERNEL_SUPERVISOR.into()]),
-            env: Some(env),
-            labels: Some(spec.labels.clone()),
-            host_config: Some(host_config),
-            ..Default::default()
-        };
-        let options = CreateContainerOptionsBuilder::default()
-            .name(&spec.name)
-            .build();
-        let created = self
-            .docker
-            .create_container(Some(options), body)
-            .await
-            .map_err(|error| match classify("container create", "image", error) {
-                BackendError::NotFound { .. } => BackendError::ImageMissing {
-                    image: spec.image.clone(),
-                },
-                other => other,
-            })?;
-        let started = self.docker.start_container(&created.id, None).await;
-        if let Err(error) = started {
-            // Never leave a created-but-dead container behind.
-            let _ = self.destroy(&created.id).await;
-            return Err(classify("container start", "container", error));
+        // The sidecar first: it owns the namespace, and it closes it the moment it starts.
+        let sidecar = self
+            .create_container(
+                &format!("{}-net", spec.name),
+                network::sidecar_body(
+                    &spec.image,
+                    &self.network.network,
+                    network::sidecar_labels(&spec.labels),
+                ),
+            )
+            .await?;
+        let created = self.create_sandbox(spec, &sidecar).await;
+        if created.is_err() {
+            // Never leave a half-made sandbox behind.
+            let _ = self.remove_container(&sidecar).await;
         }
-        self.inspect(&created.id).await
+        created
     }
 
     async fn list(&self, labels: &[(&str, &str)]) -> Result<Vec<ContainerInfo>, BackendError> {
@@ -275,6 +482,14 @@ impl Backend for DockerBackend {
         let mut containers = Vec::with_capacity(summaries.len());
         for summary in summaries {
             let Some(id) = summary.id else { continue };
+            let sidecar = summary
+                .labels
+                .as_ref()
+                .and_then(|labels| labels.get(network::ROLE_LABEL))
+                .is_some_and(|role| role == network::ROLE_NETWORK);
+            if sidecar {
+                continue;
+            }
             match self.inspect(&id).await {
                 Ok(info) => containers.push(info),
                 // Removed between list and inspect.
@@ -286,39 +501,29 @@ impl Backend for DockerBackend {
     }
 
     async fn inspect(&self, container_id: &str) -> Result<ContainerInfo, BackendError> {
-        self.docker
+        let mut info = self
+            .docker
             .inspect_container(container_id, None)
             .await
             .map(container_info)
-            .map_err(|error| classify("container inspect", "container", error))
+            .map_err(|error| classify("container inspect", "container", error))?;
+        // A sandbox whose sidecar went has no network namespace worth the name: not running.
+        if info.running
+            && let Some(sidecar) = info.labels.get(network::SIDECAR_LABEL)
+        {
+            info.running = match self.docker.inspect_container(sidecar, None).await {
+                Ok(sidecar) => sidecar.state.and_then(|state| state.running) == Some(true),
+                Err(DockerError::DockerResponseServerError {
+                    status_code: 404, ..
+                }) => false,
+                Err(error) => return Err(classify("container inspect", "container", error)),
+            };
+        }
+        Ok(info)
     }
 
     async fn exec(&self, container_id: &str, spec: ExecSpec) -> Result<ExecOutput, BackendError> {
-        let output_limit = spec.output_limit;
-        let (exec_id, started) = self.start_exec(container_id, spec, false).await?;
-        let mut result = ExecOutput::default();
-        if let StartExecResults::Attached { mut output, .. } = started {
-            while let Some(chunk) = output.next().await {
-                let chunk = chunk.map_err(|error| classify("exec output", "container", error))?;
-                let dropped = match chunk {
-                    LogOutput::StdOut { message } | LogOutput::Console { message } => {
-                        append_capped(&mut result.stdout, &message, output_limit)
-                    }
-                    LogOutput::StdErr { message } => {
-                        append_capped(&mut result.stderr, &message, output_limit)
-                    }
-                    LogOutput::StdIn { .. } => false,
-                };
-                result.truncated |= dropped;
-            }
-        }
-        let inspect = self
-            .docker
-            .inspect_exec(&exec_id)
-            .await
-            .map_err(|error| classify("exec inspect", "container", error))?;
-        result.exit_code = inspect.exit_code.unwrap_or(-1);
-        Ok(result)
+        self.exec_with_input(container_id, spec, None).await
     }
 
     async fn exec_attached(
@@ -508,22 +713,87 @@ impl Backend for DockerBackend {
             .unwrap_or(0))
     }
 
-    async fn destroy(&self, container_id: &str) -> Result<(), BackendError> {
-        let options = RemoveContainerOptionsBuilder::default()
-            .force(true)
-            .v(true)
+    async fn apply_egress(
+        &self,
+        container_id: &str,
+        policy: &EgressPolicy,
+        state: &[u8],
+    ) -> Result<(), BackendError> {
+        let sidecar = self.sidecar_of(container_id).await?;
+        self.apply_in_sidecar(&sidecar, policy, state).await
+    }
+
+    async fn egress_state(&self, container_id: &str) -> Result<Option<Vec<u8>>, BackendError> {
+        let sidecar = self.sidecar_of(container_id).await?;
+        let spec = ExecSpec {
+            argv: ["cat", firewall::STATE_PATH].map(String::from).to_vec(),
+            workdir: "/".into(),
+            env: Vec::new(),
+            user: Some("0".into()),
+            output_limit: firewall::APPLY_MAX_PART,
+        };
+        let output = self.exec(&sidecar, spec).await?;
+        Ok((output.exit_code == 0).then_some(output.stdout))
+    }
+
+    async fn collect_garbage(&self, labels: &[(&str, &str)]) -> Result<usize, BackendError> {
+        let mut wanted: Vec<String> = labels
+            .iter()
+            .map(|(key, value)| format!("{key}={value}"))
+            .collect();
+        wanted.push(format!("{}={}", network::ROLE_LABEL, network::ROLE_NETWORK));
+        let filters = HashMap::from([("label".to_string(), wanted)]);
+        let options = ListContainersOptionsBuilder::default()
+            .all(true)
+            .filters(&filters)
             .build();
-        match self
+        let sidecars = self
             .docker
-            .remove_container(container_id, Some(options))
+            .list_containers(Some(options))
             .await
-        {
-            Ok(()) => Ok(()),
-            Err(DockerError::DockerResponseServerError {
-                status_code: 404, ..
-            }) => Ok(()),
-            Err(error) => Err(classify("container remove", "container", error)),
+            .map_err(|error| classify("container list", "container", error))?;
+        let mut removed = 0;
+        for sidecar in sidecars {
+            let Some(id) = sidecar.id else { continue };
+            let sandbox = sidecar
+                .labels
+                .as_ref()
+                .and_then(|labels| labels.get(network::NETNS_OF_LABEL))
+                .cloned()
+                .unwrap_or_default();
+            let filters = HashMap::from([(
+                "label".to_string(),
+                vec![format!("{}={sandbox}", crate::engine::labels::ID)],
+            )]);
+            let options = ListContainersOptionsBuilder::default()
+                .all(true)
+                .filters(&filters)
+                .build();
+            let owners = self
+                .docker
+                .list_containers(Some(options))
+                .await
+                .map_err(|error| classify("container list", "container", error))?;
+            if owners.is_empty() {
+                tracing::info!(sidecar = %id, sandbox_id = %sandbox, "removing the network sidecar of a sandbox that is gone");
+                self.remove_container(&id).await?;
+                removed += 1;
+            }
         }
+        Ok(removed)
+    }
+
+    async fn destroy(&self, container_id: &str) -> Result<(), BackendError> {
+        let sidecar = match self.sidecar_of(container_id).await {
+            Ok(sidecar) => Some(sidecar),
+            Err(BackendError::NotFound { .. }) => None,
+            Err(error) => return Err(error),
+        };
+        self.remove_container(container_id).await?;
+        if let Some(sidecar) = sidecar {
+            self.remove_container(&sidecar).await?;
+        }
+        Ok(())
     }
 }
 

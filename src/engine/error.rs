@@ -51,6 +51,9 @@ pub enum EngineError {
     Backend(BackendError),
     #[error("the server is shutting down")]
     ShuttingDown,
+    /// A model asked for egress the operator's policy does not allow.
+    #[error("network policy refused: {reason}; a session may only narrow the server's policy")]
+    EgressWidening { reason: String },
     #[error("the upload was interrupted before it ended")]
     UploadInterrupted(#[source] std::io::Error),
     #[error("cannot buffer the upload on the server")]
@@ -96,6 +99,7 @@ impl EngineError {
             E::CommandTimeout { .. } => "timeout",
             E::ImageMissing { .. } => "image_missing",
             E::ShuttingDown => "shutting_down",
+            E::EgressWidening { .. } => "network_not_allowed",
             E::Kernel(_) | E::KernelQuarantined { .. } => "kernel_unavailable",
             E::UploadInterrupted(_) => "upload_interrupted",
             E::Backend(error) => backend_code(error),

@@ -14,6 +14,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use super::error::EngineError;
+use super::firewall::{EgressRequest, Firewall};
 use super::guest_registry::GuestRegistry;
 use super::history::{ExecutionHistory, ExecutionRecord};
 use super::labels;
@@ -47,6 +48,8 @@ pub struct CreateSandbox {
     /// The image to run: `None` for the server's default; others must be on the operator's
     /// allow-list (`--allowed-images`).
     pub image: Option<String>,
+    /// What the sandbox may reach: `None` for the operator's policy.
+    pub network: Option<EgressRequest>,
     /// The tenant that owns the sandbox.
     pub tenant: Tenant,
     pub memory_mb: Option<u64>,
@@ -60,6 +63,7 @@ impl CreateSandbox {
             tag: None,
             env: HashMap::new(),
             image: None,
+            network: None,
             tenant,
             memory_mb: None,
             cpus: None,
@@ -177,6 +181,7 @@ impl Engine {
         }
         let env = validate::env(&request.env)?;
         let image = self.image_for(&request)?;
+        let firewall = self.firewall_for(request.network.as_ref())?;
         if image != self.config.image {
             self.check_image_named(&image).await?;
         }
@@ -201,10 +206,12 @@ impl Engine {
                 env,
                 limits,
                 connection,
+                egress: firewall.policy.clone(),
+                egress_state: firewall.state(),
             };
             let container = self.backend.create(&spec).await?;
             let sandbox = Arc::new(
-                Sandbox::from_container(&container, &image, self.kernel_link())
+                Sandbox::from_container(&container, &image, self.kernel_link(), firewall)
                     .ok_or(EngineError::Kernel(KernelError::Closed))?,
             );
             if let Err(error) = sandbox
@@ -359,6 +366,13 @@ impl Engine {
             .backend
             .list(&[(labels::INSTANCE, self.config.instance.as_str())])
             .await?;
+        let swept = self
+            .backend
+            .collect_garbage(&[(labels::INSTANCE, self.config.instance.as_str())])
+            .await?;
+        if swept > 0 {
+            tracing::info!(swept, "removed what sandboxes that are gone left behind");
+        }
         let mut restored = 0;
         for container in containers {
             match self.reattach_one(&container).await {
@@ -378,7 +392,12 @@ impl Engine {
             .get(labels::IMAGE)
             .cloned()
             .unwrap_or_default();
-        let sandbox = Sandbox::from_container(container, &image, self.kernel_link())
+        // Where no policy was ever applied, nothing leaves the sandbox.
+        let firewall = match self.backend.egress_state(&container.container_id).await? {
+            Some(state) => Firewall::from_state(&state).unwrap_or_else(Firewall::closed),
+            None => Firewall::closed(),
+        };
+        let sandbox = Sandbox::from_container(container, &image, self.kernel_link(), firewall)
             .ok_or(EngineError::Kernel(KernelError::Closed))?;
         sandbox.connect_kernel(Duration::from_secs(10)).await?;
         tracing::info!(sandbox_id = %sandbox.id(), "reattached");

@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::error::EngineError;
 use super::execution::ExecEvent;
+use super::firewall::Firewall;
 use super::labels;
 use super::tenant::Tenant;
 use crate::backend::{Backend, ContainerInfo};
@@ -113,6 +114,8 @@ pub struct Sandbox {
     kernel: RwLock<Option<Arc<KernelClient>>>,
     /// When the kernel broke the protocol lately (and the sandbox was restarted for it).
     violations: Mutex<VecDeque<Instant>>,
+    /// The egress policy in force.
+    firewall: RwLock<Firewall>,
     /// Held by the running execution (and by a restart).
     pub(crate) exec_lock: Arc<tokio::sync::Mutex<()>>,
     restarting: AtomicBool,
@@ -136,6 +139,7 @@ impl Sandbox {
         container: &ContainerInfo,
         image: &str,
         link: KernelLink,
+        firewall: Firewall,
     ) -> Option<Self> {
         let id = container.labels.get(labels::ID)?.clone();
         let key = container.labels.get(labels::KERNEL_KEY)?.clone();
@@ -156,6 +160,7 @@ impl Sandbox {
             link,
             kernel: RwLock::new(None),
             violations: Mutex::new(VecDeque::new()),
+            firewall: RwLock::new(firewall),
             exec_lock: Arc::new(tokio::sync::Mutex::new(())),
             restarting: AtomicBool::new(false),
             winding_down: AtomicBool::new(false),
@@ -263,6 +268,20 @@ impl Sandbox {
         };
         self.alive.store(alive, Ordering::SeqCst);
         alive
+    }
+
+    /// The egress policy in force.
+    pub fn firewall(&self) -> Firewall {
+        self.firewall
+            .read()
+            .map(|firewall| firewall.clone())
+            .unwrap_or_else(|_| Firewall::closed())
+    }
+
+    pub(crate) fn set_firewall(&self, firewall: Firewall) {
+        if let Ok(mut current) = self.firewall.write() {
+            *current = firewall;
+        }
     }
 
     /// Marks the sandbox as used now.

@@ -4,6 +4,7 @@
 //! | part              | routes                                                                |
 //! |-------------------|-----------------------------------------------------------------------|
 //! | [`containers`]    | `POST/GET /containers`, `GET/DELETE /containers/{id}`                 |
+//! | [`firewall`]      | `POST/GET /containers/{id}/firewall`                                  |
 //! | [`execute`]       | `POST /containers/{id}/execute`, `…/execute/stream` (SSE), `GET /executions/{id}` |
 //! | [`files`]         | `POST/GET/DELETE /containers/{id}/files/{path}`, `POST/GET …/directories/{path}` |
 //! | [`commands`]      | `POST /containers/{id}/commands`                                      |
@@ -16,6 +17,7 @@ pub mod commands;
 pub mod containers;
 pub mod execute;
 pub mod files;
+pub mod firewall;
 pub mod guest_servers;
 
 use axum::extract::DefaultBodyLimit;
@@ -40,6 +42,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(containers::create, containers::list))
         .routes(routes!(containers::get_one, containers::destroy))
+        .routes(routes!(firewall::set, firewall::get))
         .routes(routes!(execute::execute))
         .routes(routes!(execute::execute_stream))
         .routes(routes!(execute::execution))

@@ -12,7 +12,7 @@ use rmcp::service::RequestContext;
 use rmcp::{ErrorData, RoleServer, ServerHandler, tool_handler};
 
 use super::resources;
-use crate::engine::{CreateSandbox, Engine, EngineError, SandboxInfo, Tenant};
+use crate::engine::{CreateSandbox, EgressRequest, Engine, EngineError, SandboxInfo, Tenant};
 
 /// What the server tells a model about itself at initialize.
 pub(crate) const INSTRUCTIONS: &str = "kernelbox runs Python in sandboxes: each is a Docker container with a \
@@ -96,7 +96,7 @@ impl KernelboxMcp {
         }
         if is_stateless(context) {
             let info = self
-                .create_sandbox(&tenant, Default::default(), None)
+                .create_sandbox(&tenant, Default::default(), None, None)
                 .await?;
             return Ok(Target {
                 id: info.id,
@@ -115,7 +115,7 @@ impl KernelboxMcp {
             });
         }
         let info = self
-            .create_sandbox(&tenant, Default::default(), None)
+            .create_sandbox(&tenant, Default::default(), None, None)
             .await?;
         *default = Some((info.id.clone(), tenant.clone()));
         Ok(Target {
@@ -130,6 +130,7 @@ impl KernelboxMcp {
         tenant: &Tenant,
         env: std::collections::HashMap<String, String>,
         image: Option<String>,
+        network: Option<EgressRequest>,
     ) -> Result<SandboxInfo, ToolFailure> {
         Ok(self
             .engine
@@ -137,6 +138,7 @@ impl KernelboxMcp {
                 tag: Some("mcp".into()),
                 env,
                 image,
+                network,
                 ..CreateSandbox::new(tenant.clone())
             })
             .await?)

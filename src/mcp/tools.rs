@@ -19,10 +19,10 @@ use serde::Deserialize;
 use super::handler::{ConnectionSandbox, KernelboxMcp, ToolFailure, tenant};
 use super::render;
 use super::resources::READ_LIMIT;
-use crate::engine::Engine;
 use crate::engine::ExecEvent;
 use crate::engine::ExecuteRequest;
 use crate::engine::commands::CommandRequest;
+use crate::engine::{AllowList, EgressRequest, Engine};
 
 /// A silent execution still sends a progress notification this often, so clients that reset
 /// their timeout on progress never give up on a long run.
@@ -57,7 +57,9 @@ itself): names, kinds, sizes and modification times.";
 const DELETE_FILE: &str = "Delete a file or a directory (recursively) in the sandbox's /workspace.";
 const CREATE_SESSION: &str = "Create a new sandbox session (its own container and kernel) and \
 return its session_id; pass that id to the other tools to use it. Sessions are isolated from \
-each other. Close it with close_session when done; idle sessions are removed automatically.";
+each other. Close it with close_session when done; idle sessions are removed automatically. \
+`network` can restrict what the session's code may reach (only these domains and addresses); it \
+can only narrow the server's network policy, never open anything the server does not allow.";
 const LIST_SESSIONS: &str = "List the sandbox sessions you can use, with their status (running, \
 busy, restarting, dead) and when they were created and last used.";
 const CLOSE_SESSION: &str = "Close a sandbox session: its container, kernel and files are removed.";
@@ -164,6 +166,22 @@ pub struct CreateSessionArgs {
     /// allows.
     #[serde(default)]
     pub image: Option<String>,
+    /// Limit what the session's code may reach on the network. This can only narrow the
+    /// server's own policy, never widen it: naming an address or domain the server does not
+    /// allow is an error.
+    #[serde(default)]
+    pub network: Option<NetworkArgs>,
+}
+
+/// An egress allow-list for a new session.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+pub struct NetworkArgs {
+    /// Domains the session may reach (each with its subdomains), e.g. ["pypi.org"].
+    #[serde(default)]
+    pub allowed_domains: Vec<String>,
+    /// IP addresses or CIDRs the session may reach, e.g. ["93.184.215.14"].
+    #[serde(default)]
+    pub allowed_ips: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize, JsonSchema)]
@@ -443,15 +461,21 @@ impl KernelboxMcp {
         Parameters(args): Parameters<CreateSessionArgs>,
         context: RequestContext<RoleServer>,
     ) -> ToolResult {
-        Ok(
-            match self
-                .create_sandbox(&tenant(&context), args.env, args.image)
+        let created = async {
+            let network = args
+                .network
+                .map(|network| {
+                    AllowList::parse(&network.allowed_domains, &network.allowed_ips)
+                        .map(EgressRequest::Narrow)
+                })
+                .transpose()?;
+            self.create_sandbox(&tenant(&context), args.env, args.image, network)
                 .await
-            {
-                Ok(info) => render::session_created(&info),
-                Err(failure) => render::failure(&failure),
-            },
-        )
+        };
+        Ok(match created.await {
+            Ok(info) => render::session_created(&info),
+            Err(failure) => render::failure(&failure),
+        })
     }
 
     #[tool(description = LIST_SESSIONS)]

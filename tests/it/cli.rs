@@ -94,7 +94,7 @@ async fn sigkilled_server_reattaches_its_sandboxes_on_restart() {
     assert!(get_health(port).await.contains("\"sandboxes\":3"));
     second.kill().await.expect("SIGKILL");
     // Same ids, variables intact.
-    let backend = kernelbox::backend::docker::DockerBackend::connect()
+    let backend = kernelbox::backend::docker::DockerBackend::connect(Default::default())
         .await
         .expect("docker");
     let again = kernelbox::engine::Engine::new(

@@ -5,6 +5,7 @@ use std::process::Command;
 use std::sync::{Arc, OnceLock};
 
 use kernelbox::backend::docker::DockerBackend;
+use kernelbox::backend::docker::network::NetworkOptions;
 use kernelbox::config::EngineConfig;
 use kernelbox::engine::Tenant;
 use kernelbox::engine::{CreateSandbox, Engine, ExecuteRequest, ExecutionResult, labels};
@@ -71,7 +72,14 @@ impl TestEngine {
         name: &str,
         adjust: impl FnOnce(&mut EngineConfig),
     ) -> Option<Self> {
-        let backend = match DockerBackend::connect().await {
+        let instance = format!(
+            "test-{name}-{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        );
+        let mut config = EngineConfig::defaults(&instance);
+        adjust(&mut config);
+        let network = NetworkOptions::for_engine(&config).expect("network options");
+        let backend = match DockerBackend::connect(network).await {
             Ok(backend) => backend,
             Err(error) if !docker_required() => {
                 eprintln!("skipping {name}: Docker unreachable ({error})");
@@ -79,12 +87,6 @@ impl TestEngine {
             }
             Err(error) => panic!("Docker is required under CI=true: {error}"),
         };
-        let instance = format!(
-            "test-{name}-{}",
-            &uuid::Uuid::new_v4().simple().to_string()[..8]
-        );
-        let mut config = EngineConfig::defaults(&instance);
-        adjust(&mut config);
         ensure_image(&config.image);
         let engine = Engine::new(Arc::new(backend), config);
         Some(Self { engine, instance })

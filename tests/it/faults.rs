@@ -229,7 +229,9 @@ async fn reattach_after_a_crash_keeps_ids_and_variables() {
     }
     // A second engine of the same instance, as after a SIGKILL and restart: the first is
     // abandoned without any shutdown.
-    let backend = DockerBackend::connect().await.expect("docker");
+    let backend = DockerBackend::connect(Default::default())
+        .await
+        .expect("docker");
     let config = EngineConfig::defaults(t.instance());
     let restarted = Engine::new(Arc::new(backend), config);
     assert_eq!(restarted.reattach().await.expect("reattach"), 3);
@@ -314,7 +316,9 @@ async fn instances_only_touch_their_own_sandboxes() {
     let their_id = theirs.sandbox().await;
     let my_id = mine.sandbox().await;
     // A restarted "mine" reattaches only its own sandbox.
-    let backend = DockerBackend::connect().await.expect("docker");
+    let backend = DockerBackend::connect(Default::default())
+        .await
+        .expect("docker");
     let mut config = EngineConfig::defaults(mine.instance());
     config.max_idle = Duration::from_millis(1);
     let restarted = Engine::new(Arc::new(backend), config);

@@ -149,7 +149,7 @@ impl FirewallConfig {
 
 impl Default for FirewallConfig {
     /// Forwards to Docker's embedded DNS (a user-defined network provides it), no extra denied
-    /// CIDRs, `kbxdns` (uid 990), the kernel's ports inbound.
+    /// CIDRs, `kbxdns` (uid 990).
     fn default() -> Self {
         Self {
             upstream_dns: vec![IpAddr::V4(EMBEDDED_DNS)],

@@ -14,6 +14,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use super::firewall::FirewallRules;
 use crate::engine::Tenant;
 use crate::engine::{CreateSandbox, SandboxInfo, SandboxStatus};
 use crate::http::error::{ApiError, ErrorBody};
@@ -33,6 +34,9 @@ pub struct CreateContainer {
     /// Memory limit in MiB (default: the server's `--memory-mb`).
     #[schema(minimum = 64)]
     pub memory_mb: Option<u64>,
+    /// What the container may reach (default: the server's `--egress` policy). It replaces
+    /// the server's policy, like `POST /containers/{id}/firewall`.
+    pub network: Option<FirewallRules>,
     /// CPU limit; fractions allowed (default: the server's `--cpus`).
     #[schema(exclusive_minimum = 0, maximum = 64)]
     pub cpus: Option<f64>,
@@ -117,6 +121,11 @@ pub(crate) async fn create(
             tag: request.tag,
             env,
             image: request.image,
+            network: request
+                .network
+                .as_ref()
+                .map(FirewallRules::request)
+                .transpose()?,
             tenant,
             memory_mb: request.memory_mb,
             cpus: request.cpus,
