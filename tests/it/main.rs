@@ -4,6 +4,8 @@ mod cli;
 mod common;
 mod engine;
 mod faults;
+mod isolation;
 mod mcp;
+mod net;
 mod proxy;
 mod rest;
