@@ -293,7 +293,7 @@ impl Run {
     /// the container's supervisor started.
     async fn recover_dead_kernel(&self, backend: &dyn Backend, ready_within: Duration) -> bool {
         let out_of_memory = self.sandbox.oom_killed_since_last_check(backend).await;
-        if let Err(error) = self.sandbox.connect_kernel(ready_within).await {
+        if let Err(error) = self.sandbox.kernel(ready_within).await {
             tracing::warn!(%error, "could not reconnect to the restarted kernel");
         }
         out_of_memory

@@ -214,10 +214,7 @@ impl Engine {
                 Sandbox::from_container(&container, &image, self.kernel_link(), firewall)
                     .ok_or(EngineError::Kernel(KernelError::Closed))?,
             );
-            if let Err(error) = sandbox
-                .connect_kernel(self.config.kernel_ready_timeout)
-                .await
-            {
+            if let Err(error) = sandbox.kernel(self.config.kernel_ready_timeout).await {
                 tracing::warn!(%error, "kernel did not start; removing the container");
                 let _ = self.backend.destroy(&container.container_id).await;
                 return Err(error);
@@ -399,7 +396,7 @@ impl Engine {
         };
         let sandbox = Sandbox::from_container(container, &image, self.kernel_link(), firewall)
             .ok_or(EngineError::Kernel(KernelError::Closed))?;
-        sandbox.connect_kernel(Duration::from_secs(10)).await?;
+        sandbox.kernel(Duration::from_secs(10)).await?;
         tracing::info!(sandbox_id = %sandbox.id(), "reattached");
         self.sandboxes
             .insert(sandbox.id().to_string(), Arc::new(sandbox));

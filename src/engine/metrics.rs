@@ -45,6 +45,7 @@ pub struct EngineMetrics {
     /// Counted by every kernel connection; read into `rejected` when rendering.
     kernel_counters: Arc<KernelCounters>,
     rejected: Family<ReasonLabels, Counter>,
+    violations: Counter,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -81,6 +82,12 @@ impl EngineMetrics {
             "Time to create a sandbox until its kernel answers",
             create_seconds.clone(),
         );
+        let violations = Counter::default();
+        registry.register(
+            "kernel_violations",
+            "Kernel connections closed because the kernel broke the protocol or its bounds (the sandbox was restarted)",
+            violations.clone(),
+        );
         let rejected = Family::<ReasonLabels, Counter>::default();
         registry.register(
             "kernel_messages_rejected",
@@ -90,6 +97,7 @@ impl EngineMetrics {
         Self {
             kernel_counters: Arc::default(),
             rejected,
+            violations,
             registry,
             live_sandboxes,
             executions,
@@ -139,6 +147,9 @@ impl EngineMetrics {
             let seen = counter.load(Ordering::Relaxed);
             family.inc_by(seen.saturating_sub(family.get()));
         }
+        let violations = self.kernel_counters.violations.load(Ordering::Relaxed);
+        self.violations
+            .inc_by(violations.saturating_sub(self.violations.get()));
         let mut text = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);

@@ -116,6 +116,9 @@ pub struct Sandbox {
     violations: Mutex<VecDeque<Instant>>,
     /// The egress policy in force.
     firewall: RwLock<Firewall>,
+    /// Held while connecting, reconnecting or restarting the kernel, so two callers that find
+    /// the connection gone (an execution, the liveness check) do not both restart it.
+    connecting: tokio::sync::Mutex<()>,
     /// Held by the running execution (and by a restart).
     pub(crate) exec_lock: Arc<tokio::sync::Mutex<()>>,
     restarting: AtomicBool,
@@ -161,6 +164,7 @@ impl Sandbox {
             kernel: RwLock::new(None),
             violations: Mutex::new(VecDeque::new()),
             firewall: RwLock::new(firewall),
+            connecting: tokio::sync::Mutex::new(()),
             exec_lock: Arc::new(tokio::sync::Mutex::new(())),
             restarting: AtomicBool::new(false),
             winding_down: AtomicBool::new(false),
@@ -313,8 +317,8 @@ impl Sandbox {
 
     /// Connects (or reconnects) to the kernel and waits until it answers. A kernel that breaks
     /// the protocol gets its sandbox restarted and is tried once more, within the sandbox's
-    /// budget of such restarts.
-    pub(crate) async fn connect_kernel(
+    /// budget of such restarts. The caller holds `connecting`.
+    async fn connect_kernel(
         &self,
         ready_within: Duration,
     ) -> Result<Arc<KernelClient>, EngineError> {
@@ -355,6 +359,11 @@ impl Sandbox {
         &self,
         ready_within: Duration,
     ) -> Result<Arc<KernelClient>, EngineError> {
+        if let Some(kernel) = self.current_kernel().filter(|kernel| !kernel.is_closed()) {
+            return Ok(kernel);
+        }
+        // Whoever held the lock before may have reconnected already: look again under it.
+        let _connecting = self.connecting.lock().await;
         match self.current_kernel() {
             Some(kernel) if !kernel.is_closed() => Ok(kernel),
             Some(kernel) => match kernel.close_reason() {
@@ -390,6 +399,10 @@ impl Sandbox {
                 window_secs: VIOLATION_WINDOW.as_secs(),
             });
         }
+        self.link
+            .counters
+            .violations
+            .fetch_add(1, Ordering::Relaxed);
         tracing::warn!(sandbox_id = %self.id, error = %violation, "restarting the sandbox after a protocol violation");
         self.restart_processes(ready_within).await
     }
@@ -446,6 +459,7 @@ impl Sandbox {
         backend: &dyn Backend,
         ready_within: Duration,
     ) -> Result<(), EngineError> {
+        let _connecting = self.connecting.lock().await;
         let old = self
             .kernel
             .write()

@@ -59,6 +59,8 @@ impl Drop for Route {
 pub struct KernelCounters {
     pub bad_signature: AtomicU64,
     pub malformed: AtomicU64,
+    /// Connections closed because the kernel broke the protocol or one of its bounds.
+    pub violations: AtomicU64,
 }
 
 /// Why a connection closed.

@@ -26,7 +26,7 @@ async fn get_health(port: u16) -> String {
     response
 }
 
-fn docker_available() -> bool {
+pub(crate) fn docker_available() -> bool {
     let up = std::process::Command::new("docker")
         .arg("info")
         .output()

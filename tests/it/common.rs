@@ -348,6 +348,18 @@ pub(crate) async fn curl(args: &[&str]) -> (u16, String, String) {
 /// Starts `kernelbox serve` for `instance` (plus `extra` flags) on a free port and waits for its
 /// "listening" line.
 pub(crate) async fn start_server(instance: &str, extra: &[&str]) -> (tokio::process::Child, u16) {
+    let (server, port, _log) = start_server_with_log(instance, extra).await;
+    (server, port)
+}
+
+/// The lines a server printed on stderr, as they come.
+pub(crate) type ServerLog = Arc<std::sync::Mutex<Vec<String>>>;
+
+/// [`start_server`], keeping what the server logs.
+pub(crate) async fn start_server_with_log(
+    instance: &str,
+    extra: &[&str],
+) -> (tokio::process::Child, u16, ServerLog) {
     use tokio::io::AsyncBufReadExt;
 
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -371,17 +383,32 @@ pub(crate) async fn start_server(instance: &str, extra: &[&str]) -> (tokio::proc
         .expect("spawn kernelbox serve");
     // Wait for the "listening" log line: the event, not a guess at a delay.
     let mut lines = tokio::io::BufReader::new(server.stderr.take().expect("stderr")).lines();
+    let log = ServerLog::default();
     let listening = tokio::time::timeout(std::time::Duration::from_secs(60), async {
         while let Ok(Some(line)) = lines.next_line().await {
-            if line.contains("listening") {
+            let listening = line.contains("listening");
+            log.lock().expect("log").push(line);
+            if listening {
                 return true;
             }
         }
         false
     })
     .await;
-    assert_eq!(listening, Ok(true), "server did not start");
+    assert_eq!(
+        listening,
+        Ok(true),
+        "server did not start: {:?}",
+        log.lock().expect("log")
+    );
     // Keep draining stderr so the server never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (server, port)
+    let kept = log.clone();
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if let Ok(mut kept) = kept.lock() {
+                kept.push(line);
+            }
+        }
+    });
+    (server, port, log)
 }

@@ -4,6 +4,7 @@ mod cli;
 mod common;
 mod engine;
 mod faults;
+mod hostile;
 mod isolation;
 mod mcp;
 mod net;

@@ -1,0 +1,277 @@
+//! A hostile sandbox against the server: code that sends a 300 MB frame on its own kernel's
+//! iopub, and code that replaces its kernel with a peer announcing a 2^62-byte frame, before and
+//! across a server restart. The server's memory stays put, the other sandbox keeps working, and
+//! the offending sandbox is restarted with an error that says why.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::common::{ServerLog, docker_required, ensure_image, remove_instance_containers};
+
+/// Replaces the kernel: stops the kernel's supervisor (so nothing starts a new kernel), kills the
+/// kernel, and serves its three sockets with a ZMTP peer that completes the handshake and then
+/// announces a 2^62-byte frame. Says "up" on the FIFO `/tmp/kbx-up` once it listens.
+const FAKE_KERNEL: &str = r#"
+import os, signal, socket, struct, threading
+
+def processes():
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open("/proc/%s/cmdline" % entry, "rb") as f:
+                    yield int(entry), f.read().split(b"\0")
+            except OSError:
+                pass
+
+kernel = next(pid for pid, argv in processes() if argv[:3] == [b"python3", b"-m", b"ipykernel_launcher"])
+with open("/proc/%d/stat" % kernel) as f:
+    supervisor = int(f.read().rsplit(")", 1)[1].split()[1])
+os.kill(supervisor, signal.SIGSTOP)
+os.kill(kernel, signal.SIGKILL)
+
+greeting = b"\xff" + b"\0" * 8 + b"\x7f" + b"\x03\x00" + b"NULL" + b"\0" * 16 + b"\x00" + b"\0" * 31
+def ready(kind):
+    body = b"\x05READY" + b"\x0bSocket-Type" + struct.pack(">I", len(kind)) + kind
+    return bytes([0x04, len(body)]) + body
+huge = bytes([0x02]) + struct.pack(">Q", 1 << 62)
+
+held = []
+def serve(listener, kind):
+    while True:
+        connection, _ = listener.accept()
+        held.append(connection)
+        try:
+            connection.sendall(greeting + ready(kind) + huge)
+        except OSError:
+            pass
+
+listeners = []
+for number, kind in [(1, b"ROUTER"), (2, b"PUB"), (4, b"ROUTER")]:
+    path = "/run/kernelbox/kernel-%d" % number
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(path)
+    listener.listen(16)
+    listeners.append((listener, kind))
+for listener, kind in listeners:
+    threading.Thread(target=serve, args=(listener, kind), daemon=True).start()
+with open("/tmp/kbx-up", "w") as up:
+    up.write("up\n")
+threading.Event().wait()
+"#;
+
+/// The shell command that starts [`FAKE_KERNEL`] detached and returns once it listens.
+fn fake_kernel_command() -> String {
+    format!(
+        "cat > /tmp/fake_kernel.py <<'PY'\n{FAKE_KERNEL}PY\nrm -f /tmp/kbx-up && mkfifo /tmp/kbx-up && (setsid python3 /tmp/fake_kernel.py </dev/null >/tmp/fake_kernel.log 2>&1 &) && read line < /tmp/kbx-up && echo \"$line\""
+    )
+}
+
+fn status_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .expect("status")
+        .lines()
+        .find_map(|line| line.strip_prefix(field))
+        .and_then(|value| value.split_whitespace().next()?.parse().ok())
+        .expect("field")
+}
+
+/// Resets the process's peak RSS, so the next VmHWM is the peak from now on.
+fn reset_peak(pid: u32) {
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5").expect("reset VmHWM");
+}
+
+struct Client {
+    http: reqwest::Client,
+    base: String,
+}
+
+impl Client {
+    async fn create(&self) -> String {
+        let created: Value = self
+            .http
+            .post(format!("{}/containers", self.base))
+            .send()
+            .await
+            .expect("create")
+            .json()
+            .await
+            .expect("container");
+        created["id"].as_str().expect("id").to_string()
+    }
+
+    async fn execute(&self, id: &str, code: &str) -> Value {
+        self.http
+            .post(format!("{}/containers/{id}/execute", self.base))
+            .json(&json!({"code": code}))
+            .send()
+            .await
+            .expect("execute")
+            .json()
+            .await
+            .expect("result")
+    }
+
+    async fn command(&self, id: &str, command: &str) -> Value {
+        self.http
+            .post(format!("{}/containers/{id}/commands", self.base))
+            .json(&json!({"cmd": command}))
+            .send()
+            .await
+            .expect("command")
+            .json()
+            .await
+            .expect("result")
+    }
+
+    async fn metrics(&self) -> String {
+        self.http
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text")
+    }
+}
+
+fn logged(log: &ServerLog, needle: &str) -> bool {
+    log.lock()
+        .expect("log")
+        .iter()
+        .any(|line| line.contains(needle))
+}
+
+async fn start(instance: &str) -> (tokio::process::Child, Client, ServerLog) {
+    let (server, port, log) = crate::common::start_server_with_log(instance, &[]).await;
+    let client = Client {
+        http: reqwest::Client::new(),
+        base: format!("http://127.0.0.1:{port}"),
+    };
+    (server, client, log)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hostile_kernel_cannot_inflate_or_stop_the_server() {
+    if !crate::cli::docker_available() && !docker_required() {
+        return;
+    }
+    ensure_image("kernelbox-sandbox:latest");
+    let instance = format!(
+        "test-hostile-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
+    struct Cleanup(String);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            remove_instance_containers(&self.0);
+        }
+    }
+    let _cleanup = Cleanup(instance.clone());
+
+    let (mut server, client, log) = start(&instance).await;
+    let pid = server.id().expect("pid");
+    let (hostile, bystander) = tokio::join!(client.create(), client.create());
+    assert_eq!(
+        client.execute(&bystander, "x = 'kept'").await["status"],
+        "completed"
+    );
+
+    // One 300 MB frame on its own iopub.
+    reset_peak(pid);
+    let before = status_kib(pid, "VmRSS:");
+    let (frame, meanwhile) = tokio::join!(
+        client.execute(
+            &hostile,
+            "get_ipython().kernel.iopub_socket.send(b'x' * 300_000_000)\nimport time; time.sleep(5)"
+        ),
+        async {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            client.execute(&bystander, "print(x)").await
+        }
+    );
+    let growth_mib = status_kib(pid, "VmHWM:").saturating_sub(before) as f64 / 1024.0;
+    eprintln!("300 MB frame: server RSS {before} KiB, peak growth {growth_mib:.1} MiB");
+    assert!(growth_mib < 16.0, "the server grew by {growth_mib:.1} MiB");
+    assert_eq!(frame["status"], "failed", "{frame}");
+    assert_eq!(frame["error"]["name"], "KernelProtocolError", "{frame}");
+    let why = frame["error"]["value"].as_str().unwrap_or_default();
+    assert!(why.contains("300000") && why.contains("limit"), "{why}");
+    assert_eq!(
+        meanwhile["stdout"], "kept\n",
+        "the other sandbox: {meanwhile}"
+    );
+    let after = client.execute(&hostile, "print(2)").await;
+    assert_eq!(after["stdout"], "2\n", "the restarted sandbox: {after}");
+
+    // A peer in the kernel's place announcing a 2^62-byte frame.
+    reset_peak(pid);
+    let before = status_kib(pid, "VmRSS:");
+    let replaced = client.command(&hostile, &fake_kernel_command()).await;
+    assert_eq!(replaced["stdout"], "up\n", "{replaced}");
+    // The first call may still find the old connection, whose kernel just died under it.
+    let mut after = client.execute(&hostile, "print(3)").await;
+    if after["status"] == "failed" {
+        assert_eq!(after["error"]["name"], "KernelDied", "{after}");
+        after = client.execute(&hostile, "print(3)").await;
+    }
+    assert_eq!(after["stdout"], "3\n", "after the fake kernel: {after}");
+    assert_eq!(
+        client.execute(&bystander, "print(x)").await["stdout"],
+        "kept\n"
+    );
+    let growth_mib = status_kib(pid, "VmHWM:").saturating_sub(before) as f64 / 1024.0;
+    eprintln!("2^62 frame: peak growth {growth_mib:.1} MiB");
+    assert!(growth_mib < 16.0, "the server grew by {growth_mib:.1} MiB");
+    assert!(
+        logged(&log, "restarting the sandbox after a protocol violation")
+            && logged(&log, "4611686018427387904"),
+        "no clear error in the log"
+    );
+    let metrics = client.metrics().await;
+    assert!(
+        metrics.contains("kernelbox_kernel_violations_total 2"),
+        "{metrics}"
+    );
+
+    // The same, with the server down while the peer takes the kernel's place: the next server
+    // starts, reattaches, restarts that sandbox, and serves both.
+    server.kill().await.expect("kill the server");
+    let container = String::from_utf8(
+        std::process::Command::new("docker")
+            .args([
+                "ps",
+                "-q",
+                "--filter",
+                &format!("label=io.kernelbox.id={hostile}"),
+            ])
+            .output()
+            .expect("docker ps")
+            .stdout,
+    )
+    .expect("utf-8");
+    let replaced = std::process::Command::new("docker")
+        .args(["exec", container.trim(), "sh", "-c", &fake_kernel_command()])
+        .output()
+        .expect("docker exec");
+    assert_eq!(String::from_utf8_lossy(&replaced.stdout), "up\n");
+    let (mut server, client, log) = start(&instance).await;
+    let after = client.execute(&hostile, "print(4)").await;
+    assert_eq!(after["stdout"], "4\n", "after a restart: {after}");
+    assert_eq!(
+        client.execute(&bystander, "print(x)").await["stdout"],
+        "kept\n"
+    );
+    assert!(logged(
+        &log,
+        "restarting the sandbox after a protocol violation"
+    ));
+    let pid = server.id().expect("pid");
+    eprintln!("restarted server RSS {} KiB", status_kib(pid, "VmRSS:"));
+    let _ = server.kill().await;
+}
