@@ -348,7 +348,7 @@ pub(crate) async fn curl(args: &[&str]) -> (u16, String, String) {
 /// Starts `kernelbox serve` for `instance` (plus `extra` flags) on a free port and waits for its
 /// "listening" line.
 pub(crate) async fn start_server(instance: &str, extra: &[&str]) -> (tokio::process::Child, u16) {
-    let (server, port, _log) = start_server_with_log(instance, extra).await;
+    let (server, port, _log) = start_server_with_log(instance, extra, &[]).await;
     (server, port)
 }
 
@@ -359,6 +359,7 @@ pub(crate) type ServerLog = Arc<std::sync::Mutex<Vec<String>>>;
 pub(crate) async fn start_server_with_log(
     instance: &str,
     extra: &[&str],
+    env: &[(&str, &str)],
 ) -> (tokio::process::Child, u16, ServerLog) {
     use tokio::io::AsyncBufReadExt;
 
@@ -376,6 +377,7 @@ pub(crate) async fn start_server_with_log(
             "--no-image-build",
         ])
         .args(extra)
+        .envs(env.iter().copied())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)

@@ -148,7 +148,7 @@ fn logged(log: &ServerLog, needle: &str) -> bool {
 }
 
 async fn start(instance: &str) -> (tokio::process::Child, Client, ServerLog) {
-    let (server, port, log) = crate::common::start_server_with_log(instance, &[]).await;
+    let (server, port, log) = crate::common::start_server_with_log(instance, &[], &[]).await;
     let client = Client {
         http: reqwest::Client::new(),
         base: format!("http://127.0.0.1:{port}"),

@@ -622,3 +622,103 @@ async fn a_model_may_narrow_the_policy_but_never_widen_it() {
         "a private address through a narrowed policy's name",
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_server_drives_a_docker_api_over_tcp_and_needs_no_published_port() {
+    if !crate::cli::docker_available() && !crate::common::docker_required() {
+        return;
+    }
+    crate::common::ensure_image("kernelbox-sandbox:latest");
+    // The Docker API on a TCP port of a container of our own, on a network of our own: an
+    // address that is not the server's loopback.
+    let network = TestNetwork::create("tcp");
+    let api = TestHost::start_with(
+        &network,
+        "dockerd",
+        &["-v", "/var/run/docker.sock:/var/run/docker.sock"],
+        &[
+            "socat",
+            "-d",
+            "-d",
+            "TCP-LISTEN:2375,fork,reuseaddr",
+            "UNIX-CONNECT:/var/run/docker.sock",
+        ],
+        "listening on",
+    );
+    let docker_host = format!("tcp://{}:2375", api.ip4);
+    let instance = format!(
+        "test-tcp-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
+    struct Cleanup(String);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            crate::common::remove_instance_containers(&self.0);
+        }
+    }
+    let _cleanup = Cleanup(instance.clone());
+    let (mut server, port, _log) = crate::common::start_server_with_log(
+        &instance,
+        &[],
+        &[("DOCKER_HOST", docker_host.as_str())],
+    )
+    .await;
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let created: Value = http
+        .post(format!("{base}/containers"))
+        .send()
+        .await
+        .expect("create")
+        .json()
+        .await
+        .expect("container");
+    let id = created["id"].as_str().expect("id");
+    let result: Value = http
+        .post(format!("{base}/containers/{id}/execute"))
+        .json(&json!({"code": "print(6*7)"}))
+        .send()
+        .await
+        .expect("execute")
+        .json()
+        .await
+        .expect("result");
+    assert_eq!(result["stdout"], "42\n", "{result}");
+
+    // Every connection the server keeps open goes to that API (or is one of ours to it).
+    let pid = server.id().expect("pid");
+    let sockets = std::process::Command::new("ss")
+        .args(["-Htnp", "state", "established"])
+        .output()
+        .expect("ss");
+    let mine: Vec<String> = String::from_utf8_lossy(&sockets.stdout)
+        .lines()
+        .filter(|line| line.contains(&format!("pid={pid},")))
+        .map(String::from)
+        .collect();
+    assert!(!mine.is_empty(), "the server has no connection open");
+    for line in &mine {
+        let peer = line.split_whitespace().nth(3).unwrap_or_default();
+        let to_api = peer == format!("{}:2375", api.ip4);
+        let from_us =
+            line.split_whitespace().nth(2).unwrap_or_default() == format!("127.0.0.1:{port}");
+        assert!(to_api || from_us, "a connection elsewhere: {line}");
+    }
+    let unix = std::process::Command::new("ss")
+        .args(["-Hxp"])
+        .output()
+        .expect("ss");
+    assert!(
+        !String::from_utf8_lossy(&unix.stdout)
+            .lines()
+            .any(|line| line.contains(&format!("pid={pid},")) && line.contains("docker.sock")),
+        "the server uses the local Docker socket"
+    );
+    let deleted = http
+        .delete(format!("{base}/containers/{id}"))
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(deleted.status(), StatusCode::NO_CONTENT);
+    let _ = server.kill().await;
+}

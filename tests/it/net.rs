@@ -111,6 +111,23 @@ pub(crate) struct TestHost {
 
 impl TestHost {
     pub(crate) fn start(network: &TestNetwork, role: &str, command: &[&str]) -> Self {
+        Self::run(network, role, &[], command)
+    }
+
+    /// A host started with extra `docker run` options, ready once its log shows `ready`.
+    pub(crate) fn start_with(
+        network: &TestNetwork,
+        role: &str,
+        options: &[&str],
+        command: &[&str],
+        ready: &str,
+    ) -> Self {
+        let host = Self::run(network, role, options, command);
+        host.wait_for_log(ready);
+        host
+    }
+
+    fn run(network: &TestNetwork, role: &str, options: &[&str], command: &[&str]) -> Self {
         let name = format!("{}-{role}", network.name);
         let mut args = vec![
             "run",
@@ -123,8 +140,9 @@ impl TestHost {
             "0:0",
             "--label",
             "io.kernelbox.test=true",
-            "kernelbox-sandbox:latest",
         ];
+        args.extend_from_slice(options);
+        args.push("kernelbox-sandbox:latest");
         args.extend_from_slice(command);
         docker_ok(&args);
         let address = |field: &str| {
