@@ -247,4 +247,12 @@ async fn bad_input_gets_the_same_code_and_message_over_mcp_and_rest() {
     assert_eq!(mcp["image"], "invalid_request", "{mcp}");
     assert_eq!(mcp["nul_command"], "invalid_request", "{mcp}");
     assert_eq!(mcp["path"], "path_outside_workspace", "{mcp}");
+    // A model may narrow the server's egress policy, never widen it.
+    assert_eq!(mcp["widen"], "network_not_allowed", "{mcp}");
+    assert!(
+        mcp["widen_message"]
+            .as_str()
+            .is_some_and(|message| message.contains("10.1.2.3")),
+        "{mcp}"
+    );
 }

@@ -374,8 +374,17 @@ async def scenario_bad_input(url: str) -> None:
         nul = await call(client, "run_command", {"command": "echo a\u0000b", "session_id": session_id})
         path = await call(client, "read_file", {"path": "../../etc/passwd", "session_id": session_id})
         await call(client, "close_session", {"session_id": session_id})
+        widen = await call(client, "create_session", {"network": {"allowed_ips": ["10.1.2.3"]}})
+        narrow = await call(client, "create_session", {"network": {"allowed_domains": ["pypi.org"]}})
+        check(not narrow.is_error, f"a narrower network was refused: {text_of(narrow)}")
+        await call(client, "close_session", {"session_id": narrow.structured_content["session_id"]})
+        listed = await client.list_tools()
+        create = next(tool for tool in listed.tools if tool.name == "create_session")
+        check("never" in create.description and "narrow" in create.description, create.description)
         result_line(
             {
+                "widen": code_of(widen),
+                "widen_message": text_of(widen),
                 "image": code_of(image),
                 "image_message": text_of(image),
                 "nul_command": code_of(nul),
