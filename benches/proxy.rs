@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 mod support;
-use support::{LoopbackServer, ms};
+use support::{LoopbackServer, kernels, ms};
 
 const ITERATIONS: usize = 1000;
 const WARMUP: usize = 50;
@@ -95,14 +95,33 @@ async fn main() -> anyhow::Result<()> {
         "bench-proxy-{}",
         &uuid::Uuid::new_v4().simple().to_string()[..8]
     );
-    let engine = Engine::new(
-        Arc::new(DockerBackend::connect(Default::default()).await?),
-        EngineConfig::defaults(&instance),
-    );
+    let backend = Arc::new(DockerBackend::connect(Default::default()).await?);
+    let engine = Engine::new(backend.clone(), EngineConfig::defaults(&instance));
     engine.check_image().await?;
-    let outcome = proxied(&engine, &wheels).await;
+    let outcome = async {
+        compare_kernel_transports(&engine, backend.as_ref(), &instance).await?;
+        proxied(&engine, &wheels).await
+    }
+    .await;
     engine.shutdown(true).await;
     outcome
+}
+
+/// The kernel channel the guest proxy's sandboxes use, against the old transport.
+async fn compare_kernel_transports(
+    engine: &Arc<Engine>,
+    backend: &DockerBackend,
+    instance: &str,
+) -> anyhow::Result<()> {
+    let id = engine.create(CreateSandbox::new(Tenant::Local)).await?.id;
+    let container = engine.get(&id, &Tenant::Local)?.container_id().to_string();
+    let raw = kernels::current_transport(backend, &container).await?;
+    let mut old =
+        kernels::OldTransport::start(&engine.config().image, &format!("{instance}-old")).await?;
+    let compared = kernels::compare_transports(&mut old, &raw, ITERATIONS).await;
+    old.stop().await;
+    engine.destroy(&id, &Tenant::Local).await?;
+    compared.map(drop)
 }
 
 async fn proxied(engine: &Arc<Engine>, wheels: &Path) -> anyhow::Result<()> {

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use dashmap::DashMap;
+use futures::StreamExt;
 use rand::RngCore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -30,6 +31,8 @@ use crate::kernel::{ConnectionInfo, KernelError, Limits as MessageLimits};
 pub const IMAGE_VERSION: &str = include_str!("../../docker/IMAGE_VERSION");
 /// How often kernels are checked.
 const LIVENESS_INTERVAL: Duration = Duration::from_secs(5);
+/// Sandboxes checked (or reattached) at the same time.
+const PARALLEL_CHECKS: usize = 16;
 /// How long reconnecting to a kernel that went away may take during a check.
 const LIVENESS_TIMEOUT: Duration = Duration::from_secs(10);
 /// How many recent executions are remembered, and how many bytes of results they may hold.
@@ -370,15 +373,25 @@ impl Engine {
         if swept > 0 {
             tracing::info!(swept, "removed what sandboxes that are gone left behind");
         }
-        let mut restored = 0;
-        for container in containers {
-            match self.reattach_one(&container).await {
-                Ok(()) => restored += 1,
-                Err(error) => {
-                    tracing::warn!(container = %container.container_id, %error, "cannot reattach; removing");
-                    self.backend.destroy(&container.container_id).await?;
+        // Side by side: one sandbox that takes long (a kernel that must be restarted) does not
+        // hold up the others.
+        let outcomes: Vec<Result<bool, EngineError>> = futures::stream::iter(containers)
+            .map(|container| async move {
+                match self.reattach_one(&container).await {
+                    Ok(()) => Ok(true),
+                    Err(error) => {
+                        tracing::warn!(container = %container.container_id, %error, "cannot reattach; removing");
+                        self.backend.destroy(&container.container_id).await?;
+                        Ok(false)
+                    }
                 }
-            }
+            })
+            .buffer_unordered(PARALLEL_CHECKS)
+            .collect()
+            .await;
+        let mut restored = 0;
+        for outcome in outcomes {
+            restored += usize::from(outcome?);
         }
         Ok(restored)
     }
@@ -464,11 +477,15 @@ impl Engine {
                     _ = shutdown.cancelled() => return,
                     _ = ticks.tick() => {
                         let sandboxes: Vec<Arc<Sandbox>> = engine.sandboxes.iter().map(|entry| entry.value().clone()).collect();
-                        for sandbox in sandboxes {
-                            if !sandbox.check_alive(LIVENESS_TIMEOUT).await {
-                                tracing::warn!(sandbox_id = %sandbox.id(), "kernel not reachable");
-                            }
-                        }
+                        // Side by side: a sandbox whose kernel must be reconnected or restarted
+                        // does not delay the check of the others.
+                        futures::stream::iter(sandboxes)
+                            .for_each_concurrent(PARALLEL_CHECKS, |sandbox| async move {
+                                if !sandbox.check_alive(LIVENESS_TIMEOUT).await {
+                                    tracing::warn!(sandbox_id = %sandbox.id(), "kernel not reachable");
+                                }
+                            })
+                            .await;
                     }
                 }
             }
