@@ -117,9 +117,12 @@ fn init_logging(filter: &str) {
     };
     let filter = tracing_subscriber::EnvFilter::try_new(&directives)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,zeromq=error"));
+    // Colours only for a person at a terminal: captured logs (Claude Desktop, CI, files) get
+    // plain text.
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 }
 

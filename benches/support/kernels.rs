@@ -125,15 +125,12 @@ impl OldTransport {
                 .ok_or_else(|| anyhow::anyhow!("port {port} not published"))?
                 .parse()?)
         };
+        let deadline = Instant::now() + Duration::from_secs(60);
         let mut iopub = SubSocket::new();
         iopub.subscribe("").await?;
-        iopub
-            .connect(&format!("tcp://127.0.0.1:{}", host_port(OLD_PORTS[1])?))
-            .await?;
+        connect(&mut iopub, host_port(OLD_PORTS[1])?, deadline).await?;
         let mut shell = DealerSocket::new();
-        shell
-            .connect(&format!("tcp://127.0.0.1:{}", host_port(OLD_PORTS[0])?))
-            .await?;
+        connect(&mut shell, host_port(OLD_PORTS[0])?, deadline).await?;
         let mut old = Self {
             docker,
             container: created.id,
@@ -142,7 +139,6 @@ impl OldTransport {
             iopub,
         };
         // Ready once a kernel_info reply and the iopub status for it both came back.
-        let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline {
             if tokio::time::timeout(
                 Duration::from_millis(500),
@@ -196,6 +192,21 @@ impl OldTransport {
             .docker
             .remove_container(&self.container, Some(options))
             .await;
+    }
+}
+
+/// Connects as the old client did: the published port accepts (docker-proxy) and resets until
+/// the kernel listens behind it, so it retries after a short pause.
+async fn connect(socket: &mut impl Socket, port: u16, deadline: Instant) -> anyhow::Result<()> {
+    loop {
+        match socket.connect(&format!("tcp://127.0.0.1:{port}")).await {
+            Ok(()) => return Ok(()),
+            Err(error) if Instant::now() < deadline => {
+                let _ = error;
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            Err(error) => return Err(error.into()),
+        }
     }
 }
 

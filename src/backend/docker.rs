@@ -236,8 +236,11 @@ impl DockerBackend {
         &self,
         spec: &ContainerSpec,
         sidecar: &str,
+        started: std::time::Instant,
     ) -> Result<ContainerInfo, BackendError> {
+        let elapsed_ms = || started.elapsed().as_millis() as u64;
         self.start_container(sidecar).await?;
+        tracing::debug!(elapsed_ms = elapsed_ms(), "network sidecar started");
         let connection = serde_json::to_string(&spec.connection).unwrap_or_default();
         let mut env = spec.env.clone();
         env.push(format!("{CONNECTION_ENV}={connection}"));
@@ -261,19 +264,40 @@ impl DockerBackend {
             }),
             ..Default::default()
         };
-        let (applied, created) = tokio::join!(
-            self.apply_in_sidecar(sidecar, &spec.egress, &spec.egress_state),
-            self.create_container(&spec.name, body),
+        // The policy goes in while the sandbox container is made and its kernel starts: until it
+        // is in, the sidecar keeps the namespace closed (it denies everything from its first
+        // instant), and nothing a caller sends runs before create returns, after the policy.
+        let sandbox = async {
+            let created = self
+                .create_container(&spec.name, body)
+                .await
+                .map_err(|error| (error, None))?;
+            match self.start_container(&created).await {
+                Ok(()) => {
+                    tracing::debug!(elapsed_ms = elapsed_ms(), "sandbox started");
+                    Ok(created)
+                }
+                Err(error) => Err((error, Some(created))),
+            }
+        };
+        let (applied, sandbox) = tokio::join!(
+            async {
+                let applied = self
+                    .apply_in_sidecar(sidecar, &spec.egress, &spec.egress_state)
+                    .await;
+                tracing::debug!(elapsed_ms = elapsed_ms(), "egress policy applied");
+                applied
+            },
+            sandbox,
         );
-        let created = created?;
-        if let Err(error) = applied {
-            let _ = self.remove_container(&created).await;
-            return Err(error);
-        }
-        if let Err(error) = self.start_container(&created).await {
-            let _ = self.remove_container(&created).await;
-            return Err(error);
-        }
+        let created = match (sandbox, applied) {
+            (Ok(created), Ok(())) => created,
+            (Ok(created), Err(error)) | (Err((error, Some(created))), _) => {
+                let _ = self.remove_container(&created).await;
+                return Err(error);
+            }
+            (Err((error, None)), _) => return Err(error),
+        };
         self.inspect(&created).await
     }
 
@@ -443,6 +467,7 @@ impl Backend for DockerBackend {
     }
 
     async fn create(&self, spec: &ContainerSpec) -> Result<ContainerInfo, BackendError> {
+        let started = std::time::Instant::now();
         // The sidecar first: it owns the namespace, and it closes it the moment it starts.
         let sidecar = self
             .create_container(
@@ -454,7 +479,11 @@ impl Backend for DockerBackend {
                 ),
             )
             .await?;
-        let created = self.create_sandbox(spec, &sidecar).await;
+        tracing::debug!(
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "network sidecar created"
+        );
+        let created = self.create_sandbox(spec, &sidecar, started).await;
         if created.is_err() {
             // Never leave a half-made sandbox behind.
             let _ = self.remove_container(&sidecar).await;

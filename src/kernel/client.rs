@@ -109,6 +109,10 @@ impl KernelClient {
             deadline,
         )
         .await?;
+        tracing::debug!(
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "kernel channels open"
+        );
         let shared = Arc::new(Shared::new(counters));
         let readers = vec![
             tokio::spawn(read_channel(
@@ -135,6 +139,10 @@ impl KernelClient {
             readers,
         };
         client.wait_ready(deadline, started).await?;
+        tracing::debug!(
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "kernel ready"
+        );
         Ok(client)
     }
 
