@@ -102,8 +102,13 @@ impl OldTransport {
             cmd: Some(vec!["sh".into(), "-c".into(), script]),
             exposed_ports: Some(OLD_PORTS.iter().map(|port| format!("{port}/tcp")).collect()),
             labels: Some(HashMap::from([("io.kernelbox.bench".into(), name.into())])),
+            // The limits a sandbox gets by default, as the old transport ran them.
             host_config: Some(HostConfig {
                 port_bindings: Some(bindings),
+                memory: Some(1024 * 1024 * 1024),
+                memory_swap: Some(1024 * 1024 * 1024),
+                nano_cpus: Some(1_000_000_000),
+                pids_limit: Some(256),
                 cap_drop: Some(vec!["ALL".into()]),
                 security_opt: Some(vec!["no-new-privileges".into()]),
                 ..Default::default()

@@ -150,6 +150,8 @@ pub enum GuestServerError {
         message: String,
         data: Option<Value>,
     },
+    #[error("MCP server {server:?} printed a line longer than {limit} bytes, and was stopped")]
+    LineTooLong { server: String, limit: usize },
     #[error("MCP server {server:?} sent a response without {missing}")]
     InvalidResponse {
         server: String,
@@ -175,7 +177,7 @@ impl GuestServerError {
             G::InvalidMessage => "invalid_request",
             G::NotAnswering { .. } => "timeout",
             G::ProcessExited { .. } => "mcp_server_exited",
-            G::InvalidResponse { .. } => "mcp_server_invalid_response",
+            G::InvalidResponse { .. } | G::LineTooLong { .. } => "mcp_server_invalid_response",
             G::Backend(error) => backend_code(error),
         }
     }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use dashmap::DashMap;
 use serde_json::Value;
-use tokio_util::sync::DropGuard;
+use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::error::{EngineError, GuestServerError};
 use crate::backend::{Backend, BackendError, ExecSpec};
@@ -35,13 +35,16 @@ pub struct GuestProcess {
     server: String,
     /// The process's pid inside the sandbox; it leads its own process group.
     pid: u32,
+    /// Stops the task that kills the process once it prints a line past the limit (it may well
+    /// still run, and nobody reads it any more). A kill already due still happens.
+    _overflow_watch: DropGuard,
 }
 
 impl GuestProcess {
     /// Starts `launch` in the container as the sandbox user. Returns once the process runs (not
     /// once the server answers: the first request tells that).
     pub(crate) async fn start(
-        backend: &dyn Backend,
+        backend: &Arc<dyn Backend>,
         container_id: &str,
         sandbox_id: &str,
         server: &str,
@@ -69,12 +72,36 @@ impl GuestProcess {
                 })?;
         let pid = attached.pid;
         tracing::info!(sandbox_id = %sandbox_id, server = %server, pid, "guest server process started");
+        let peer = GuestPeer::new(attached.stdin, attached.output, sandbox_id, server);
+        let ended = peer.ended();
+        let (killer, container, sandbox) = (
+            backend.clone(),
+            container_id.to_string(),
+            sandbox_id.to_string(),
+        );
+        let stop = CancellationToken::new();
+        let stopped = stop.clone();
+        tokio::spawn(async move {
+            // Biased: a process dropped right after it overflowed is still killed.
+            let overflowed = tokio::select! {
+                biased;
+                overflowed = ended => overflowed,
+                () = stopped.cancelled() => false,
+            };
+            if overflowed {
+                tracing::warn!(sandbox_id = %sandbox, pid, "guest server printed a line past the limit; killing it");
+                if let Err(error) = killer.kill_process_group(&container, pid).await {
+                    tracing::warn!(sandbox_id = %sandbox, %error, "could not kill the guest server process");
+                }
+            }
+        });
         Ok(Self {
-            peer: GuestPeer::new(attached.stdin, attached.output, sandbox_id, server),
+            peer,
             container_id: container_id.to_string(),
             sandbox_id: sandbox_id.to_string(),
             server: server.to_string(),
             pid,
+            _overflow_watch: stop.drop_guard(),
         })
     }
 

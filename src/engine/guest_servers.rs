@@ -263,7 +263,7 @@ impl Engine {
         launch: &Launch,
     ) -> Result<Helper, EngineError> {
         let process = Arc::new(
-            GuestProcess::start(self.backend(), container_id, sandbox_id, server, launch).await?,
+            GuestProcess::start(&self.backend, container_id, sandbox_id, server, launch).await?,
         );
         match handshake(server, process.peer()).await {
             Ok(initialize) => Ok(Helper {
@@ -303,6 +303,7 @@ pub(crate) fn guest_error(server: &str, error: PeerError) -> GuestServerError {
         PeerError::Exited { .. } => GuestServerError::ProcessExited {
             server: server.to_string(),
         },
+        PeerError::LineTooLong { server, limit } => GuestServerError::LineTooLong { server, limit },
         PeerError::InvalidMessage => GuestServerError::InvalidMessage,
     }
 }

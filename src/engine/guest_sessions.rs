@@ -58,7 +58,7 @@ impl Engine {
         }
         let process = Arc::new(
             GuestProcess::start(
-                self.backend(),
+                &self.backend,
                 sandbox.container_id(),
                 sandbox_id,
                 server,

@@ -1,9 +1,9 @@
 //! Splitting a guest server's stdout into newline-delimited JSON-RPC messages, bounded: a line
 //! longer than the limit is refused as soon as the buffer passes the limit, before the rest of
-//! it is read.
+//! it is read, and what was buffered of it is freed.
 
 /// The longest line accepted from a guest server; a longer one ends the process.
-pub const MAX_LINE_BYTES: usize = 64 * 1024 * 1024;
+pub const MAX_LINE_BYTES: usize = 16 * 1024 * 1024;
 
 /// Splits stdout into lines, refusing lines beyond [`MAX_LINE_BYTES`].
 #[derive(Default)]
@@ -15,7 +15,11 @@ pub struct LineBuffer {
 }
 
 impl LineBuffer {
+    /// Adds what the process printed. Past the limit nothing more is kept: the line overflowed.
     pub fn push(&mut self, bytes: &[u8]) {
+        if self.overflowed {
+            return;
+        }
         self.buffer.extend_from_slice(bytes);
     }
 
@@ -26,6 +30,8 @@ impl LineBuffer {
                 self.scanned = self.buffer.len();
                 if self.buffer.len() > MAX_LINE_BYTES {
                     self.overflowed = true;
+                    self.buffer = Vec::new();
+                    self.scanned = 0;
                 }
                 return None;
             };

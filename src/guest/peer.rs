@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 use tracing::Instrument;
 
-use super::lines::LineBuffer;
+use super::lines::{LineBuffer, MAX_LINE_BYTES};
 use crate::backend::{BackendError, ExecChunk};
 
 /// How much of the server's stderr is kept to explain a failed start.
@@ -35,6 +35,8 @@ pub const EVENT_BUFFER: usize = 256;
 pub enum PeerError {
     #[error("the MCP server process of {server:?} exited")]
     Exited { server: String },
+    #[error("the MCP server {server:?} printed a line longer than {limit} bytes, and was stopped")]
+    LineTooLong { server: String, limit: usize },
     #[error("the message cannot be encoded as JSON")]
     InvalidMessage,
 }
@@ -56,6 +58,9 @@ struct Shared {
     stdin: tokio::sync::Mutex<Pin<Box<dyn AsyncWrite + Send>>>,
     in_flight: Mutex<HashMap<u64, InFlight>>,
     exited: CancellationToken,
+    /// The process printed a line past the limit: its output is no longer read, though it may
+    /// still run.
+    overflowed: std::sync::atomic::AtomicBool,
     stderr_tail: Mutex<Vec<u8>>,
     last_used: Mutex<Instant>,
 }
@@ -95,6 +100,7 @@ impl GuestPeer {
             stdin: tokio::sync::Mutex::new(stdin),
             in_flight: Mutex::new(HashMap::new()),
             exited: CancellationToken::new(),
+            overflowed: std::sync::atomic::AtomicBool::new(false),
             stderr_tail: Mutex::new(Vec::new()),
             last_used: Mutex::new(Instant::now()),
         });
@@ -109,8 +115,19 @@ impl GuestPeer {
         }
     }
 
+    /// Whether the process is gone for its client: its output ended, or it broke a bound.
     pub fn has_exited(&self) -> bool {
         self.shared.exited.is_cancelled()
+    }
+
+    /// Resolves once the output stream ended, with whether it ended because the process printed
+    /// a line past the limit. Owns what it needs, so it can be awaited by a task of its own.
+    pub fn ended(&self) -> impl std::future::Future<Output = bool> + Send + 'static {
+        let shared = self.shared.clone();
+        async move {
+            shared.exited.cancelled().await;
+            shared.overflowed.load(Ordering::SeqCst)
+        }
     }
 
     /// Resolves once the process is gone (its output stream ended).
@@ -214,9 +231,7 @@ impl GuestPeer {
     }
 
     fn exited_error(&self) -> PeerError {
-        PeerError::Exited {
-            server: self.shared.server.clone(),
-        }
+        self.shared.exited_error()
     }
 }
 
@@ -263,9 +278,20 @@ impl Shared {
             stdin.flush().await
         }
         .await;
-        written.map_err(|_| PeerError::Exited {
-            server: self.server.clone(),
-        })
+        written.map_err(|_| self.exited_error())
+    }
+
+    /// Why the process is gone for its callers.
+    fn exited_error(&self) -> PeerError {
+        let server = self.server.clone();
+        if self.overflowed.load(Ordering::SeqCst) {
+            PeerError::LineTooLong {
+                server,
+                limit: MAX_LINE_BYTES,
+            }
+        } else {
+            PeerError::Exited { server }
+        }
     }
 
     fn note_stderr(&self, bytes: &[u8]) {
@@ -354,7 +380,10 @@ impl Shared {
     }
 }
 
-/// Reads the process's output until it ends, then fails every waiting request.
+/// Reads the process's output until it ends, then fails every waiting request. A process that
+/// prints a line past the limit is gone for its callers at once; what it prints after that is
+/// read and dropped until its stream ends (an unread stream would stall the Docker daemon's
+/// copy of it, and with it every other exec in the container, until the owner kills it).
 async fn read_output(shared: Arc<Shared>, mut output: Output, mut lines: LineBuffer) {
     let mut ended_by = "the process exited";
     'read: loop {
@@ -373,6 +402,7 @@ async fn read_output(shared: Arc<Shared>, mut output: Output, mut lines: LineBuf
         }
         if lines.overflowed() {
             ended_by = "a line longer than the limit";
+            shared.overflowed.store(true, Ordering::SeqCst);
             break 'read;
         }
         match output.next().await {
@@ -390,6 +420,9 @@ async fn read_output(shared: Arc<Shared>, mut output: Output, mut lines: LineBuf
     shared.exited.cancel();
     // Dropping the reply senders wakes every waiting request with an error.
     shared.lock_in_flight().clear();
+    if shared.overflowed.load(Ordering::SeqCst) {
+        while let Some(Ok(_)) = output.next().await {}
+    }
 }
 
 #[cfg(test)]
@@ -403,6 +436,7 @@ mod tests {
             stdin: tokio::sync::Mutex::new(Box::pin(tokio::io::sink())),
             in_flight: Mutex::new(HashMap::new()),
             exited: CancellationToken::new(),
+            overflowed: std::sync::atomic::AtomicBool::new(false),
             stderr_tail: Mutex::new(Vec::new()),
             last_used: Mutex::new(Instant::now()),
         })

@@ -200,7 +200,8 @@ pub mod jsonrpc {
     pub const BAD_REQUEST: i64 = -32000;
     /// The session, sandbox or server does not exist (any more).
     pub const NOT_FOUND: i64 = -32001;
-    /// The server process exited while the request waited.
+    /// The guest server process exited, or was stopped for breaking the protocol, while the
+    /// request waited.
     pub const SERVER_EXITED: i64 = -32002;
     /// The server process did not answer in time.
     pub const TIMEOUT: i64 = -32003;
@@ -210,7 +211,9 @@ pub mod jsonrpc {
 pub fn engine_jsonrpc_code(error: &EngineError) -> i64 {
     match error.code() {
         "not_found" | "mcp_server_not_found" | "session_not_found" => jsonrpc::NOT_FOUND,
-        "mcp_server_exited" | "mcp_server_failed" => jsonrpc::SERVER_EXITED,
+        "mcp_server_exited" | "mcp_server_failed" | "mcp_server_invalid_response" => {
+            jsonrpc::SERVER_EXITED
+        }
         "timeout" => jsonrpc::TIMEOUT,
         _ => jsonrpc::INTERNAL_ERROR,
     }

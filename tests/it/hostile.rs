@@ -1,7 +1,9 @@
 //! A hostile sandbox against the server: code that sends a 300 MB frame on its own kernel's
 //! iopub, and code that replaces its kernel with a peer announcing a 2^62-byte frame, before and
 //! across a server restart. The server's memory stays put, the other sandbox keeps working, and
-//! the offending sandbox is restarted with an error that says why.
+//! the offending sandbox is restarted with an error that says why. And a guest MCP server that
+//! answers with a 300 MB line: the server reads 16 MiB of it, answers with an error that says
+//! why, and kills the process.
 
 use std::time::Duration;
 
@@ -182,6 +184,22 @@ async fn a_hostile_kernel_cannot_inflate_or_stop_the_server() {
         "completed"
     );
 
+    // A message not signed with the kernel's key is dropped, and counted.
+    let forged = client
+        .execute(
+            &hostile,
+            "get_ipython().kernel.iopub_socket.send_multipart([b'<IDS|MSG>', b'0' * 64, b'{\"msg_id\": \"f\", \"session\": \"s\", \"msg_type\": \"stream\"}', b'{}', b'{}', b'{\"name\": \"stdout\", \"text\": \"forged\"}'])\nprint('real')",
+        )
+        .await;
+    assert_eq!(forged["stdout"], "real\n", "{forged}");
+    let metrics = client.metrics().await;
+    assert!(
+        metrics.lines().any(|line| line
+            .starts_with("kernelbox_kernel_messages_rejected_total{reason=\"bad_signature\"}")
+            && !line.ends_with(" 0")),
+        "{metrics}"
+    );
+
     // One 300 MB frame on its own iopub.
     reset_peak(pid);
     let before = status_kib(pid, "VmRSS:");
@@ -273,5 +291,142 @@ async fn a_hostile_kernel_cannot_inflate_or_stop_the_server() {
     ));
     let pid = server.id().expect("pid");
     eprintln!("restarted server RSS {} KiB", status_kib(pid, "VmRSS:"));
+    let _ = server.kill().await;
+}
+
+/// A guest MCP server that answers the handshake, then answers a tool call with 300 MB and no
+/// newline, and stays alive (a write error does not stop it).
+const FLOODING_SERVER: &str = r#"
+import json, sys, time
+for line in sys.stdin:
+    message = json.loads(line)
+    method = message.get("method")
+    if method == "initialize":
+        result = {"protocolVersion": message["params"]["protocolVersion"], "capabilities": {"tools": {}}, "serverInfo": {"name": "flood", "version": "1"}}
+    elif method == "tools/list":
+        result = {"tools": [{"name": "flood", "inputSchema": {"type": "object"}}]}
+    elif method == "tools/call":
+        try:
+            chunk = "x" * 1_000_000
+            for _ in range(300):
+                sys.stdout.write(chunk)
+                sys.stdout.flush()
+        except OSError:
+            pass
+        time.sleep(600)
+        continue
+    else:
+        continue
+    sys.stdout.write(json.dumps({"jsonrpc": "2.0", "id": message["id"], "result": result}) + "\n")
+    sys.stdout.flush()
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hostile_guest_server_cannot_inflate_the_server() {
+    if !crate::cli::docker_available() && !docker_required() {
+        return;
+    }
+    ensure_image("kernelbox-sandbox:latest");
+    let instance = format!(
+        "test-flood-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
+    struct Cleanup(String);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            remove_instance_containers(&self.0);
+        }
+    }
+    let _cleanup = Cleanup(instance.clone());
+    let (mut server, client, log) = start(&instance).await;
+    let pid = server.id().expect("pid");
+    let id = client.create().await;
+    let written = client
+        .command(
+            &id,
+            &format!("cat > /tmp/flood_server.py <<'PY'\n{FLOODING_SERVER}PY\necho ok"),
+        )
+        .await;
+    assert_eq!(written["stdout"], "ok\n", "{written}");
+    let registered = client
+        .http
+        .put(format!("{}/containers/{id}/mcp/flood", client.base))
+        .json(&json!({"server_params": {"command": "python3", "args": ["-u", "/tmp/flood_server.py"]}}))
+        .send()
+        .await
+        .expect("register");
+    assert_eq!(registered.status(), 200, "{:?}", registered.text().await);
+    let running = || async {
+        client
+            .command(&id, "pgrep -f '/tmp/[f]lood_server.py' | wc -l")
+            .await["stdout"]
+            .as_str()
+            .unwrap_or_default()
+            .trim()
+            .parse::<u32>()
+            .unwrap_or(u32::MAX)
+    };
+    assert_eq!(running().await, 1, "the helper process runs");
+
+    // Through the plain tool route (the helper process) and through a proxy session.
+    for via in ["route", "proxy"] {
+        reset_peak(pid);
+        let before = status_kib(pid, "VmRSS:");
+        let answer: Value = if via == "route" {
+            let response = client
+                .http
+                .post(format!("{}/containers/{id}/mcp/flood/flood", client.base))
+                .json(&json!({}))
+                .send()
+                .await
+                .expect("call");
+            assert_eq!(response.status(), 502);
+            response.json().await.expect("a JSON error")
+        } else {
+            let proxy = format!("{}/containers/{id}/mcp-proxy/flood", client.base);
+            let opened = client
+                .http
+                .post(&proxy)
+                .header("accept", "application/json, text/event-stream")
+                .json(&json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}))
+                .send()
+                .await
+                .expect("initialize");
+            let session = opened
+                .headers()
+                .get("mcp-session-id")
+                .and_then(|value| value.to_str().ok())
+                .expect("a session")
+                .to_string();
+            let response = client
+                .http
+                .post(&proxy)
+                .header("accept", "application/json")
+                .header("mcp-session-id", &session)
+                .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "flood", "arguments": {}}}))
+                .send()
+                .await
+                .expect("tools/call");
+            let text = response.text().await.expect("body");
+            serde_json::from_str(&text).unwrap_or_else(|_| json!({"raw": text}))
+        };
+        let growth_mib = status_kib(pid, "VmHWM:").saturating_sub(before) as f64 / 1024.0;
+        eprintln!("300 MB line via the {via}: peak growth {growth_mib:.1} MiB ({answer})");
+        assert!(growth_mib < 40.0, "the server grew by {growth_mib:.1} MiB");
+        let message = answer["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains("longer than 16777216 bytes"), "{answer}");
+        // The process that flooded is killed (and none runs until the next call).
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while running().await != 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the flooding process still runs: {}; the server logged:\n{}",
+                client.command(&id, "ps -eo pid,pgid,stat,args").await,
+                log.lock().expect("log").join("\n")
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    assert_eq!(client.execute(&id, "print(5)").await["stdout"], "5\n");
     let _ = server.kill().await;
 }

@@ -60,18 +60,8 @@ impl ProxyError {
             ProxyError::Engine(error) => engine_jsonrpc_code(error),
         };
         let message = match self {
-            // Internal detail stays in the log (as on the REST routes); that the guest process
-            // exited or did not answer is the caller's business.
-            ProxyError::Engine(error)
-                if engine_status(error).is_server_error()
-                    && !matches!(
-                        error,
-                        EngineError::GuestServer(
-                            GuestServerError::ProcessExited { .. }
-                                | GuestServerError::NotAnswering { .. }
-                        )
-                    ) =>
-            {
+            // Internal detail stays in the log, as on the REST routes.
+            ProxyError::Engine(error) if error.is_internal() => {
                 tracing::error!(%error, detail = ?error, "guest proxy failure");
                 "internal error; see the server log".to_string()
             }
