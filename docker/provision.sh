@@ -158,15 +158,19 @@ sys.exit(1)
 PY
 }
 
-# dnsmasq runs as its own uid: root without CAP_KILL signals it as that uid.
+# dnsmasq runs as its own uid: root without CAP_KILL signals it as that uid. It starts as root
+# and drops to that uid once it is set up, and until then the signal is refused: it is sent
+# again every 50 ms until dnsmasq is gone.
 stop_dnsmasq() {
     pid=$(cat "$run_dir/dnsmasq.pid" 2>/dev/null || true)
     [ -n "$pid" ] || return 0
-    setpriv --reuid="$dns_user" --regid="$dns_user" --clear-groups kill -TERM "$pid" 2>/dev/null || true
     tries=0
     while [ -e "/proc/$pid" ] && [ "$(cut -d' ' -f3 "/proc/$pid/stat" 2>/dev/null)" != Z ]; do
+        if [ $((tries % 5)) -eq 0 ]; then
+            setpriv --reuid="$dns_user" --regid="$dns_user" --clear-groups kill -TERM "$pid" 2>/dev/null || true
+        fi
         tries=$((tries + 1))
-        [ "$tries" -le 500 ] || die "dnsmasq (pid $pid) did not stop"
+        [ "$tries" -le 1000 ] || die "dnsmasq (pid $pid) did not stop"
         sleep 0.01
     done
 }
