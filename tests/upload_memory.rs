@@ -44,7 +44,7 @@ async fn a_gibibyte_upload_keeps_the_server_small() {
         eprintln!("skipping: Docker unreachable");
         return;
     }
-    common::ensure_image(kernelbox::config::DEFAULT_IMAGE);
+    common::ensure_image(&common::sandbox_image());
     let instance = format!(
         "test-upload-mem-{}",
         &uuid::Uuid::new_v4().simple().to_string()[..8]

@@ -41,7 +41,7 @@ async fn serve_answers_health_and_stops_on_sigterm() {
     if !docker_available() {
         return;
     }
-    ensure_image(kernelbox::config::DEFAULT_IMAGE);
+    ensure_image(&crate::common::sandbox_image());
     let instance = format!(
         "test-cli-{}",
         &uuid::Uuid::new_v4().simple().to_string()[..8]

@@ -20,6 +20,13 @@ pub(crate) fn docker_required() -> bool {
 }
 
 /// Checks the image once per test process and builds it (offline) when missing or outdated.
+/// The sandbox image the tests use: `KERNELBOX_IMAGE` (which servers the tests start read too),
+/// or the default.
+pub(crate) fn sandbox_image() -> String {
+    std::env::var("KERNELBOX_IMAGE")
+        .unwrap_or_else(|_| kernelbox::config::DEFAULT_IMAGE.to_string())
+}
+
 pub(crate) fn ensure_image(image: &str) {
     static READY: OnceLock<Result<(), String>> = OnceLock::new();
     let ready = READY.get_or_init(|| {

@@ -163,7 +163,7 @@ async fn a_hostile_kernel_cannot_inflate_or_stop_the_server() {
     if !crate::cli::docker_available() && !docker_required() {
         return;
     }
-    ensure_image("kernelbox-sandbox:latest");
+    ensure_image(&crate::common::sandbox_image());
     let instance = format!(
         "test-hostile-{}",
         &uuid::Uuid::new_v4().simple().to_string()[..8]
@@ -326,7 +326,7 @@ async fn a_hostile_guest_server_cannot_inflate_the_server() {
     if !crate::cli::docker_available() && !docker_required() {
         return;
     }
-    ensure_image("kernelbox-sandbox:latest");
+    ensure_image(&crate::common::sandbox_image());
     let instance = format!(
         "test-flood-{}",
         &uuid::Uuid::new_v4().simple().to_string()[..8]

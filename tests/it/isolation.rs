@@ -628,7 +628,7 @@ async fn the_server_drives_a_docker_api_over_tcp_and_needs_no_published_port() {
     if !crate::cli::docker_available() && !crate::common::docker_required() {
         return;
     }
-    crate::common::ensure_image("kernelbox-sandbox:latest");
+    crate::common::ensure_image(&crate::common::sandbox_image());
     // The Docker API on a TCP port of a container of our own, on a network of our own: an
     // address that is not the server's loopback.
     let network = TestNetwork::create("tcp");

@@ -142,7 +142,8 @@ impl TestHost {
             "io.kernelbox.test=true",
         ];
         args.extend_from_slice(options);
-        args.push("kernelbox-sandbox:latest");
+        let image = crate::common::sandbox_image();
+        args.push(&image);
         args.extend_from_slice(command);
         docker_ok(&args);
         let address = |field: &str| {
