@@ -17,6 +17,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::auth::AuthError;
+use super::guard::GuardError;
 use crate::engine::EngineError;
 
 /// An error answer.
@@ -145,6 +146,19 @@ impl IntoResponse for ApiError {
 impl From<AuthError> for ApiError {
     fn from(error: AuthError) -> Self {
         Self::new(StatusCode::UNAUTHORIZED, "unauthorized", error.to_string())
+    }
+}
+
+impl From<GuardError> for ApiError {
+    fn from(error: GuardError) -> Self {
+        let (status, code) = match error {
+            GuardError::HostNotAllowed { .. } => (StatusCode::FORBIDDEN, "host_not_allowed"),
+            GuardError::OriginNotAllowed { .. } => (StatusCode::FORBIDDEN, "origin_not_allowed"),
+            GuardError::NotJson { .. } => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+            }
+        };
+        Self::new(status, code, error.to_string())
     }
 }
 

@@ -240,12 +240,25 @@ impl TestServer {
         keys: &[&str],
         adjust: impl FnOnce(&mut kernelbox::config::EngineConfig),
     ) -> Option<Self> {
+        Self::start_with_cors(name, keys, &[], adjust).await
+    }
+
+    /// With CORS origins (`--cors-origins`) as well.
+    pub(crate) async fn start_with_cors(
+        name: &str,
+        keys: &[&str],
+        cors_origins: &[&str],
+        adjust: impl FnOnce(&mut kernelbox::config::EngineConfig),
+    ) -> Option<Self> {
         let engine = TestEngine::start_with(name, adjust).await?;
         let shutdown = tokio_util::sync::CancellationToken::new();
         let config = HttpConfig {
             keys: Arc::new(ApiKeys::new(keys)),
-            cors_origins: Vec::new(),
-            // As `serve` sets them for a loopback bind: `/mcp` refuses other `Host` values.
+            cors_origins: cors_origins
+                .iter()
+                .map(|origin| origin.to_string())
+                .collect(),
+            // As `serve` sets them for a loopback bind: every route refuses other `Host` values.
             allowed_hosts: vec!["127.0.0.1".into(), "localhost".into()],
             shutdown: shutdown.clone(),
         };
