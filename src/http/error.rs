@@ -184,7 +184,7 @@ pub fn engine_status(error: &EngineError) -> StatusCode {
         }
         "busy" | "is_a_directory" => StatusCode::CONFLICT,
         "network_not_allowed" => StatusCode::FORBIDDEN,
-        "too_many_sandboxes" | "too_many" => StatusCode::TOO_MANY_REQUESTS,
+        "too_many_sandboxes" | "tenant_quota_reached" | "too_many" => StatusCode::TOO_MANY_REQUESTS,
         "invalid_request" | "mcp_server_failed" | "mcp_error" => {
             if let EngineError::Backend(_) = error {
                 tracing::info!(error = %error, detail = ?error, "the container runtime refused a request");

@@ -206,6 +206,31 @@ pub(crate) fn python_with_mcp() -> std::path::PathBuf {
 /// The official MCP Python SDK release the end-to-end tests drive kernelbox with.
 pub(crate) const MCP_SDK_VERSION: &str = "2.3.0";
 
+/// The sandbox ids of an instance's containers, as Docker lists them (each sandbox once, however
+/// many containers it has).
+pub(crate) fn instance_sandboxes(instance: &str) -> Vec<String> {
+    let listed = Command::new("docker")
+        .args([
+            "ps",
+            "-a",
+            "--filter",
+            &format!("label={}={instance}", labels::INSTANCE),
+            "--format",
+            &format!("{{{{.Label \"{}\"}}}}", labels::ID),
+        ])
+        .output()
+        .expect("docker ps");
+    let mut ids: Vec<String> = String::from_utf8_lossy(&listed.stdout)
+        .lines()
+        .map(str::trim)
+        .filter(|id| !id.is_empty())
+        .map(String::from)
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
 /// Whether a sandbox's container still exists.
 pub(crate) fn container_exists(sandbox_id: &str) -> bool {
     let listed = Command::new("docker")
@@ -281,6 +306,11 @@ impl TestServer {
             shutdown,
             _engine: engine,
         })
+    }
+
+    /// The instance name of the server's engine (its containers carry it as a label).
+    pub(crate) fn instance(&self) -> &str {
+        self._engine.instance()
     }
 
     pub(crate) fn url(&self, path: &str) -> String {

@@ -10,4 +10,5 @@ mod isolation;
 mod mcp;
 mod net;
 mod proxy;
+mod quota;
 mod rest;
