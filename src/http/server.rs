@@ -34,6 +34,7 @@ use super::guard::{
 use super::rest::execute::EXECUTION_ID_HEADER;
 use super::{guest_proxy, metrics, openapi, rest};
 use crate::engine::Engine;
+use crate::mcp::session_owners::bind_sessions_to_tenants;
 use crate::mcp::transport::{HttpSettings, http_service, session_delete_no_content};
 
 /// Server failures.
@@ -176,7 +177,7 @@ fn api_router(engine: Arc<Engine>, keys: Arc<ApiKeys>) -> Router {
 
 /// The router, without a socket (tests serve it on `127.0.0.1:0` or call it with `oneshot`).
 pub fn app(engine: Arc<Engine>, config: &HttpConfig) -> Result<Router, ServerError> {
-    let mcp = http_service(
+    let (mcp, session_owners) = http_service(
         engine.clone(),
         HttpSettings {
             session_idle: engine.config().max_idle,
@@ -187,6 +188,10 @@ pub fn app(engine: Arc<Engine>, config: &HttpConfig) -> Result<Router, ServerErr
     let mcp = Router::new()
         .nest_service("/mcp", mcp)
         .layer(middleware::from_fn(session_delete_no_content))
+        .layer(middleware::from_fn_with_state(
+            session_owners,
+            bind_sessions_to_tenants,
+        ))
         .layer(middleware::from_fn(require_json_body))
         .layer(middleware::from_fn(limit_declared_body))
         .layer(middleware::from_fn_with_state(

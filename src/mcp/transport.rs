@@ -11,6 +11,7 @@ use rmcp::transport::{StreamableHttpServerConfig, StreamableHttpService};
 use tokio_util::sync::CancellationToken;
 
 use super::KernelboxMcp;
+use super::session_owners::SessionOwners;
 use crate::engine::Engine;
 
 /// The longest line `kernelbox stdio` reads. It is larger than the HTTP faces' one body limit
@@ -69,12 +70,19 @@ pub struct HttpSettings {
 
 /// The Streamable HTTP service for `/mcp` (behind the HTTP server's request guard): legacy sessions (2024-11-05 to 2025-11-25) and
 /// stateless 2026-07-28 requests.
+/// Also returns the record of which tenant opened each session, for
+/// [`bind_sessions_to_tenants`](super::session_owners::bind_sessions_to_tenants).
 pub fn http_service(
     engine: Arc<Engine>,
     settings: HttpSettings,
-) -> StreamableHttpService<KernelboxMcp, LocalSessionManager> {
+) -> (
+    StreamableHttpService<KernelboxMcp, LocalSessionManager>,
+    SessionOwners,
+) {
     let mut sessions = LocalSessionManager::default();
     sessions.session_config.keep_alive = Some(settings.session_idle);
+    let sessions = Arc::new(sessions);
+    let owners = SessionOwners::new(sessions.clone());
     let config = StreamableHttpServerConfig::default()
         .with_max_request_body_bytes(settings.max_body_bytes)
         // Stateless (2026-07-28) answers without progress go out as one JSON body, not SSE.
@@ -84,11 +92,12 @@ pub fn http_service(
         // `Host` and `Origin` are checked for every route by the HTTP guard, `/mcp` included.
         .disable_allowed_origins()
         .disable_allowed_hosts();
-    StreamableHttpService::new(
+    let service = StreamableHttpService::new(
         move || Ok(KernelboxMcp::new(engine.clone())),
-        Arc::new(sessions),
+        sessions,
         config,
-    )
+    );
+    (service, owners)
 }
 
 /// Middleware for `/mcp`: a session `DELETE` answers 204 rather than rmcp's 202, which the

@@ -8,6 +8,7 @@ mod guard;
 mod hostile;
 mod isolation;
 mod mcp;
+mod mcp_sessions;
 mod net;
 mod proxy;
 mod quota;
