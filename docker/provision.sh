@@ -285,25 +285,126 @@ disable-pip-version-check = true
 no-warn-script-location = true
 PIP
 
-# Bound each output message: ipykernel otherwise batches everything printed between flushes
-# into one message (100 MB of prints arrive as one 100 MB frame). Flushing at 64 KiB keeps
-# messages small, so the server's memory stays bounded by its output cap.
+# Bound each output message. ipykernel otherwise batches everything printed between flushes
+# into one message (100 MB of prints arrive as one 100 MB frame), and sends a traceback or a
+# result whole. The server closes the channel of a kernel whose message passes its limit and
+# restarts it; this keeps a well-behaved kernel under that limit, so large output is cut with a
+# note instead. The server's own caps do not rely on it: it trusts nothing the sandbox sends.
 cat > /usr/lib/python3/dist-packages/kernelbox_output.py <<'PY'
-"""kernelbox: flush kernel output every 64 KiB so no output message grows unbounded."""
+"""kernelbox: keep every message the kernel sends under the server's limit.
+
+Printed text goes out at least every 64 KiB (a single large write is split). An error, a result
+or a display whose message would pass the limit is cut to fit, with a note saying so.
+"""
+import json
+import os
+
 from ipykernel.iostream import OutStream
+from jupyter_client.session import Session
 
 FLUSH_AT = 64 * 1024
+# Half the server's limit, leaving room for the JSON escapes of what is kept.
+LIMIT = max(64 * 1024, int(os.environ.get("KERNELBOX_MAX_MESSAGE_BYTES", 16 << 20)) // 2)
+# An error is text: a quarter of the server's text cap is more than anyone reads of a traceback.
+ERROR_KEEP = max(4096, min(LIMIT, int(os.environ.get("KERNELBOX_OUTPUT_LIMIT_BYTES", 4 << 20))) // 4)
+NOTE = "\n[kernelbox: {} characters cut here to keep the message under the server's limit]"
 _write = OutStream.write
+_send = Session.send
 
 
 def _bounded_write(self, string):
-    written = _write(self, string)
-    if self._buffer.tell() >= FLUSH_AT and self._is_master_process():
-        self.flush()
-    return written
+    if not isinstance(string, str) or len(string) <= FLUSH_AT:
+        written = _write(self, string)
+        if self._buffer.tell() >= FLUSH_AT and self._is_master_process():
+            self.flush()
+        return written
+    for start in range(0, len(string), FLUSH_AT):
+        _write(self, string[start:start + FLUSH_AT])
+        if self._is_master_process():
+            self.flush()
+    return len(string)
+
+
+def _chars(value):
+    """About the size of a value as JSON text, without writing it out."""
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, dict):
+        return sum(len(str(key)) + _chars(item) for key, item in value.items())
+    if isinstance(value, (list, tuple)):
+        return sum(_chars(item) for item in value)
+    return 8
+
+
+def _encoded(content):
+    try:
+        return len(json.dumps(content, ensure_ascii=False, default=str).encode("utf8", "surrogateescape"))
+    except (TypeError, ValueError):
+        return _chars(content) * 6
+
+
+def _cut(text, keep):
+    if not isinstance(text, str) or len(text) <= keep:
+        return text
+    return text[:keep] + NOTE.format(len(text) - keep)
+
+
+def _cut_error(content, keep):
+    content = dict(content)
+    content["evalue"] = _cut(content.get("evalue", ""), keep // 4)
+    lines, left = [], keep
+    traceback = content.get("traceback") or []
+    for index, line in enumerate(traceback):
+        if left <= 0:
+            lines.append("[kernelbox: {} more traceback lines cut]".format(len(traceback) - index))
+            break
+        line = _cut(line if isinstance(line, str) else str(line), left)
+        left -= len(line)
+        lines.append(line)
+    content["traceback"] = lines
+    return content
+
+
+def _cut_data(content, keep):
+    content = dict(content)
+    data = content.get("data") or {}
+    text = data.get("text/plain", "")
+    if not isinstance(text, str):
+        text = str(text)
+    dropped = sorted(mime for mime in data if mime != "text/plain")
+    note = ""
+    if dropped:
+        note = "\n[kernelbox: {} dropped to keep the message under the server's limit]".format(
+            ", ".join(dropped))
+    content["data"] = {"text/plain": _cut(text, keep) + note}
+    return content
+
+
+def _bounded(msg_type, content):
+    if not isinstance(content, dict):
+        return content
+    if msg_type == "error" or "traceback" in content:
+        return content if _chars(content) <= ERROR_KEEP else _cut_error(content, ERROR_KEEP)
+    if "data" not in content or _chars(content) * 6 < LIMIT or _encoded(content) <= LIMIT:
+        return content
+    for keep in (LIMIT // 2, LIMIT // 8, 1024):
+        cut = _cut_data(content, keep)
+        if _encoded(cut) <= LIMIT:
+            return cut
+    return cut
+
+
+def _bounded_send(self, stream, msg_or_type, content=None, *args, **kwargs):
+    if isinstance(msg_or_type, dict):
+        msg_type = msg_or_type.get("header", {}).get("msg_type") or msg_or_type.get("msg_type")
+        msg_or_type["content"] = _bounded(msg_type, msg_or_type.get("content"))
+    else:
+        content = _bounded(msg_or_type, content)
+    return _send(self, stream, msg_or_type, content, *args, **kwargs)
 
 
 OutStream.write = _bounded_write
+Session.send = _bounded_send
 PY
 mkdir -p /etc/ipython
 cat > /etc/ipython/ipython_kernel_config.py <<'PY'

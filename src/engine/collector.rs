@@ -1,8 +1,14 @@
 //! An execution's output under its caps: what is kept, what is forwarded to the consumer, and
 //! the marker that says how much was dropped.
 
+use serde_json::Value;
+
 use super::execution::{ExecEvent, ExecutionResult, Output, OutputKind, PythonError};
 use crate::kernel::{KernelEvent, MimeBundle};
+
+/// An error's name is kept up to this many bytes even past the cap, so a result always says
+/// what went wrong.
+const ERROR_NAME_BYTES: usize = 256;
 
 /// Accumulates an execution's output under the caps and decides what to forward.
 pub(super) struct Collector {
@@ -44,11 +50,7 @@ impl Collector {
                 evalue,
                 traceback,
             } => {
-                let error = PythonError {
-                    ename,
-                    evalue,
-                    traceback: traceback.iter().map(|line| strip_ansi(line)).collect(),
-                };
+                let error = self.take_error(ename, evalue, &traceback);
                 self.error = Some(error.clone());
                 Some(ExecEvent::Error(error))
             }
@@ -56,20 +58,58 @@ impl Collector {
         }
     }
 
-    fn take_text(&mut self, mut text: String, stderr: bool) -> Option<ExecEvent> {
-        let room = self.text_limit.saturating_sub(self.text_bytes);
-        if text.len() > room {
-            let mut cut = room;
-            while !text.is_char_boundary(cut) {
-                cut -= 1;
+    /// Room left under the text cap.
+    fn text_room(&self) -> usize {
+        self.text_limit.saturating_sub(self.text_bytes)
+    }
+
+    /// Keeps what fits of `text` under the text cap and counts it; the rest is dropped.
+    fn keep_text(&mut self, text: &mut String) {
+        let room = self.text_room();
+        self.dropped_bytes += truncate(text, room);
+        self.text_bytes += text.len();
+    }
+
+    /// An error counts toward the text cap like printed text: its name (always, up to
+    /// [`ERROR_NAME_BYTES`]), its value and its traceback lines as far as they fit.
+    fn take_error(
+        &mut self,
+        mut ename: String,
+        mut evalue: String,
+        traceback: &[String],
+    ) -> PythonError {
+        self.dropped_bytes += truncate(&mut ename, ERROR_NAME_BYTES);
+        self.text_bytes += ename.len();
+        self.keep_text(&mut evalue);
+        let mut kept = Vec::new();
+        let mut dropped_lines = 0usize;
+        for line in traceback {
+            if self.text_room() == 0 {
+                dropped_lines += 1;
+                self.dropped_bytes += line.len();
+                continue;
             }
-            self.dropped_bytes += text.len() - cut;
-            text.truncate(cut);
+            let mut line = strip_ansi(line);
+            self.keep_text(&mut line);
+            kept.push(line);
         }
+        if dropped_lines > 0 {
+            kept.push(format!(
+                "[kernelbox: {dropped_lines} traceback lines dropped past the per-execution limit]"
+            ));
+        }
+        PythonError {
+            ename,
+            evalue,
+            traceback: kept,
+        }
+    }
+
+    fn take_text(&mut self, mut text: String, stderr: bool) -> Option<ExecEvent> {
+        self.keep_text(&mut text);
         if text.is_empty() {
             return None;
         }
-        self.text_bytes += text.len();
         if stderr {
             self.stderr.push_str(&text);
             Some(ExecEvent::Stderr { text })
@@ -80,9 +120,10 @@ impl Collector {
     }
 
     fn take_rich(&mut self, kind: OutputKind, data: MimeBundle) -> Option<ExecEvent> {
+        // Every value counts, whatever its JSON type: a nested object is as large as its text.
         let size: usize = data
-            .values()
-            .map(|value| value.as_str().map_or(64, str::len))
+            .iter()
+            .map(|(mime, value)| mime.len() + json_size(value))
             .sum();
         if self.rich_bytes + size > self.rich_limit {
             self.dropped_bytes += size;
@@ -113,6 +154,36 @@ impl Collector {
         result.outputs = self.outputs;
         result.error = result.error.or(self.error);
         result
+    }
+}
+
+/// Cuts `text` to at most `room` bytes at a character boundary; returns the bytes cut.
+fn truncate(text: &mut String, room: usize) -> usize {
+    if text.len() <= room {
+        return 0;
+    }
+    let mut cut = room;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let dropped = text.len() - cut;
+    text.truncate(cut);
+    dropped
+}
+
+/// About the size of a JSON value as text, without writing it out.
+fn json_size(value: &Value) -> usize {
+    match value {
+        Value::Null | Value::Bool(_) => 5,
+        Value::Number(_) => 24,
+        Value::String(text) => text.len() + 2,
+        Value::Array(items) => 2 + items.iter().map(|item| json_size(item) + 1).sum::<usize>(),
+        Value::Object(fields) => {
+            2 + fields
+                .iter()
+                .map(|(key, item)| key.len() + 4 + json_size(item))
+                .sum::<usize>()
+        }
     }
 }
 
@@ -191,6 +262,48 @@ mod tests {
         });
         let result = collector.finish(empty_result());
         assert!(result.stdout.starts_with("aé\n"));
+    }
+
+    #[test]
+    fn errors_and_non_string_values_count_toward_the_caps() {
+        let mut collector = Collector::new(100, 1000);
+        collector.take(KernelEvent::Stdout {
+            text: "x".repeat(60),
+        });
+        let traceback: Vec<String> = (0..50)
+            .map(|i| format!("line {i:02} {}", "t".repeat(20)))
+            .collect();
+        let Some(ExecEvent::Error(error)) = collector.take(KernelEvent::Error {
+            ename: "ValueError".into(),
+            evalue: "v".repeat(10),
+            traceback,
+        }) else {
+            panic!("the error is forwarded");
+        };
+        assert_eq!(error.ename, "ValueError");
+        assert_eq!(error.evalue, "v".repeat(10));
+        let kept: usize = error.traceback.iter().map(String::len).sum();
+        assert!(
+            kept < 100,
+            "traceback kept {kept} bytes past a 100-byte cap"
+        );
+        assert!(
+            error
+                .traceback
+                .last()
+                .is_some_and(|line| line.contains("traceback lines dropped"))
+        );
+        // A nested JSON value is counted by its size, not as a token 64 bytes.
+        let big: Value = serde_json::json!({"rows": vec!["y".repeat(100); 20]});
+        let mut bundle = MimeBundle::new();
+        bundle.insert("application/json".into(), big);
+        assert!(
+            collector
+                .take(KernelEvent::Result { data: bundle })
+                .is_none()
+        );
+        let result = collector.finish(empty_result());
+        assert!(result.truncated && result.outputs.is_empty());
     }
 
     fn empty_result() -> ExecutionResult {

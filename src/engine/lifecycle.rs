@@ -41,6 +41,10 @@ const HISTORY_ENTRIES: usize = 256;
 const HISTORY_BYTES: usize = 64 * 1024 * 1024;
 /// Most frames in one kernel message (a Jupyter message has 6 plus a few identities and buffers).
 const MAX_KERNEL_MESSAGE_PARTS: usize = 64;
+/// Tells the kernel the server's message limit.
+const MESSAGE_LIMIT_ENV: &str = "KERNELBOX_MAX_MESSAGE_BYTES";
+/// Tells the kernel the server's text cap per execution.
+const OUTPUT_LIMIT_ENV: &str = "KERNELBOX_OUTPUT_LIMIT_BYTES";
 /// The smallest memory limit a request may ask for, in MiB: below it the kernel cannot start.
 const MIN_MEMORY_MB: u64 = 64;
 /// The smallest process limit a request may ask for: the supervisor, the kernel, its channels.
@@ -188,7 +192,17 @@ impl Engine {
         if let Some(tag) = &request.tag {
             validate::tag(tag)?;
         }
-        let env = validate::env(&request.env)?;
+        let mut env = validate::env(&request.env)?;
+        // The kernel keeps its own messages under the server's limit (the image's
+        // `kernelbox_output`), so large output is cut with a note instead of restarting it.
+        env.push(format!(
+            "{MESSAGE_LIMIT_ENV}={}",
+            self.config.max_kernel_message_bytes
+        ));
+        env.push(format!(
+            "{OUTPUT_LIMIT_ENV}={}",
+            self.config.output_limit_bytes
+        ));
         let image = self.image_for(&request)?;
         let firewall = self.firewall_for(request.network.as_ref())?;
         if image != self.config.image {
