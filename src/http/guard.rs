@@ -173,8 +173,9 @@ fn is_json(content_type: &str) -> bool {
             .is_some_and(|subtype| subtype.ends_with("+json"))
 }
 
-/// Route middleware for JSON routes: a body must be declared JSON. A form post, which a page
-/// can send to any site without asking, is refused before anything reads it.
+/// Route middleware for JSON routes (REST, `/mcp`, the guest proxy): a body must be declared
+/// JSON, and a declared length above the one JSON body limit is refused before anything parses
+/// it. A form post, which a page can send to any site without asking, is refused unread.
 pub async fn require_json_body(request: Request, next: Next) -> Response {
     if has_body(request.headers()) {
         let content_type = request
@@ -186,19 +187,17 @@ pub async fn require_json_body(request: Request, next: Next) -> Response {
             return ApiError::from(GuardError::NotJson { content_type }).into_response();
         }
     }
-    next.run(request).await
-}
-
-/// Route middleware for faces that read their own bodies (`/mcp`): a declared length above the
-/// one JSON body limit is refused with the one error shape before anything is read. (A chunked
-/// body is cut at the same limit by the face's reader.)
-pub async fn limit_declared_body(request: Request, next: Next) -> Response {
     let declared = request
         .headers()
         .get(CONTENT_LENGTH)
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.trim().parse::<u64>().ok());
-    if declared.is_some_and(|length| length > JSON_BODY_LIMIT as u64) {
+    if let Some(declared) = declared.filter(|length| *length > JSON_BODY_LIMIT as u64) {
+        // Read (and drop) a moderately oversized body first: a client that writes its whole
+        // body before it reads would otherwise see a reset instead of this answer.
+        if declared <= DRAIN_LIMIT {
+            drain(request.into_body()).await;
+        }
         return ApiError::new(
             axum::http::StatusCode::PAYLOAD_TOO_LARGE,
             "too_large",
@@ -207,6 +206,28 @@ pub async fn limit_declared_body(request: Request, next: Next) -> Response {
         .into_response();
     }
     next.run(request).await
+}
+
+/// The largest oversized body read to its end before it is refused.
+const DRAIN_LIMIT: u64 = 64 * 1024 * 1024;
+/// How long draining an oversized body may take.
+const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Reads a body to its end (at most [`DRAIN_LIMIT`] bytes, within [`DRAIN_TIMEOUT`]), keeping
+/// nothing.
+async fn drain(body: axum::body::Body) {
+    use futures::StreamExt;
+    let mut stream = body.into_data_stream();
+    let mut read = 0u64;
+    let _ = tokio::time::timeout(DRAIN_TIMEOUT, async {
+        while let Some(Ok(chunk)) = stream.next().await {
+            read += chunk.len() as u64;
+            if read > DRAIN_LIMIT {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 /// A JSON route: a body that is not declared JSON is refused ([`require_json_body`]).

@@ -28,9 +28,7 @@ use utoipa_axum::routes;
 use super::auth::{API_KEY_HEADER, ApiKeys};
 use super::error::ApiError;
 use super::extract::{AppState, JSON_BODY_LIMIT};
-use super::guard::{
-    RequestPolicy, check_host_and_origin, limit_declared_body, require_api_key, require_json_body,
-};
+use super::guard::{RequestPolicy, check_host_and_origin, require_api_key, require_json_body};
 use super::rest::execute::EXECUTION_ID_HEADER;
 use super::{guest_proxy, metrics, openapi, rest};
 use crate::engine::Engine;
@@ -193,7 +191,6 @@ pub fn app(engine: Arc<Engine>, config: &HttpConfig) -> Result<Router, ServerErr
             bind_sessions_to_tenants,
         ))
         .layer(middleware::from_fn(require_json_body))
-        .layer(middleware::from_fn(limit_declared_body))
         .layer(middleware::from_fn_with_state(
             config.keys.clone(),
             require_api_key,
