@@ -188,13 +188,13 @@ pub struct EngineArgs {
     pub cpus: f64,
     #[arg(long, env = EnvVars::PIDS, default_value_t = 256)]
     pub pids: u64,
-    /// Largest `memory_mb` a create request may ask for; default: `--memory-mb`.
+    /// Largest `memory_mb` a create request may ask for; default: 4 × `--memory-mb`.
     #[arg(long, env = EnvVars::MAX_MEMORY_MB)]
     pub max_memory_mb: Option<u64>,
-    /// Largest `cpus` a create request may ask for; default: `--cpus`.
+    /// Largest `cpus` a create request may ask for; default: 4 × `--cpus`.
     #[arg(long, env = EnvVars::MAX_CPUS)]
     pub max_cpus: Option<f64>,
-    /// Largest `pids` a create request may ask for; default: `--pids`.
+    /// Largest `pids` a create request may ask for; default: 4 × `--pids`.
     #[arg(long, env = EnvVars::MAX_PIDS)]
     pub max_pids: Option<u64>,
     #[arg(long, env = EnvVars::OUTPUT_LIMIT_BYTES, default_value_t = 4 * 1024 * 1024)]
@@ -307,6 +307,9 @@ pub enum ConfigError {
     },
 }
 
+/// A ceiling the operator does not set is this many times the default.
+const DEFAULT_CEILING_FACTOR: u64 = 4;
+
 /// The engine's settings, validated.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -374,11 +377,17 @@ impl EngineArgs {
             pids: positive(self.pids, "--pids")?,
         };
         let ceilings = Limits {
-            memory_mb: self.max_memory_mb.unwrap_or(self.memory_mb),
+            memory_mb: self
+                .max_memory_mb
+                .unwrap_or(limits.memory_mb * DEFAULT_CEILING_FACTOR),
             milli_cpus: self
                 .max_cpus
-                .map_or(limits.milli_cpus, |cpus| (cpus * 1000.0).round() as u64),
-            pids: self.max_pids.unwrap_or(limits.pids),
+                .map_or(limits.milli_cpus * DEFAULT_CEILING_FACTOR, |cpus| {
+                    (cpus * 1000.0).round() as u64
+                }),
+            pids: self
+                .max_pids
+                .unwrap_or(limits.pids * DEFAULT_CEILING_FACTOR),
         };
         if ceilings.memory_mb < limits.memory_mb {
             return Err(ConfigError::Invalid {
@@ -490,6 +499,15 @@ mod tests {
         assert_eq!(config.limits.memory_mb, 1024);
         assert_eq!(config.limits.milli_cpus, 1000);
         assert_eq!(config.limits.pids, 256);
+        assert_eq!(
+            config.ceilings,
+            Limits {
+                memory_mb: 4096,
+                milli_cpus: 4000,
+                pids: 1024
+            }
+        );
+        assert_eq!(config.max_sandboxes_per_tenant, config.max_sandboxes);
         assert_eq!(config.exec_timeout, Duration::from_secs(120));
         assert_eq!(config.instance, "test");
     }
