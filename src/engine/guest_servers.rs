@@ -304,6 +304,7 @@ pub(crate) fn guest_error(server: &str, error: PeerError) -> GuestServerError {
             server: server.to_string(),
         },
         PeerError::LineTooLong { server, limit } => GuestServerError::LineTooLong { server, limit },
+        PeerError::Timeout { server, waited } => GuestServerError::NotAnswering { server, waited },
         PeerError::InvalidMessage => GuestServerError::InvalidMessage,
     }
 }

@@ -29,6 +29,8 @@ use crate::backend::{BackendError, ExecChunk};
 const STDERR_TAIL_BYTES: usize = 4096;
 /// Events buffered per listening request; more are dropped (they are advisory).
 pub const EVENT_BUFFER: usize = 256;
+/// How long a cancellation for a timed-out request may wait for the server's stdin.
+const CANCEL_WRITE_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// Why a message did not reach the guest server, or its answer did not come back.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -37,6 +39,8 @@ pub enum PeerError {
     Exited { server: String },
     #[error("the MCP server {server:?} printed a line longer than {limit} bytes, and was stopped")]
     LineTooLong { server: String, limit: usize },
+    #[error("the MCP server {server:?} did not answer within {waited:?}")]
+    Timeout { server: String, waited: Duration },
     #[error("the message cannot be encoded as JSON")]
     InvalidMessage,
 }
@@ -56,6 +60,9 @@ struct Shared {
     sandbox_id: String,
     server: String,
     stdin: tokio::sync::Mutex<Pin<Box<dyn AsyncWrite + Send>>>,
+    /// A write was abandoned (its caller timed out) before its line was complete: the next write
+    /// ends that line first, so the server's framing stays intact.
+    torn: std::sync::atomic::AtomicBool,
     in_flight: Mutex<HashMap<u64, InFlight>>,
     exited: CancellationToken,
     /// The process printed a line past the limit: its output is no longer read, though it may
@@ -98,6 +105,7 @@ impl GuestPeer {
             sandbox_id: sandbox_id.to_string(),
             server: server.to_string(),
             stdin: tokio::sync::Mutex::new(stdin),
+            torn: std::sync::atomic::AtomicBool::new(false),
             in_flight: Mutex::new(HashMap::new()),
             exited: CancellationToken::new(),
             overflowed: std::sync::atomic::AtomicBool::new(false),
@@ -172,10 +180,53 @@ impl GuestPeer {
     /// Dropping the future forgets the request.
     pub async fn request(
         &self,
-        mut message: Value,
+        message: Value,
         events: Option<mpsc::Sender<Value>>,
     ) -> Result<Value, PeerError> {
         let internal = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.request_as(internal, message, events).await
+    }
+
+    /// [`GuestPeer::request`], waiting at most `limit` (writing the request included: a server
+    /// that stopped reading its stdin blocks the write). Then the request is forgotten, the
+    /// server is sent `notifications/cancelled` for it (when its stdin takes it at once), and
+    /// the caller gets [`PeerError::Timeout`].
+    pub async fn request_within(
+        &self,
+        message: Value,
+        events: Option<mpsc::Sender<Value>>,
+        limit: Duration,
+    ) -> Result<Value, PeerError> {
+        let internal = self.next_id.fetch_add(1, Ordering::Relaxed);
+        match tokio::time::timeout(limit, self.request_as(internal, message, events)).await {
+            Ok(answered) => answered,
+            Err(_) => {
+                tracing::info!(sandbox_id = %self.shared.sandbox_id, server = %self.shared.server, waited_ms = limit.as_millis() as u64, "guest server request timed out");
+                let cancelled = json!({
+                    "jsonrpc": "2.0",
+                    "method": "notifications/cancelled",
+                    "params": {"requestId": internal, "reason": "timed out"},
+                });
+                if tokio::time::timeout(CANCEL_WRITE_TIMEOUT, self.shared.write(&cancelled))
+                    .await
+                    .is_err()
+                {
+                    tracing::debug!("the guest server's stdin is blocked; no cancellation sent");
+                }
+                Err(PeerError::Timeout {
+                    server: self.shared.server.clone(),
+                    waited: limit,
+                })
+            }
+        }
+    }
+
+    async fn request_as(
+        &self,
+        internal: u64,
+        mut message: Value,
+        events: Option<mpsc::Sender<Value>>,
+    ) -> Result<Value, PeerError> {
         let caller_id = message.get("id").cloned().unwrap_or(Value::Null);
         let progress_token = message
             .pointer("/params/_meta/progressToken")
@@ -273,11 +324,18 @@ impl Shared {
         line.push(b'\n');
         self.touch();
         let mut stdin = self.stdin.lock().await;
+        let torn = self.torn.swap(true, Ordering::SeqCst);
         let written = async {
+            if torn {
+                stdin.write_all(b"\n").await?;
+            }
             stdin.write_all(&line).await?;
             stdin.flush().await
         }
         .await;
+        if written.is_ok() {
+            self.torn.store(false, Ordering::SeqCst);
+        }
         written.map_err(|_| self.exited_error())
     }
 
@@ -434,6 +492,7 @@ mod tests {
             sandbox_id: "sbx_test".into(),
             server: "time".into(),
             stdin: tokio::sync::Mutex::new(Box::pin(tokio::io::sink())),
+            torn: std::sync::atomic::AtomicBool::new(false),
             in_flight: Mutex::new(HashMap::new()),
             exited: CancellationToken::new(),
             overflowed: std::sync::atomic::AtomicBool::new(false),

@@ -6,6 +6,7 @@ mod engine;
 mod faults;
 mod hostile;
 mod isolation;
+mod limits;
 mod mcp;
 mod net;
 mod proxy;
