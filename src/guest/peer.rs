@@ -323,20 +323,23 @@ impl Shared {
         let mut line = serde_json::to_vec(message).map_err(|_| PeerError::InvalidMessage)?;
         line.push(b'\n');
         self.touch();
-        let mut stdin = self.stdin.lock().await;
-        let torn = self.torn.swap(true, Ordering::SeqCst);
-        let written = async {
+        // A process that is gone may leave a write blocked for good (its stdin is nobody's to
+        // drain any more): its end ends the write too.
+        let write = async {
+            let mut stdin = self.stdin.lock().await;
+            let torn = self.torn.swap(true, Ordering::SeqCst);
             if torn {
                 stdin.write_all(b"\n").await?;
             }
             stdin.write_all(&line).await?;
-            stdin.flush().await
-        }
-        .await;
-        if written.is_ok() {
+            stdin.flush().await?;
             self.torn.store(false, Ordering::SeqCst);
+            Ok::<(), std::io::Error>(())
+        };
+        tokio::select! {
+            written = write => written.map_err(|_| self.exited_error()),
+            () = self.exited.cancelled() => Err(self.exited_error()),
         }
-        written.map_err(|_| self.exited_error())
     }
 
     /// Why the process is gone for its callers.

@@ -582,11 +582,13 @@ async fn sigterm_stops_within_the_deadline_despite_stuck_work() {
         .expect("the server exits")
         .expect("exit status");
     let took = signalled.elapsed();
-    eprintln!(
-        "SIGTERM to exit: {took:?} (deadline {deadline:?}), {exit:?}; clients got: execute {:?}, block {:?}, big {:?}",
+    let (busy, block, big) = (
         busy.await.expect("execute task"),
         block.await.expect("block task"),
         big.await.expect("big task"),
+    );
+    eprintln!(
+        "SIGTERM to exit: {took:?} (deadline {deadline:?}), {exit:?}; clients got: execute {busy:?}, block {block:?}, big {big:?}"
     );
     assert!(
         took < deadline,
@@ -598,6 +600,10 @@ async fn sigterm_stops_within_the_deadline_despite_stuck_work() {
         "exited by the watchdog or with an error: {exit:?}"
     );
     assert!(logged(&log, "stopped"), "no final log line");
+    // Every client got an answer before its connection closed: the interrupted execution, and
+    // the two requests to the guest that was killed.
+    assert_eq!(busy.ok(), Some(200), "the interrupted execution's answer");
+    assert!(block.is_ok() && big.is_ok(), "{block:?} {big:?}");
 
     // No guest process survives in the sandbox, whatever it ignored.
     let container = String::from_utf8(
