@@ -409,6 +409,135 @@ impl hyper::body::Body for TrackedBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::routing::get;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A router with a plain route, a slow stream (a chunk every 300 ms for 3 s), a silent
+    /// stream (nothing for 2.5 s, then the end) and a route that never answers.
+    fn router() -> Router {
+        let chunks = |count: usize, every: Duration| {
+            Body::from_stream(futures::stream::unfold(0, move |sent| async move {
+                if sent == count {
+                    return None;
+                }
+                tokio::time::sleep(every).await;
+                Some((Ok::<_, Infallible>(format!("chunk {sent}\n")), sent + 1))
+            }))
+        };
+        Router::new()
+            .route("/plain", get(|| async { "plain" }))
+            .route(
+                "/slow",
+                get(move || async move { chunks(10, Duration::from_millis(300)) }),
+            )
+            .route(
+                "/silent",
+                get(move || async move { chunks(1, Duration::from_millis(2500)) }),
+            )
+            .route("/never", get(|| std::future::pending::<&'static str>()))
+    }
+
+    async fn start(
+        limits: ConnectionLimits,
+    ) -> (u16, CancellationToken, tokio::task::JoinHandle<Connections>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("address").port();
+        let stop = CancellationToken::new();
+        let running = tokio::spawn(Listener::new(listener, router(), limits).run(stop.clone()));
+        (port, stop, running)
+    }
+
+    fn short() -> ConnectionLimits {
+        ConnectionLimits {
+            header_read_timeout: Duration::from_secs(1),
+            keep_alive_timeout: Duration::from_millis(500),
+            max_connections: 16,
+        }
+    }
+
+    /// Sends a keep-alive GET and reads one response (to the end of a chunked body).
+    async fn exchange(stream: &mut TcpStream, path: &str) -> String {
+        let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.expect("request");
+        let mut response = Vec::new();
+        let mut buffer = [0u8; 4096];
+        loop {
+            let read = stream.read(&mut buffer).await.expect("read");
+            if read == 0 {
+                break;
+            }
+            response.extend_from_slice(&buffer[..read]);
+            let text = String::from_utf8_lossy(&response);
+            if text.ends_with("0\r\n\r\n")
+                || (text.contains("content-length") && text.ends_with("plain"))
+            {
+                break;
+            }
+        }
+        String::from_utf8_lossy(&response).into_owned()
+    }
+
+    #[tokio::test]
+    async fn idle_keep_alive_connections_close_and_streams_are_never_cut() {
+        let (port, stop, running) = start(short()).await;
+        // Streams longer than both timeouts, chatty or silent, arrive whole.
+        let mut stream = TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("connect");
+        let slow = exchange(&mut stream, "/slow").await;
+        assert!(slow.contains("chunk 9"), "{slow}");
+        let silent = exchange(&mut stream, "/silent").await;
+        assert!(silent.contains("chunk 0"), "{silent}");
+        // Then the connection idles: it is closed after the keep-alive timeout.
+        let idle_from = Instant::now();
+        let mut byte = [0u8; 1];
+        let closed = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut byte))
+            .await
+            .expect("the idle connection is closed");
+        assert!(matches!(closed, Ok(0) | Err(_)), "{closed:?}");
+        let idled = idle_from.elapsed();
+        assert!(
+            idled >= Duration::from_millis(400) && idled < Duration::from_secs(2),
+            "{idled:?}"
+        );
+        stop.cancel();
+        let drained = running
+            .await
+            .expect("accept loop")
+            .drain(Instant::now() + Duration::from_secs(1))
+            .await;
+        assert_eq!(drained, Drained { dropped: 0 });
+    }
+
+    #[tokio::test]
+    async fn draining_finishes_answers_and_drops_what_is_left_at_the_deadline() {
+        let (port, stop, running) = start(ConnectionLimits::default()).await;
+        let mut stuck = TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("connect");
+        stuck
+            .write_all(b"GET /never HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .await
+            .expect("request");
+        let mut idle = TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("connect");
+        assert!(exchange(&mut idle, "/plain").await.contains("plain"));
+        // The accept loop has both (the idle one answered; the stuck one was accepted first).
+        stop.cancel();
+        let connections = running.await.expect("accept loop");
+        assert_eq!(connections.open(), 2);
+        let started = Instant::now();
+        let drained = connections
+            .drain(Instant::now() + Duration::from_millis(300))
+            .await;
+        let took = started.elapsed();
+        assert_eq!(drained, Drained { dropped: 1 });
+        assert!(took < Duration::from_secs(1), "{took:?}");
+        let mut byte = [0u8; 1];
+        assert!(matches!(idle.read(&mut byte).await, Ok(0) | Err(_)));
+        assert!(matches!(stuck.read(&mut byte).await, Ok(0) | Err(_)));
+    }
 
     #[tokio::test(start_paused = true)]
     async fn a_connection_is_idle_only_with_nothing_in_flight() {
