@@ -434,7 +434,7 @@ mod tests {
                 "/silent",
                 get(move || async move { chunks(1, Duration::from_millis(2500)) }),
             )
-            .route("/never", get(|| std::future::pending::<&'static str>()))
+            .route("/never", get(std::future::pending::<&'static str>))
     }
 
     async fn start(
