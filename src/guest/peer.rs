@@ -579,6 +579,56 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_timed_out_request_is_forgotten_and_a_torn_line_is_ended() {
+        // A stdin that takes 16 bytes and is then read by nobody, like a server that stopped
+        // reading.
+        let (stdin, mut server_side) = tokio::io::duplex(16);
+        let peer = GuestPeer::new(
+            Box::pin(stdin),
+            Box::pin(futures::stream::pending()),
+            "sbx_test",
+            "stuck",
+        );
+        let big =
+            json!({"jsonrpc": "2.0", "id": "a", "method": "m", "params": {"x": "y".repeat(64)}});
+        let waited = Duration::from_millis(50);
+        match peer.request_within(big, None, waited).await {
+            Err(PeerError::Timeout { server, waited: w }) => {
+                assert_eq!(server, "stuck");
+                assert_eq!(w, waited);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            peer.in_flight(),
+            0,
+            "the request no longer counts as waiting"
+        );
+        // The server reads again: the next message starts on a line of its own.
+        let reader = tokio::spawn(async move {
+            let mut seen = Vec::new();
+            let mut buffer = [0u8; 256];
+            while !String::from_utf8_lossy(&seen).contains("notifications/initialized") {
+                let read = tokio::io::AsyncReadExt::read(&mut server_side, &mut buffer)
+                    .await
+                    .expect("read");
+                seen.extend_from_slice(&buffer[..read]);
+            }
+            String::from_utf8_lossy(&seen).into_owned()
+        });
+        peer.notify(json!({"jsonrpc": "2.0", "method": "notifications/initialized"}))
+            .await
+            .expect("written");
+        let seen = reader.await.expect("reader");
+        let last = seen.lines().last().unwrap_or_default();
+        assert_eq!(
+            serde_json::from_str::<Value>(last).ok(),
+            Some(json!({"jsonrpc": "2.0", "method": "notifications/initialized"})),
+            "{seen:?}"
+        );
+    }
+
+    #[tokio::test]
     async fn an_ended_process_fails_every_waiting_request() {
         let shared = shared();
         let (response, _) = waiting(&shared, 1, json!(1), None, false);
