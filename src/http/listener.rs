@@ -16,7 +16,8 @@
 //! `http2` feature was never enabled).
 //!
 //! At shutdown the loop stops accepting, every connection is asked to finish its requests and
-//! close ([`Connections::drain`]), and those still open at the deadline are dropped.
+//! close ([`Connections::drain`]); one with no request in flight (idle, or still sending a head)
+//! is dropped at once, and those still open at the deadline are dropped too.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -43,6 +44,10 @@ use tower::ServiceExt;
 /// How long the accept loop backs off after an accept error (a full file table, say) before it
 /// tries again; not a readiness wait, the listener is ready, the process is not.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
+
+/// While draining, how often a connection looks whether it still owes an answer; one that owes
+/// none at two looks in a row is dropped (a response that just ended had time to be flushed).
+const DRAIN_IDLE_GRACE: Duration = Duration::from_millis(250);
 
 /// The limits of the server's connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -211,8 +216,14 @@ async fn serve_connection(
     let connection = http.serve_connection(io, service);
     tokio::pin!(connection);
     let mut closing = false;
+    let mut draining = false;
+    let mut quiet = false;
     loop {
-        let idle_check = activity.next_idle_check(keep_alive);
+        let idle_check = if draining {
+            Instant::now() + DRAIN_IDLE_GRACE
+        } else {
+            activity.next_idle_check(keep_alive)
+        };
         tokio::select! {
             served = connection.as_mut() => {
                 if let Err(error) = served {
@@ -222,12 +233,26 @@ async fn serve_connection(
                 return;
             }
             () = force.cancelled() => return,
-            () = drain.cancelled(), if !closing => {
-                connection.as_mut().graceful_shutdown();
-                closing = true;
+            () = drain.cancelled(), if !draining => {
+                if !closing {
+                    connection.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+                draining = true;
             }
-            () = tokio::time::sleep_until(idle_check), if !closing => {
-                if activity.idle_for(keep_alive) {
+            () = tokio::time::sleep_until(idle_check), if !closing || draining => {
+                if draining {
+                    // A connection owed no answer (idle, or half-way through a request head)
+                    // does not hold the shutdown up until its header timeout. Seen so twice in
+                    // a row: a response that just ended had time to be flushed.
+                    if activity.in_flight() > 0 {
+                        quiet = false;
+                    } else if quiet {
+                        return;
+                    } else {
+                        quiet = true;
+                    }
+                } else if activity.idle_for(keep_alive) {
                     tracing::trace!("closing an idle keep-alive connection");
                     connection.as_mut().graceful_shutdown();
                     closing = true;
@@ -262,6 +287,10 @@ impl Activity {
 
     fn last(&self) -> Instant {
         self.started + Duration::from_millis(self.last.load(Ordering::Relaxed))
+    }
+
+    fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::SeqCst)
     }
 
     /// When to look again whether the connection is idle.
