@@ -529,6 +529,21 @@ mod tests {
             idled >= Duration::from_millis(400) && idled < Duration::from_secs(2),
             "{idled:?}"
         );
+        // A client that connects and sends nothing is cut at the header-read timeout.
+        let mut silent_client = TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("connect");
+        let connected = Instant::now();
+        let mut nothing = [0u8; 1];
+        let cut = tokio::time::timeout(Duration::from_secs(5), silent_client.read(&mut nothing))
+            .await
+            .expect("a silent client is cut");
+        assert!(matches!(cut, Ok(0) | Err(_)), "{cut:?}");
+        assert!(
+            connected.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            connected.elapsed()
+        );
         stop.cancel();
         let drained = running
             .await
