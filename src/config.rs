@@ -39,6 +39,14 @@ impl EnvVars {
     pub const LOG: &'static str = "KERNELBOX_LOG";
     /// Most sandboxes alive at once.
     pub const MAX_SANDBOXES: &'static str = "KERNELBOX_MAX_SANDBOXES";
+    /// Most sandboxes one tenant (API key) may have alive at once.
+    pub const MAX_SANDBOXES_PER_TENANT: &'static str = "KERNELBOX_MAX_SANDBOXES_PER_TENANT";
+    /// Largest memory limit a create request may ask for, in MiB.
+    pub const MAX_MEMORY_MB: &'static str = "KERNELBOX_MAX_MEMORY_MB";
+    /// Largest CPU limit a create request may ask for.
+    pub const MAX_CPUS: &'static str = "KERNELBOX_MAX_CPUS";
+    /// Largest process limit a create request may ask for.
+    pub const MAX_PIDS: &'static str = "KERNELBOX_MAX_PIDS";
     /// Default execution timeout in seconds.
     pub const EXEC_TIMEOUT_SECS: &'static str = "KERNELBOX_EXEC_TIMEOUT_SECS";
     /// Largest execution timeout a request may ask for, in seconds.
@@ -222,6 +230,9 @@ pub struct EngineArgs {
     pub cleanup_interval_secs: u64,
     #[arg(long, env = EnvVars::MAX_SANDBOXES, default_value_t = 32)]
     pub max_sandboxes: usize,
+    /// Most live sandboxes per tenant (API key); default: `--max-sandboxes`.
+    #[arg(long, env = EnvVars::MAX_SANDBOXES_PER_TENANT)]
+    pub max_sandboxes_per_tenant: Option<usize>,
     #[arg(long, env = EnvVars::EXEC_TIMEOUT_SECS, default_value_t = 120)]
     pub exec_timeout_secs: u64,
     #[arg(long, env = EnvVars::MAX_EXEC_TIMEOUT_SECS, default_value_t = 3600)]
@@ -232,6 +243,15 @@ pub struct EngineArgs {
     pub cpus: f64,
     #[arg(long, env = EnvVars::PIDS, default_value_t = 256)]
     pub pids: u64,
+    /// Largest `memory_mb` a create request may ask for; default: `--memory-mb`.
+    #[arg(long, env = EnvVars::MAX_MEMORY_MB)]
+    pub max_memory_mb: Option<u64>,
+    /// Largest `cpus` a create request may ask for; default: `--cpus`.
+    #[arg(long, env = EnvVars::MAX_CPUS)]
+    pub max_cpus: Option<f64>,
+    /// Largest `pids` a create request may ask for; default: `--pids`.
+    #[arg(long, env = EnvVars::MAX_PIDS)]
+    pub max_pids: Option<u64>,
     #[arg(long, env = EnvVars::OUTPUT_LIMIT_BYTES, default_value_t = 4 * 1024 * 1024)]
     pub output_limit_bytes: usize,
     #[arg(long, env = EnvVars::RICH_OUTPUT_LIMIT_BYTES, default_value_t = 16 * 1024 * 1024)]
@@ -358,12 +378,16 @@ pub struct EngineConfig {
     /// Further images a request may name.
     pub allowed_images: Vec<String>,
     pub instance: String,
+    /// What a sandbox gets unless its create request asks for less (or more, up to `ceilings`).
     pub limits: Limits,
+    /// The most a create request may ask for.
+    pub ceilings: Limits,
     pub exec_timeout: Duration,
     pub max_exec_timeout: Duration,
     pub max_idle: Duration,
     pub cleanup_interval: Duration,
     pub max_sandboxes: usize,
+    pub max_sandboxes_per_tenant: usize,
     pub output_limit_bytes: usize,
     pub rich_output_limit_bytes: usize,
     /// Largest upload, in bytes (files, and directory archives after gunzip).
@@ -411,6 +435,41 @@ impl EngineArgs {
                 requirement: "at least 64",
             });
         }
+        let limits = Limits {
+            memory_mb: self.memory_mb,
+            milli_cpus: (self.cpus * 1000.0).round() as u64,
+            pids: positive(self.pids, "--pids")?,
+        };
+        let ceilings = Limits {
+            memory_mb: self.max_memory_mb.unwrap_or(self.memory_mb),
+            milli_cpus: self
+                .max_cpus
+                .map_or(limits.milli_cpus, |cpus| (cpus * 1000.0).round() as u64),
+            pids: self.max_pids.unwrap_or(limits.pids),
+        };
+        if ceilings.memory_mb < limits.memory_mb {
+            return Err(ConfigError::Invalid {
+                option: "--max-memory-mb",
+                requirement: "at least --memory-mb",
+            });
+        }
+        if ceilings.milli_cpus < limits.milli_cpus || self.max_cpus.is_some_and(|c| c > 1024.0) {
+            return Err(ConfigError::Invalid {
+                option: "--max-cpus",
+                requirement: "at least --cpus and at most 1024",
+            });
+        }
+        if ceilings.pids < limits.pids {
+            return Err(ConfigError::Invalid {
+                option: "--max-pids",
+                requirement: "at least --pids",
+            });
+        }
+        let max_sandboxes = positive(self.max_sandboxes as u64, "--max-sandboxes")? as usize;
+        let max_sandboxes_per_tenant = match self.max_sandboxes_per_tenant {
+            None => max_sandboxes,
+            Some(quota) => positive(quota as u64, "--max-sandboxes-per-tenant")? as usize,
+        };
         let exec_timeout = positive(self.exec_timeout_secs, "--exec-timeout-secs")?;
         let max_exec_timeout = positive(self.max_exec_timeout_secs, "--max-exec-timeout-secs")?;
         if exec_timeout > max_exec_timeout {
@@ -439,11 +498,8 @@ impl EngineArgs {
                 .filter(|image| !image.is_empty())
                 .collect(),
             instance,
-            limits: Limits {
-                memory_mb: self.memory_mb,
-                milli_cpus: (self.cpus * 1000.0).round() as u64,
-                pids: positive(self.pids, "--pids")?,
-            },
+            limits,
+            ceilings,
             exec_timeout: Duration::from_secs(exec_timeout),
             max_exec_timeout: Duration::from_secs(max_exec_timeout),
             max_idle: Duration::from_secs(positive(self.max_idle_secs, "--max-idle-secs")?),
@@ -451,7 +507,8 @@ impl EngineArgs {
                 self.cleanup_interval_secs,
                 "--cleanup-interval-secs",
             )?),
-            max_sandboxes: positive(self.max_sandboxes as u64, "--max-sandboxes")? as usize,
+            max_sandboxes,
+            max_sandboxes_per_tenant,
             output_limit_bytes: self.output_limit_bytes,
             rich_output_limit_bytes: self.rich_output_limit_bytes,
             max_upload_bytes: positive(self.max_upload_bytes, "--max-upload-bytes")?,

@@ -41,6 +41,7 @@ pub mod lifecycle;
 pub mod metrics;
 pub mod network;
 pub mod paths;
+mod quota;
 pub mod sandbox;
 pub mod tenant;
 pub mod validate;

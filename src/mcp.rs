@@ -8,6 +8,7 @@
 //! | [`render`]      | engine results as MCP content, `isError` and structured content  |
 //! | [`resources`]   | sessions, files and large outputs as readable resources          |
 //! | [`transport`]   | the stdio loop and the Streamable HTTP service                   |
+//! | [`session_owners`] | which tenant opened each HTTP session; others get 404 for it  |
 //!
 //! **Which sandbox a call uses** (DESIGN decision 3): a stdio connection, and an HTTP client on a
 //! protocol revision with the initialize handshake (2024-11-05 to 2025-11-25), get a default
@@ -18,6 +19,7 @@
 pub mod handler;
 mod render;
 mod resources;
+pub mod session_owners;
 pub mod tools;
 pub mod transport;
 

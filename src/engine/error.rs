@@ -21,8 +21,14 @@ pub enum EngineError {
     ExecutionNotFound { id: String },
     #[error("sandbox {id} is busy with another execution; wait for it to finish or cancel it")]
     Busy { id: String },
-    #[error("the limit of {limit} live sandboxes is reached; close one first")]
+    #[error(
+        "the server's limit of {limit} live sandboxes (--max-sandboxes) is reached; close one first"
+    )]
     TooManySandboxes { limit: usize },
+    #[error(
+        "your quota of {limit} live sandboxes (--max-sandboxes-per-tenant) is reached; close one first"
+    )]
+    TenantQuotaReached { limit: usize },
     #[error("invalid {field}: {reason}")]
     InvalidInput { field: &'static str, reason: String },
     #[error("path {path} is outside {WORKSPACE}")]
@@ -92,6 +98,7 @@ impl EngineError {
             E::PathNotFound { .. } => "path_not_found",
             E::Busy { .. } => "busy",
             E::TooManySandboxes { .. } => "too_many_sandboxes",
+            E::TenantQuotaReached { .. } => "tenant_quota_reached",
             E::InvalidInput { .. } => "invalid_request",
             E::PathOutsideWorkspace { .. } => "path_outside_workspace",
             E::IsADirectory { .. } => "is_a_directory",

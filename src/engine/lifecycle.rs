@@ -20,6 +20,7 @@ use super::guest_registry::GuestRegistry;
 use super::history::{ExecutionHistory, ExecutionRecord};
 use super::labels;
 use super::metrics::EngineMetrics;
+use super::quota::{Live, Quota};
 use super::sandbox::{KernelLink, Sandbox, SandboxInfo};
 use super::tenant::Tenant;
 use super::validate;
@@ -42,6 +43,10 @@ const HISTORY_BYTES: usize = 64 * 1024 * 1024;
 pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Most frames in one kernel message (a Jupyter message has 6 plus a few identities and buffers).
 const MAX_KERNEL_MESSAGE_PARTS: usize = 64;
+/// The smallest memory limit a request may ask for, in MiB: below it the kernel cannot start.
+const MIN_MEMORY_MB: u64 = 64;
+/// The smallest process limit a request may ask for: the supervisor, the kernel, its channels.
+const MIN_PIDS: u64 = 16;
 
 /// Options for a new sandbox.
 #[derive(Debug, Clone)]
@@ -57,8 +62,10 @@ pub struct CreateSandbox {
     pub network: Option<EgressRequest>,
     /// The tenant that owns the sandbox.
     pub tenant: Tenant,
+    /// Within the operator's ceilings (`--max-memory-mb`, `--max-cpus`, `--max-pids`).
     pub memory_mb: Option<u64>,
     pub cpus: Option<f64>,
+    pub pids: Option<u64>,
 }
 
 impl CreateSandbox {
@@ -72,6 +79,7 @@ impl CreateSandbox {
             tenant,
             memory_mb: None,
             cpus: None,
+            pids: None,
         }
     }
 }
@@ -81,6 +89,8 @@ pub struct Engine {
     pub(super) backend: Arc<dyn Backend>,
     pub(super) config: EngineConfig,
     sandboxes: DashMap<String, Arc<Sandbox>>,
+    /// The global cap and the tenants' quotas on live sandboxes.
+    quota: Quota,
     pub(super) history: ExecutionHistory,
     pub(super) metrics: EngineMetrics,
     pub(super) guests: GuestRegistry,
@@ -93,6 +103,7 @@ impl Engine {
     pub fn new(backend: Arc<dyn Backend>, config: EngineConfig) -> Arc<Self> {
         Arc::new(Self {
             backend,
+            quota: Quota::new(config.max_sandboxes, config.max_sandboxes_per_tenant),
             config,
             sandboxes: DashMap::new(),
             history: ExecutionHistory::new(HISTORY_ENTRIES, HISTORY_BYTES),
@@ -175,11 +186,6 @@ impl Engine {
         if self.shutdown.is_cancelled() {
             return Err(EngineError::ShuttingDown);
         }
-        if self.sandboxes.len() >= self.config.max_sandboxes {
-            return Err(EngineError::TooManySandboxes {
-                limit: self.config.max_sandboxes,
-            });
-        }
         let limits = self.limits_for(&request)?;
         if let Some(tag) = &request.tag {
             validate::tag(tag)?;
@@ -190,6 +196,11 @@ impl Engine {
         if image != self.config.image {
             self.check_image_named(&image).await?;
         }
+        // Taken before the slow part and given back if it fails: concurrent creates cannot
+        // overrun the caps.
+        let slot = self
+            .quota
+            .take(&request.tenant, |tenant| self.live(tenant))?;
         let id = new_sandbox_id();
         let span = tracing::info_span!("sandbox", sandbox_id = %id);
         let started = std::time::Instant::now();
@@ -229,7 +240,9 @@ impl Engine {
                 "sandbox ready"
             );
             let info = sandbox.info();
-            self.sandboxes.insert(id.clone(), sandbox);
+            slot.fill(|| {
+                self.sandboxes.insert(id.clone(), sandbox);
+            });
             Ok(info)
         }
         .instrument(span)
@@ -241,25 +254,57 @@ impl Engine {
         created
     }
 
+    /// Live sandboxes, all and `tenant`'s.
+    fn live(&self, tenant: &Tenant) -> Live {
+        let mut live = Live::default();
+        for entry in self.sandboxes.iter() {
+            live.total += 1;
+            if entry.value().tenant() == tenant {
+                live.tenant += 1;
+            }
+        }
+        live
+    }
+
+    /// The limits a request asks for, within the operator's ceilings.
     fn limits_for(&self, request: &CreateSandbox) -> Result<Limits, EngineError> {
         let mut limits = self.config.limits;
+        let ceilings = self.config.ceilings;
         if let Some(memory_mb) = request.memory_mb {
-            if !(64..=self.config.limits.memory_mb.max(64) * 16).contains(&memory_mb) {
-                return Err(EngineError::InvalidInput {
-                    field: "memory_mb",
-                    reason: "must be at least 64".into(),
-                });
-            }
+            validate::check(
+                (MIN_MEMORY_MB..=ceilings.memory_mb).contains(&memory_mb),
+                "memory_mb",
+                || {
+                    format!(
+                        "{memory_mb} is not between {MIN_MEMORY_MB} and this server's ceiling of {} (--max-memory-mb)",
+                        ceilings.memory_mb
+                    )
+                },
+            )?;
             limits.memory_mb = memory_mb;
         }
         if let Some(cpus) = request.cpus {
-            if !(cpus > 0.0 && cpus <= 64.0) {
-                return Err(EngineError::InvalidInput {
-                    field: "cpus",
-                    reason: "must be greater than 0 and at most 64".into(),
-                });
-            }
-            limits.milli_cpus = (cpus * 1000.0).round() as u64;
+            let milli_cpus = (cpus * 1000.0).round();
+            validate::check(
+                cpus.is_finite() && milli_cpus >= 1.0 && milli_cpus <= ceilings.milli_cpus as f64,
+                "cpus",
+                || {
+                    format!(
+                        "{cpus} is not above 0 and at most this server's ceiling of {} (--max-cpus)",
+                        ceilings.milli_cpus as f64 / 1000.0
+                    )
+                },
+            )?;
+            limits.milli_cpus = milli_cpus as u64;
+        }
+        if let Some(pids) = request.pids {
+            validate::check((MIN_PIDS..=ceilings.pids).contains(&pids), "pids", || {
+                format!(
+                    "{pids} is not between {MIN_PIDS} and this server's ceiling of {} (--max-pids)",
+                    ceilings.pids
+                )
+            })?;
+            limits.pids = pids;
         }
         Ok(limits)
     }

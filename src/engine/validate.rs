@@ -12,7 +12,7 @@ pub const MAX_TAG_CHARS: usize = 256;
 pub const MAX_SERVER_NAME_CHARS: usize = 64;
 
 /// `Ok` when `valid`, else the invalid-input error for `field` with the reason `reason` gives.
-fn check(
+pub(super) fn check(
     valid: bool,
     field: &'static str,
     reason: impl FnOnce() -> String,

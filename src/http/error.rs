@@ -17,6 +17,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::auth::AuthError;
+use super::guard::GuardError;
 use crate::engine::EngineError;
 
 /// An error answer.
@@ -148,6 +149,19 @@ impl From<AuthError> for ApiError {
     }
 }
 
+impl From<GuardError> for ApiError {
+    fn from(error: GuardError) -> Self {
+        let (status, code) = match error {
+            GuardError::HostNotAllowed { .. } => (StatusCode::FORBIDDEN, "host_not_allowed"),
+            GuardError::OriginNotAllowed { .. } => (StatusCode::FORBIDDEN, "origin_not_allowed"),
+            GuardError::NotJson { .. } => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+            }
+        };
+        Self::new(status, code, error.to_string())
+    }
+}
+
 impl From<EngineError> for ApiError {
     fn from(error: EngineError) -> Self {
         let status = engine_status(&error);
@@ -170,7 +184,7 @@ pub fn engine_status(error: &EngineError) -> StatusCode {
         }
         "busy" | "is_a_directory" => StatusCode::CONFLICT,
         "network_not_allowed" => StatusCode::FORBIDDEN,
-        "too_many_sandboxes" | "too_many" => StatusCode::TOO_MANY_REQUESTS,
+        "too_many_sandboxes" | "tenant_quota_reached" | "too_many" => StatusCode::TOO_MANY_REQUESTS,
         "invalid_request" | "mcp_server_failed" | "mcp_error" => {
             if let EngineError::Backend(_) = error {
                 tracing::info!(error = %error, detail = ?error, "the container runtime refused a request");

@@ -25,6 +25,7 @@ use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouter};
 use utoipa_axum::routes;
 
 use super::extract::AppState;
+use super::guard::json;
 
 /// Upload routes stream their bodies under the engine's own limit, not the JSON one.
 fn streamed(
@@ -40,21 +41,24 @@ fn streamed(
 /// The REST routes with their OpenAPI description.
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
-        .routes(routes!(containers::create, containers::list))
-        .routes(routes!(containers::get_one, containers::destroy))
-        .routes(routes!(firewall::set, firewall::get))
-        .routes(routes!(execute::execute))
-        .routes(routes!(execute::execute_stream))
-        .routes(routes!(execute::execution))
-        .routes(routes!(commands::run))
+        .routes(json(routes!(containers::create, containers::list)))
+        .routes(json(routes!(containers::get_one, containers::destroy)))
+        .routes(json(routes!(firewall::set, firewall::get)))
+        .routes(json(routes!(execute::execute)))
+        .routes(json(routes!(execute::execute_stream)))
+        .routes(json(routes!(execute::execution)))
+        .routes(json(routes!(commands::run)))
         .routes(streamed(routes!(files::upload_to_workspace)))
         .routes(streamed(routes!(files::upload_file)))
-        .routes(routes!(files::download_file, files::delete_file))
+        .routes(json(routes!(files::download_file, files::delete_file)))
         .routes(streamed(routes!(
             files::upload_workspace_tree,
             files::download_workspace_tree
         )))
         .routes(streamed(routes!(files::upload_tree, files::download_tree)))
-        .routes(routes!(guest_servers::register, guest_servers::get_one))
-        .routes(routes!(guest_servers::call_tool))
+        .routes(json(routes!(
+            guest_servers::register,
+            guest_servers::get_one
+        )))
+        .routes(json(routes!(guest_servers::call_tool)))
 }

@@ -9,7 +9,8 @@
 //! | `/containers/{id}/mcp-proxy/{server}`  | the guest proxy face ([`super::guest_proxy`])  |
 //! | `/metrics`, `/openapi.json`, `/docs`   | Prometheus metrics, the OpenAPI document       |
 //!
-//! Everything but `/health` is behind the API key when keys are set.
+//! Every request passes the `Host` and `Origin` checks ([`super::guard`]); everything but
+//! `/health` is behind the API key when keys are set.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -29,11 +30,14 @@ use utoipa_axum::routes;
 use super::auth::{API_KEY_HEADER, ApiKeys};
 use super::error::ApiError;
 use super::extract::{AppState, JSON_BODY_LIMIT};
-use super::guard::require_api_key;
+use super::guard::{
+    RequestPolicy, check_host_and_origin, limit_declared_body, require_api_key, require_json_body,
+};
 use super::listener::{ConnectionLimits, Listener};
 use super::rest::execute::EXECUTION_ID_HEADER;
 use super::{guest_proxy, metrics, openapi, rest};
 use crate::engine::Engine;
+use crate::mcp::session_owners::bind_sessions_to_tenants;
 use crate::mcp::transport::{HttpSettings, http_service, session_delete_no_content};
 
 /// Server failures.
@@ -60,10 +64,10 @@ pub enum ServerError {
 pub struct HttpConfig {
     /// API keys; empty means no auth.
     pub keys: Arc<ApiKeys>,
-    /// Browser origins allowed by CORS (`*` allows any); empty means no CORS headers. `/mcp`
-    /// accepts these origins and pages served from loopback.
+    /// Browser origins allowed by CORS (`*` allows any read); empty means no CORS headers.
+    /// State-changing requests and `/mcp` accept these origins (never `*`) and loopback pages.
     pub cors_origins: Vec<String>,
-    /// `Host` values `/mcp` accepts (DNS-rebinding protection); empty accepts any.
+    /// `Host` values every route accepts (DNS-rebinding protection); empty accepts any.
     pub allowed_hosts: Vec<String>,
     /// Closes MCP sessions (and their streams) at shutdown.
     pub shutdown: CancellationToken,
@@ -77,25 +81,6 @@ impl HttpConfig {
             return self.allowed_hosts.clone();
         }
         ["localhost", "127.0.0.1", "::1"].map(String::from).to_vec()
-    }
-
-    /// Origins `/mcp` accepts: loopback pages (MCP Inspector runs on localhost) and the CORS
-    /// origins. `None` when any origin is allowed.
-    fn mcp_origins(&self) -> Option<Vec<String>> {
-        if self.cors_origins.iter().any(|origin| origin.trim() == "*") {
-            return None;
-        }
-        let mut origins: Vec<String> =
-            ["http://localhost:*", "http://127.0.0.1:*", "http://[::1]:*"]
-                .map(String::from)
-                .to_vec();
-        origins.extend(
-            self.cors_origins
-                .iter()
-                .map(|origin| origin.trim().to_string())
-                .filter(|origin| !origin.is_empty()),
-        );
-        Some(origins)
     }
 }
 
@@ -195,18 +180,23 @@ fn api_router(engine: Arc<Engine>, keys: Arc<ApiKeys>) -> Router {
 
 /// The router, without a socket (tests serve it on `127.0.0.1:0` or call it with `oneshot`).
 pub fn app(engine: Arc<Engine>, config: &HttpConfig) -> Result<Router, ServerError> {
-    let mcp = http_service(
+    let (mcp, session_owners) = http_service(
         engine.clone(),
         HttpSettings {
-            allowed_hosts: config.allowed_hosts.clone(),
-            allowed_origins: config.mcp_origins(),
             session_idle: engine.config().max_idle,
             shutdown: config.shutdown.clone(),
+            max_body_bytes: JSON_BODY_LIMIT,
         },
     );
     let mcp = Router::new()
         .nest_service("/mcp", mcp)
         .layer(middleware::from_fn(session_delete_no_content))
+        .layer(middleware::from_fn_with_state(
+            session_owners,
+            bind_sessions_to_tenants,
+        ))
+        .layer(middleware::from_fn(require_json_body))
+        .layer(middleware::from_fn(limit_declared_body))
         .layer(middleware::from_fn_with_state(
             config.keys.clone(),
             require_api_key,
@@ -218,10 +208,18 @@ pub fn app(engine: Arc<Engine>, config: &HttpConfig) -> Result<Router, ServerErr
         .merge(api_router(engine, config.keys.clone()))
         .fallback(|| async { ApiError::no_route() })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() });
-    Ok(match cors(&config.cors_origins)? {
+    let router = match cors(&config.cors_origins)? {
         Some(cors) => router.layer(cors),
         None => router,
-    })
+    };
+    let policy = Arc::new(RequestPolicy::new(
+        &config.allowed_hosts,
+        &config.cors_origins,
+    ));
+    Ok(router.layer(middleware::from_fn_with_state(
+        policy,
+        check_host_and_origin,
+    )))
 }
 
 async fn health(State(engine): State<Arc<Engine>>) -> Json<Health> {

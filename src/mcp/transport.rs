@@ -11,11 +11,14 @@ use rmcp::transport::{StreamableHttpServerConfig, StreamableHttpService};
 use tokio_util::sync::CancellationToken;
 
 use super::KernelboxMcp;
+use super::session_owners::SessionOwners;
 use crate::engine::Engine;
 
-/// The largest JSON-RPC message accepted (a `write_file` of a few MiB in base64 fits; a 20 MB
-/// code string reaches the engine and gets a clear "too large" answer instead of being dropped).
-pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+/// The longest line `kernelbox stdio` reads. It is larger than the HTTP faces' one body limit
+/// because rmcp drops a longer line without an answer, which leaves the client waiting; under it
+/// a 20 MB code string reaches the engine and gets a clear "too large" answer. stdio has one
+/// local client, the user who started it.
+pub const MAX_STDIO_LINE_BYTES: usize = 64 * 1024 * 1024;
 
 /// MCP transport failures.
 #[derive(Debug, thiserror::Error)]
@@ -35,7 +38,7 @@ pub async fn serve_stdio(
     let handler = KernelboxMcp::new(engine);
     let (stdin, stdout) = rmcp::transport::stdio_pipes();
     let transport =
-        AsyncRwTransport::new_server(stdin, stdout).with_max_line_length(MAX_MESSAGE_BYTES);
+        AsyncRwTransport::new_server(stdin, stdout).with_max_line_length(MAX_STDIO_LINE_BYTES);
     let running = handler
         .clone()
         .serve(transport)
@@ -57,47 +60,44 @@ pub async fn serve_stdio(
 /// Settings of the `/mcp` endpoint.
 #[derive(Debug, Clone)]
 pub struct HttpSettings {
-    /// `Host` values accepted (DNS-rebinding protection); empty accepts any host.
-    pub allowed_hosts: Vec<String>,
-    /// Browser origins accepted; requests with any other `Origin` are refused. `None` accepts
-    /// any origin.
-    pub allowed_origins: Option<Vec<String>>,
     /// A legacy session idle this long is closed, and its default sandbox destroyed.
     pub session_idle: Duration,
     /// Stops every session at shutdown.
     pub shutdown: CancellationToken,
+    /// The largest request body read (the HTTP faces' one JSON body limit).
+    pub max_body_bytes: usize,
 }
 
-/// The Streamable HTTP service for `/mcp`: legacy sessions (2024-11-05 to 2025-11-25) and
+/// The Streamable HTTP service for `/mcp` (behind the HTTP server's request guard): legacy sessions (2024-11-05 to 2025-11-25) and
 /// stateless 2026-07-28 requests.
+/// Also returns the record of which tenant opened each session, for
+/// [`bind_sessions_to_tenants`](super::session_owners::bind_sessions_to_tenants).
 pub fn http_service(
     engine: Arc<Engine>,
     settings: HttpSettings,
-) -> StreamableHttpService<KernelboxMcp, LocalSessionManager> {
+) -> (
+    StreamableHttpService<KernelboxMcp, LocalSessionManager>,
+    SessionOwners,
+) {
     let mut sessions = LocalSessionManager::default();
     sessions.session_config.keep_alive = Some(settings.session_idle);
-    let mut config = StreamableHttpServerConfig::default()
-        .with_max_request_body_bytes(MAX_MESSAGE_BYTES)
+    let sessions = Arc::new(sessions);
+    let owners = SessionOwners::new(sessions.clone());
+    let config = StreamableHttpServerConfig::default()
+        .with_max_request_body_bytes(settings.max_body_bytes)
         // Stateless (2026-07-28) answers without progress go out as one JSON body, not SSE.
         .with_json_response(true)
         .with_sse_keep_alive(Some(Duration::from_secs(10)))
-        .with_cancellation_token(settings.shutdown);
-    config = match settings.allowed_origins {
-        Some(origins) => config
-            .with_allowed_origins(origins)
-            .enforce_origin_validation(),
-        None => config.disable_allowed_origins(),
-    };
-    config = if settings.allowed_hosts.is_empty() {
-        config.disable_allowed_hosts()
-    } else {
-        config.with_allowed_hosts(settings.allowed_hosts)
-    };
-    StreamableHttpService::new(
+        .with_cancellation_token(settings.shutdown)
+        // `Host` and `Origin` are checked for every route by the HTTP guard, `/mcp` included.
+        .disable_allowed_origins()
+        .disable_allowed_hosts();
+    let service = StreamableHttpService::new(
         move || Ok(KernelboxMcp::new(engine.clone())),
-        Arc::new(sessions),
+        sessions,
         config,
-    )
+    );
+    (service, owners)
 }
 
 /// Middleware for `/mcp`: a session `DELETE` answers 204 rather than rmcp's 202, which the

@@ -206,6 +206,31 @@ pub(crate) fn python_with_mcp() -> std::path::PathBuf {
 /// The official MCP Python SDK release the end-to-end tests drive kernelbox with.
 pub(crate) const MCP_SDK_VERSION: &str = "2.3.0";
 
+/// The sandbox ids of an instance's containers, as Docker lists them (each sandbox once, however
+/// many containers it has).
+pub(crate) fn instance_sandboxes(instance: &str) -> Vec<String> {
+    let listed = Command::new("docker")
+        .args([
+            "ps",
+            "-a",
+            "--filter",
+            &format!("label={}={instance}", labels::INSTANCE),
+            "--format",
+            &format!("{{{{.Label \"{}\"}}}}", labels::ID),
+        ])
+        .output()
+        .expect("docker ps");
+    let mut ids: Vec<String> = String::from_utf8_lossy(&listed.stdout)
+        .lines()
+        .map(str::trim)
+        .filter(|id| !id.is_empty())
+        .map(String::from)
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
 /// Whether a sandbox's container still exists.
 pub(crate) fn container_exists(sandbox_id: &str) -> bool {
     let listed = Command::new("docker")
@@ -240,12 +265,25 @@ impl TestServer {
         keys: &[&str],
         adjust: impl FnOnce(&mut kernelbox::config::EngineConfig),
     ) -> Option<Self> {
+        Self::start_with_cors(name, keys, &[], adjust).await
+    }
+
+    /// With CORS origins (`--cors-origins`) as well.
+    pub(crate) async fn start_with_cors(
+        name: &str,
+        keys: &[&str],
+        cors_origins: &[&str],
+        adjust: impl FnOnce(&mut kernelbox::config::EngineConfig),
+    ) -> Option<Self> {
         let engine = TestEngine::start_with(name, adjust).await?;
         let shutdown = tokio_util::sync::CancellationToken::new();
         let config = HttpConfig {
             keys: Arc::new(ApiKeys::new(keys)),
-            cors_origins: Vec::new(),
-            // As `serve` sets them for a loopback bind: `/mcp` refuses other `Host` values.
+            cors_origins: cors_origins
+                .iter()
+                .map(|origin| origin.to_string())
+                .collect(),
+            // As `serve` sets them for a loopback bind: every route refuses other `Host` values.
             allowed_hosts: vec!["127.0.0.1".into(), "localhost".into()],
             shutdown: shutdown.clone(),
         };
@@ -275,6 +313,11 @@ impl TestServer {
             shutdown,
             _engine: engine,
         })
+    }
+
+    /// The instance name of the server's engine (its containers carry it as a label).
+    pub(crate) fn instance(&self) -> &str {
+        self._engine.instance()
     }
 
     pub(crate) fn url(&self, path: &str) -> String {

@@ -37,6 +37,7 @@ use crate::engine::{Engine, Tenant};
 use crate::guest::EVENT_BUFFER;
 use crate::http::error::{ApiError, ErrorBody};
 use crate::http::extract::{ApiPath, AppState};
+use crate::http::guard::json;
 
 /// The header that names a proxy session.
 pub const SESSION_HEADER: &str = "mcp-session-id";
@@ -45,7 +46,7 @@ type Answer = Pin<Box<dyn Future<Output = Option<Value>> + Send>>;
 
 /// The proxy's routes, with their OpenAPI description.
 pub fn routes() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(post, delete))
+    OpenApiRouter::new().routes(json(routes!(post, delete)))
 }
 
 /// Forward JSON-RPC messages to an MCP server in the container (MCP Streamable HTTP).

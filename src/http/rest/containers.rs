@@ -31,15 +31,18 @@ pub struct CreateContainer {
     /// The image to run (default: the server's `--image`); others must be among the server's
     /// `--allowed-images`.
     pub image: Option<String>,
-    /// Memory limit in MiB (default: the server's `--memory-mb`).
+    /// Memory limit in MiB (default: the server's `--memory-mb`; at most its `--max-memory-mb`).
     #[schema(minimum = 64)]
     pub memory_mb: Option<u64>,
     /// What the container may reach (default: the server's `--egress` policy). It replaces
     /// the server's policy, like `POST /containers/{id}/firewall`.
     pub network: Option<FirewallRules>,
-    /// CPU limit; fractions allowed (default: the server's `--cpus`).
-    #[schema(exclusive_minimum = 0, maximum = 64)]
+    /// CPU limit; fractions allowed (default: the server's `--cpus`; at most its `--max-cpus`).
+    #[schema(exclusive_minimum = 0)]
     pub cpus: Option<f64>,
+    /// Process limit (default: the server's `--pids`; at most its `--max-pids`).
+    #[schema(minimum = 16)]
+    pub pids: Option<u64>,
 }
 
 /// What the container is doing.
@@ -129,6 +132,7 @@ pub(crate) async fn create(
             tenant,
             memory_mb: request.memory_mb,
             cpus: request.cpus,
+            pids: request.pids,
         })
         .await?;
     let location = format!("/containers/{}", info.id);
