@@ -13,7 +13,10 @@
 //! A request is in flight from the moment its head is parsed until its response body has been
 //! sent or dropped, so a long-lived streaming response (SSE, NDJSON) is never idle, whether it
 //! sends keep-alives or not. HTTP/1.1 only, as `axum::serve` served it here before (axum's
-//! `http2` feature was never enabled).
+//! `http2` feature was never enabled). hyper's own HTTP/1 connection is used rather than
+//! hyper-util's version-sniffing `auto` builder: the sniff reads the first bytes before hyper's
+//! header timer starts, so a client that sent nothing would sit there untimed. No route upgrades
+//! its connection (no WebSocket), so upgrades are not served.
 //!
 //! At shutdown the loop stops accepting, every connection is asked to finish its requests and
 //! close ([`Connections::drain`]); one with no request in flight (idle, or still sending a head)
