@@ -89,7 +89,7 @@ impl EnvVars {
     pub const KEEP_ALIVE_TIMEOUT_SECS: &'static str = "KERNELBOX_KEEP_ALIVE_TIMEOUT_SECS";
     /// Most HTTP connections open at once (`serve`).
     pub const MAX_CONNECTIONS: &'static str = "KERNELBOX_MAX_CONNECTIONS";
-    /// Seconds a guest MCP server may take to answer one proxied request.
+    /// Seconds a guest MCP server may take to answer one request (proxy or tool route).
     pub const GUEST_REQUEST_TIMEOUT_SECS: &'static str = "KERNELBOX_GUEST_REQUEST_TIMEOUT_SECS";
     /// Seconds from SIGINT/SIGTERM to exit, at most.
     pub const SHUTDOWN_TIMEOUT_SECS: &'static str = "KERNELBOX_SHUTDOWN_TIMEOUT_SECS";
@@ -299,8 +299,9 @@ pub struct EngineArgs {
     /// servers stopped (killed when they do not exit) and connections drained within it.
     #[arg(long, env = EnvVars::SHUTDOWN_TIMEOUT_SECS, default_value_t = 10)]
     pub shutdown_timeout_secs: u64,
-    /// Seconds a guest MCP server may take to answer one request through the proxy; then the
-    /// request is answered with a timeout error and no longer keeps its session alive.
+    /// Seconds a guest MCP server may take to answer one request, through the proxy or the tool
+    /// route; then the request is answered with a timeout error and no longer keeps its session
+    /// alive.
     #[arg(long, env = EnvVars::GUEST_REQUEST_TIMEOUT_SECS, default_value_t = 60)]
     pub guest_request_timeout_secs: u64,
     /// Refuse to start when the image is missing, instead of building it.

@@ -434,6 +434,25 @@ async fn a_guest_request_that_is_never_answered_times_out() {
         "{waited:?}"
     );
 
+    // The REST tool route (the registration's helper process) has the same limit, as a 504.
+    let started = Instant::now();
+    let (status, refused) = client
+        .json(
+            client
+                .http
+                .post(format!("{}/containers/{id}/mcp/stuck/hang", client.base))
+                .json(&json!({"params": {}})),
+        )
+        .await;
+    let waited = started.elapsed();
+    eprintln!("unanswered tool route: {status} after {waited:?}: {refused}");
+    assert_eq!(status, 504, "{refused}");
+    assert_eq!(refused["error"]["code"], "timeout", "{refused}");
+    assert!(
+        waited >= Duration::from_secs(3) && waited < Duration::from_secs(10),
+        "{waited:?}"
+    );
+
     // The same through SSE: the error arrives as the stream's message.
     let response = client
         .proxy(&id, &session, &tool_call(8, "hang", json!({})))
