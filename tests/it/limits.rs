@@ -112,7 +112,6 @@ async fn slow_request_heads_are_cut_and_health_still_answers() {
         slow.push(stream);
     }
     let opening = opened.elapsed();
-    let (fds_during, _) = descriptors(pid);
 
     // While they are open, a fresh connection gets its answer at once.
     let mut worst = Duration::ZERO;
@@ -121,6 +120,8 @@ async fn slow_request_heads_are_cut_and_health_still_answers() {
         assert!(status.starts_with("HTTP/1.1 200"), "{status}");
         worst = worst.max(took);
     }
+    // By now the server has taken every slow connection (the fresh ones came after them).
+    let (fds_during, _) = descriptors(pid);
     eprintln!(
         "300 slow heads opened in {opening:?}; server fds {fds_before} -> {fds_during}; worst fresh /health {worst:?}"
     );
