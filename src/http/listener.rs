@@ -36,6 +36,9 @@ use axum::body::Body;
 use axum::http::{Request, Response};
 use hyper::body::{Frame, Incoming, SizeHint};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -74,11 +77,53 @@ impl Default for ConnectionLimits {
     }
 }
 
+/// The accept loop's counters. The listener hands them to every request (as an extension), so
+/// `GET /metrics` shows them beside the engine's.
+#[derive(Debug, Clone, Default)]
+pub struct ConnectionMetrics {
+    open: Gauge,
+    accepted: Counter,
+    header_timeouts: Counter,
+}
+
+impl ConnectionMetrics {
+    /// The counters in the OpenMetrics text format, `# EOF` line included.
+    pub fn render(&self) -> String {
+        let mut registry = Registry::with_prefix("kernelbox_http");
+        registry.register("connections", "Open HTTP connections", self.open.clone());
+        registry.register(
+            "connections_accepted",
+            "HTTP connections accepted",
+            self.accepted.clone(),
+        );
+        registry.register(
+            "header_timeouts",
+            "HTTP connections closed because a request head did not arrive in time",
+            self.header_timeouts.clone(),
+        );
+        let mut text = String::new();
+        if prometheus_client::encoding::text::encode(&mut text, &registry).is_err() {
+            return "# EOF\n".to_string();
+        }
+        text
+    }
+}
+
+/// An open connection, counted until it ends.
+struct Open(ConnectionMetrics);
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.open.dec();
+    }
+}
+
 /// The accept loop, before it runs.
 pub struct Listener {
     listener: TcpListener,
     router: Router,
     limits: ConnectionLimits,
+    metrics: ConnectionMetrics,
 }
 
 /// The connections the accept loop started, once it stopped accepting.
@@ -103,6 +148,7 @@ impl Listener {
             listener,
             router,
             limits,
+            metrics: ConnectionMetrics::default(),
         }
     }
 
@@ -150,14 +196,18 @@ impl Listener {
                 tracing::debug!(%error, "could not set TCP_NODELAY");
             }
             tracing::trace!(%peer, "connection accepted");
+            self.metrics.accepted.inc();
+            self.metrics.open.inc();
             connections.tasks.spawn(serve_connection(
                 stream,
                 self.router.clone(),
                 http.clone(),
                 self.limits.keep_alive_timeout,
-                connections.drain.clone(),
-                connections.force.clone(),
-                permit,
+                Shutdown {
+                    drain: connections.drain.clone(),
+                    force: connections.force.clone(),
+                },
+                (permit, Open(self.metrics.clone())),
             ));
         }
         tracing::info!(
@@ -197,16 +247,25 @@ impl Connections {
     }
 }
 
-/// Serves one connection until it closes, is drained, or is dropped.
+/// How the accept loop tells a connection to stop.
+struct Shutdown {
+    /// Finish the requests in flight, then close.
+    drain: CancellationToken,
+    /// Close now.
+    force: CancellationToken,
+}
+
+/// Serves one connection until it closes, is drained, or is dropped. `slot` is its place under
+/// the cap and in the open-connections gauge, given back when it ends.
 async fn serve_connection(
     stream: TcpStream,
     router: Router,
     http: Arc<hyper::server::conn::http1::Builder>,
     keep_alive: Duration,
-    drain: CancellationToken,
-    force: CancellationToken,
-    _slot: OwnedSemaphorePermit,
+    Shutdown { drain, force }: Shutdown,
+    slot: (OwnedSemaphorePermit, Open),
 ) {
+    let metrics = slot.1.0.clone();
     let activity = Arc::new(Activity::new());
     let io = TokioIo::new(Watched {
         inner: stream,
@@ -215,6 +274,7 @@ async fn serve_connection(
     let service = Tracked {
         router,
         activity: activity.clone(),
+        metrics: metrics.clone(),
     };
     let connection = http.serve_connection(io, service);
     tokio::pin!(connection);
@@ -231,6 +291,9 @@ async fn serve_connection(
             served = connection.as_mut() => {
                 if let Err(error) = served {
                     // Header-read timeouts, resets and malformed requests end here.
+                    if error.is_timeout() {
+                        metrics.header_timeouts.inc();
+                    }
                     tracing::debug!(%error, "connection ended with an error");
                 }
                 return;
@@ -389,6 +452,7 @@ impl AsyncWrite for Watched {
 struct Tracked {
     router: Router,
     activity: Arc<Activity>,
+    metrics: ConnectionMetrics,
 }
 
 impl hyper::service::Service<Request<Incoming>> for Tracked {
@@ -396,8 +460,9 @@ impl hyper::service::Service<Request<Incoming>> for Tracked {
     type Error = Infallible;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
 
-    fn call(&self, request: Request<Incoming>) -> Self::Future {
+    fn call(&self, mut request: Request<Incoming>) -> Self::Future {
         let in_flight = self.activity.begin();
+        request.extensions_mut().insert(self.metrics.clone());
         let router = self.router.clone();
         Box::pin(async move {
             let response = match router.oneshot(request).await {

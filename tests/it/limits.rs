@@ -158,6 +158,22 @@ async fn slow_request_heads_are_cut_and_health_still_answers() {
     );
     let (status, _) = fresh_health(port).await;
     assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    // The metrics tell the operator what happened.
+    let metrics = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains("kernelbox_http_header_timeouts_total 300\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("kernelbox_http_connections 1\n"),
+        "{metrics}"
+    );
+    assert!(metrics.trim_end().ends_with("# EOF"), "{metrics}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
