@@ -9,6 +9,7 @@ use ipnet::IpNet;
 
 use crate::backend::Limits;
 use crate::egress::{DomainName, EgressLayer, EgressPolicy, parse_cidr};
+use crate::http::listener::ConnectionLimits;
 
 /// Environment variable names, one per option.
 pub struct EnvVars;
@@ -82,6 +83,16 @@ impl EnvVars {
     pub const DESTROY_ON_EXIT: &'static str = "KERNELBOX_DESTROY_ON_EXIT";
     /// Set to `true` to refuse to start when the image is missing instead of building it.
     pub const NO_IMAGE_BUILD: &'static str = "KERNELBOX_NO_IMAGE_BUILD";
+    /// Seconds a client has to send a complete request head (`serve`).
+    pub const HEADER_READ_TIMEOUT_SECS: &'static str = "KERNELBOX_HEADER_READ_TIMEOUT_SECS";
+    /// Seconds an idle keep-alive connection stays open (`serve`).
+    pub const KEEP_ALIVE_TIMEOUT_SECS: &'static str = "KERNELBOX_KEEP_ALIVE_TIMEOUT_SECS";
+    /// Most HTTP connections open at once (`serve`).
+    pub const MAX_CONNECTIONS: &'static str = "KERNELBOX_MAX_CONNECTIONS";
+    /// Seconds a guest MCP server may take to answer one request (proxy or tool route).
+    pub const GUEST_REQUEST_TIMEOUT_SECS: &'static str = "KERNELBOX_GUEST_REQUEST_TIMEOUT_SECS";
+    /// Seconds from SIGINT/SIGTERM to exit, at most.
+    pub const SHUTDOWN_TIMEOUT_SECS: &'static str = "KERNELBOX_SHUTDOWN_TIMEOUT_SECS";
 }
 
 /// Command line.
@@ -150,8 +161,52 @@ pub struct ServeArgs {
     /// loopback names when bound to loopback, any host otherwise. Set it behind a reverse proxy.
     #[arg(long, env = EnvVars::ALLOWED_HOSTS, value_delimiter = ',')]
     pub allowed_hosts: Vec<String>,
+    /// Seconds a client has to send a complete request head, counted from when its connection
+    /// opened or its previous response ended (so it also closes idle keep-alive connections).
+    #[arg(long, env = EnvVars::HEADER_READ_TIMEOUT_SECS, default_value_t = 10)]
+    pub header_read_timeout_secs: u64,
+    /// Seconds a connection with no request in flight may stay silent before it is closed.
+    #[arg(long, env = EnvVars::KEEP_ALIVE_TIMEOUT_SECS, default_value_t = 5)]
+    pub keep_alive_timeout_secs: u64,
+    /// HTTP connections open at once, at most; further ones wait in the listen backlog until one
+    /// closes.
+    #[arg(long, env = EnvVars::MAX_CONNECTIONS, default_value_t = 1024)]
+    pub max_connections: usize,
     #[command(flatten)]
     pub engine: EngineArgs,
+}
+
+impl ServeArgs {
+    /// The HTTP server's connection limits, validated.
+    pub fn connection_limits(&self) -> Result<ConnectionLimits, ConfigError> {
+        let positive = |value: u64, option| {
+            if value == 0 {
+                Err(ConfigError::Invalid {
+                    option,
+                    requirement: "greater than 0",
+                })
+            } else {
+                Ok(Duration::from_secs(value))
+            }
+        };
+        if self.max_connections == 0 {
+            return Err(ConfigError::Invalid {
+                option: "--max-connections",
+                requirement: "greater than 0",
+            });
+        }
+        Ok(ConnectionLimits {
+            header_read_timeout: positive(
+                self.header_read_timeout_secs,
+                "--header-read-timeout-secs",
+            )?,
+            keep_alive_timeout: positive(
+                self.keep_alive_timeout_secs,
+                "--keep-alive-timeout-secs",
+            )?,
+            max_connections: self.max_connections,
+        })
+    }
 }
 
 #[derive(Debug, Args)]
@@ -240,6 +295,15 @@ pub struct EngineArgs {
     /// running for the next start to reattach.
     #[arg(long, env = EnvVars::DESTROY_ON_EXIT)]
     pub destroy_on_exit: bool,
+    /// Seconds from SIGINT/SIGTERM to exit, at most: executions are interrupted, guest MCP
+    /// servers stopped (killed when they do not exit) and connections drained within it.
+    #[arg(long, env = EnvVars::SHUTDOWN_TIMEOUT_SECS, default_value_t = 10)]
+    pub shutdown_timeout_secs: u64,
+    /// Seconds a guest MCP server may take to answer one request, through the proxy or the tool
+    /// route; then the request is answered with a timeout error and no longer keeps its session
+    /// alive.
+    #[arg(long, env = EnvVars::GUEST_REQUEST_TIMEOUT_SECS, default_value_t = 60)]
+    pub guest_request_timeout_secs: u64,
     /// Refuse to start when the image is missing, instead of building it.
     #[arg(long, env = EnvVars::NO_IMAGE_BUILD)]
     pub no_image_build: bool,
@@ -344,6 +408,10 @@ pub struct EngineConfig {
     pub network: String,
     /// How long a new kernel has to answer.
     pub kernel_ready_timeout: Duration,
+    /// How long a guest server may take to answer one proxied request.
+    pub guest_request_timeout: Duration,
+    /// How long stopping may take, from the signal to exit.
+    pub shutdown_timeout: Duration,
 }
 
 impl EngineArgs {
@@ -473,6 +541,14 @@ impl EngineArgs {
             dns: self.dns,
             network: self.network,
             kernel_ready_timeout: Duration::from_secs(60),
+            guest_request_timeout: Duration::from_secs(positive(
+                self.guest_request_timeout_secs,
+                "--guest-request-timeout-secs",
+            )?),
+            shutdown_timeout: Duration::from_secs(positive(
+                self.shutdown_timeout_secs,
+                "--shutdown-timeout-secs",
+            )?),
         })
     }
 }
@@ -510,6 +586,33 @@ mod tests {
         assert_eq!(config.max_sandboxes_per_tenant, config.max_sandboxes);
         assert_eq!(config.exec_timeout, Duration::from_secs(120));
         assert_eq!(config.instance, "test");
+    }
+
+    #[test]
+    fn http_limits_have_defaults_and_refuse_zero() {
+        let cli = Cli::parse_from(["kernelbox", "serve"]);
+        let Command::Serve(args) = cli.command else {
+            unreachable!()
+        };
+        assert_eq!(
+            args.connection_limits().expect("defaults are valid"),
+            ConnectionLimits::default()
+        );
+        let config = args.engine.into_config("serve").expect("valid");
+        assert_eq!(config.guest_request_timeout, Duration::from_secs(60));
+        assert_eq!(config.shutdown_timeout, Duration::from_secs(10));
+        for flag in [
+            "--header-read-timeout-secs",
+            "--keep-alive-timeout-secs",
+            "--max-connections",
+        ] {
+            let cli = Cli::parse_from(["kernelbox", "serve", flag, "0"]);
+            let Command::Serve(args) = cli.command else {
+                unreachable!()
+            };
+            let error = args.connection_limits().expect_err("0 is refused");
+            assert!(error.to_string().contains(flag), "{error}");
+        }
     }
 
     #[test]

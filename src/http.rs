@@ -4,6 +4,7 @@
 //! | part              | what it does                                                       |
 //! |-------------------|--------------------------------------------------------------------|
 //! | [`server`]        | composes the faces into one router, binds, serves, shuts down      |
+//! | [`listener`]      | the accept loop: header-read and keep-alive timeouts, connection cap |
 //! | [`rest`]          | the REST face: containers, executions, files, commands, guests     |
 //! | [`guest_proxy`]   | the guest proxy face: Streamable HTTP to a guest server's process  |
 //! | [`auth`]          | API keys and the tenants they name                                 |
@@ -20,6 +21,7 @@ pub mod error;
 pub mod extract;
 pub mod guard;
 pub mod guest_proxy;
+pub mod listener;
 pub mod metrics;
 pub mod openapi;
 pub mod rest;

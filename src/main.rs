@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
@@ -11,7 +12,7 @@ use kernelbox::backend::docker::network::NetworkOptions;
 use kernelbox::config::{Cli, Command, EngineArgs, ImageCommand};
 use kernelbox::engine::{Engine, EngineError};
 use kernelbox::http::auth::ApiKeys;
-use kernelbox::http::server::HttpConfig;
+use kernelbox::http::server::{HttpConfig, ServeOptions};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -22,7 +23,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(main_exec(cli)) {
+    let outcome = runtime.block_on(main_exec(cli));
+    // Blocking work still running (an archive being packed, say) is not waited for: the stop
+    // already had its deadline.
+    runtime.shutdown_timeout(RUNTIME_STOP);
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!("{error:#}");
@@ -31,6 +36,9 @@ fn main() -> ExitCode {
         }
     }
 }
+
+/// How long the runtime may take to stop once the work is done or given up.
+const RUNTIME_STOP: Duration = Duration::from_millis(200);
 
 async fn main_exec(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
@@ -44,6 +52,7 @@ async fn main_exec(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Serve(args) => {
             init_logging(&args.engine.log);
+            let connections = args.connection_limits()?;
             let http = HttpConfig {
                 keys: Arc::new(ApiKeys::new(&args.api_key)),
                 cors_origins: args.cors_origins,
@@ -54,12 +63,17 @@ async fn main_exec(cli: Cli) -> anyhow::Result<()> {
             kernelbox::http::server::check_bind(args.host, &http.keys, args.insecure)?;
             let destroy_on_exit = args.engine.destroy_on_exit;
             let engine = start_engine(args.engine, "serve").await?;
+            let shutdown_timeout = engine.config().shutdown_timeout;
             kernelbox::http::server::serve(
                 engine,
                 http,
-                SocketAddr::new(args.host, args.port),
-                destroy_on_exit,
-                shutdown_signal(),
+                ServeOptions {
+                    addr: SocketAddr::new(args.host, args.port),
+                    connections,
+                    shutdown_timeout,
+                    destroy_on_exit,
+                },
+                shutdown_signal(shutdown_timeout),
             )
             .await?;
             Ok(())
@@ -68,9 +82,15 @@ async fn main_exec(cli: Cli) -> anyhow::Result<()> {
             init_logging(&args.engine.log);
             let destroy_on_exit = args.engine.destroy_on_exit;
             let engine = start_engine(args.engine, "stdio").await?;
-            let served =
-                kernelbox::mcp::transport::serve_stdio(engine.clone(), shutdown_signal()).await;
-            engine.shutdown(destroy_on_exit).await;
+            let shutdown_timeout = engine.config().shutdown_timeout;
+            let served = kernelbox::mcp::transport::serve_stdio(
+                engine.clone(),
+                shutdown_signal(shutdown_timeout),
+            )
+            .await;
+            let deadline = tokio::time::Instant::now()
+                + kernelbox::http::server::shutdown_budget(shutdown_timeout);
+            engine.shutdown_until(destroy_on_exit, deadline).await;
             served?;
             Ok(())
         }
@@ -126,8 +146,10 @@ fn init_logging(filter: &str) {
         .init();
 }
 
-/// Resolves on ctrl-c or SIGTERM.
-async fn shutdown_signal() {
+/// Resolves on ctrl-c or SIGTERM. From then on the process has `deadline` to exit: should the
+/// orderly stop not finish by then (a task that blocks its thread, say), a watchdog thread ends
+/// the process. The thread is the one thing nobody joins: it must outlive a stuck runtime.
+async fn shutdown_signal(deadline: Duration) {
     let ctrl_c = tokio::signal::ctrl_c();
     let mut terminate =
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
@@ -140,5 +162,18 @@ async fn shutdown_signal() {
             }
         } => {}
     }
-    tracing::info!("shutting down");
+    tracing::info!(deadline_secs = deadline.as_secs_f64(), "shutting down");
+    let watchdog = std::thread::Builder::new()
+        .name("shutdown-watchdog".into())
+        .spawn(move || {
+            std::thread::sleep(deadline);
+            eprintln!(
+                "kernelbox: the shutdown did not finish within {} s; exiting now",
+                deadline.as_secs_f64()
+            );
+            std::process::exit(2);
+        });
+    if let Err(error) = watchdog {
+        tracing::warn!(%error, "cannot start the shutdown watchdog");
+    }
 }

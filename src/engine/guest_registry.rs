@@ -15,6 +15,10 @@ use crate::guest::GuestPeer;
 
 /// How long a server may take to exit after its stdin closed, before it is killed.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
+/// The same at shutdown, where the whole stop has a deadline.
+const SHUTDOWN_CLOSE_GRACE: Duration = Duration::from_secs(1);
+/// How long the runtime may take to deliver a kill.
+const KILL_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What a guest process is started with.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -123,23 +127,41 @@ impl GuestProcess {
     /// Ends the process: closes its stdin, gives it a moment to exit, then kills its process
     /// group. Returns once its output stream ended (or the kill was sent and did not help).
     pub(crate) async fn close(&self, backend: &dyn Backend) {
+        self.close_within(backend, CLOSE_GRACE).await
+    }
+
+    /// [`GuestProcess::close`] with `grace` for each step. A write stuck on a process that stopped
+    /// reading holds its stdin: then the process is killed without waiting.
+    pub(crate) async fn close_within(&self, backend: &dyn Backend, grace: Duration) {
         if self.peer.has_exited() {
             return;
         }
-        self.peer.close_stdin().await;
-        if tokio::time::timeout(CLOSE_GRACE, self.peer.exited())
-            .await
-            .is_ok()
+        let closed = tokio::time::timeout(grace, self.peer.close_stdin()).await;
+        if closed.is_ok()
+            && tokio::time::timeout(grace, self.peer.exited())
+                .await
+                .is_ok()
         {
             return;
         }
-        if let Err(error) = backend
-            .kill_process_group(&self.container_id, self.pid)
-            .await
-        {
-            tracing::debug!(sandbox_id = %self.sandbox_id, %error, "could not kill the guest server process");
+        if closed.is_err() {
+            tracing::info!(sandbox_id = %self.sandbox_id, server = %self.server, pid = self.pid, "guest server's stdin is blocked; killing it");
         }
-        if tokio::time::timeout(CLOSE_GRACE, self.peer.exited())
+        match tokio::time::timeout(
+            KILL_TIMEOUT,
+            backend.kill_process_group(&self.container_id, self.pid),
+        )
+        .await
+        {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                tracing::debug!(sandbox_id = %self.sandbox_id, %error, "could not kill the guest server process")
+            }
+            Err(_) => {
+                tracing::warn!(sandbox_id = %self.sandbox_id, pid = self.pid, "killing the guest server process timed out")
+            }
+        }
+        if tokio::time::timeout(grace, self.peer.exited())
             .await
             .is_err()
         {
@@ -221,7 +243,12 @@ impl GuestRegistry {
                 processes.push(helper.process.clone());
             }
         }
-        futures::future::join_all(processes.iter().map(|process| process.close(backend))).await;
+        futures::future::join_all(
+            processes
+                .iter()
+                .map(|process| process.close_within(backend, SHUTDOWN_CLOSE_GRACE)),
+        )
+        .await;
         self.sessions.clear();
         self.registrations.clear();
     }

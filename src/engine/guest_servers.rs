@@ -192,8 +192,8 @@ impl Engine {
     }
 
     /// Calls one tool through the server's helper process; returns the `CallToolResult` (a
-    /// tool's own failure is a result with `isError`, not an error). Bounded by the execution
-    /// timeout.
+    /// tool's own failure is a result with `isError`, not an error). Bounded by the guest request
+    /// timeout, as proxied requests are.
     pub async fn call_guest_tool(
         &self,
         sandbox_id: &str,
@@ -216,7 +216,7 @@ impl Engine {
         );
         let response = within(
             server,
-            self.config.exec_timeout,
+            self.config.guest_request_timeout,
             guest_request(server, helper.process.peer(), call),
         )
         .await?;
@@ -304,6 +304,7 @@ pub(crate) fn guest_error(server: &str, error: PeerError) -> GuestServerError {
             server: server.to_string(),
         },
         PeerError::LineTooLong { server, limit } => GuestServerError::LineTooLong { server, limit },
+        PeerError::Timeout { server, waited } => GuestServerError::NotAnswering { server, waited },
         PeerError::InvalidMessage => GuestServerError::InvalidMessage,
     }
 }

@@ -39,6 +39,8 @@ const LIVENESS_TIMEOUT: Duration = Duration::from_secs(10);
 /// How many recent executions are remembered, and how many bytes of results they may hold.
 const HISTORY_ENTRIES: usize = 256;
 const HISTORY_BYTES: usize = 64 * 1024 * 1024;
+/// How long [`Engine::shutdown`] may take.
+pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Most frames in one kernel message (a Jupyter message has 6 plus a few identities and buffers).
 const MAX_KERNEL_MESSAGE_PARTS: usize = 64;
 /// Tells the kernel the server's message limit.
@@ -552,32 +554,75 @@ impl Engine {
     }
 
     /// Stops background work. With `destroy_sandboxes`, removes every sandbox too; otherwise they
-    /// keep running for the next start to reattach.
+    /// keep running for the next start to reattach. Gives up after [`SHUTDOWN_TIMEOUT`].
     pub async fn shutdown(&self, destroy_sandboxes: bool) {
-        self.guests.close_all(self.backend.as_ref()).await;
+        self.shutdown_until(
+            destroy_sandboxes,
+            tokio::time::Instant::now() + SHUTDOWN_TIMEOUT,
+        )
+        .await;
+    }
+
+    /// [`Engine::shutdown`], done by `deadline`: running executions are interrupted and guest
+    /// processes stopped (killed when they do not exit) side by side, then sandboxes are
+    /// destroyed if asked. Whatever is still running at the deadline is left; the next start
+    /// reattaches the sandboxes. Returns whether everything finished in time.
+    pub async fn shutdown_until(
+        &self,
+        destroy_sandboxes: bool,
+        deadline: tokio::time::Instant,
+    ) -> bool {
         self.shutdown.cancel();
         for entry in self.sandboxes.iter() {
             entry.value().cancel();
         }
         self.tasks.close();
-        if tokio::time::timeout(Duration::from_secs(10), self.tasks.wait())
-            .await
-            .is_err()
-        {
-            tracing::warn!("background tasks did not stop within 10 s");
+        // Destroying the containers stops whatever still runs in them: keep half the time for it.
+        let wait_until = if destroy_sandboxes {
+            let now = tokio::time::Instant::now();
+            now + deadline.saturating_duration_since(now) / 2
+        } else {
+            deadline
+        };
+        let stopped = tokio::time::timeout_at(wait_until, async {
+            tokio::join!(
+                self.guests.close_all(self.backend.as_ref()),
+                self.tasks.wait()
+            )
+        })
+        .await
+        .is_ok();
+        if !stopped {
+            tracing::warn!(
+                tasks = self.tasks.len(),
+                "executions or guest processes did not stop by the shutdown deadline"
+            );
         }
-        if destroy_sandboxes {
-            let ids: Vec<String> = self
-                .sandboxes
-                .iter()
-                .map(|entry| entry.key().clone())
-                .collect();
-            for id in ids {
+        if !destroy_sandboxes {
+            return stopped;
+        }
+        let ids: Vec<String> = self
+            .sandboxes
+            .iter()
+            .map(|entry| entry.key().clone())
+            .collect();
+        let destroyed = tokio::time::timeout_at(
+            deadline,
+            futures::stream::iter(ids).for_each_concurrent(PARALLEL_CHECKS, |id| async move {
                 if let Err(error) = self.remove(&id).await {
                     tracing::warn!(sandbox_id = %id, %error, "could not destroy sandbox at shutdown");
                 }
-            }
+            }),
+        )
+        .await
+        .is_ok();
+        if !destroyed {
+            tracing::warn!(
+                left = self.sandboxes.len(),
+                "sandboxes not destroyed by the shutdown deadline; the next start reattaches them"
+            );
         }
+        stopped && destroyed
     }
 }
 

@@ -29,6 +29,8 @@ use crate::backend::{BackendError, ExecChunk};
 const STDERR_TAIL_BYTES: usize = 4096;
 /// Events buffered per listening request; more are dropped (they are advisory).
 pub const EVENT_BUFFER: usize = 256;
+/// How long a cancellation for a timed-out request may wait for the server's stdin.
+const CANCEL_WRITE_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// Why a message did not reach the guest server, or its answer did not come back.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -37,6 +39,8 @@ pub enum PeerError {
     Exited { server: String },
     #[error("the MCP server {server:?} printed a line longer than {limit} bytes, and was stopped")]
     LineTooLong { server: String, limit: usize },
+    #[error("the MCP server {server:?} did not answer within {waited:?}")]
+    Timeout { server: String, waited: Duration },
     #[error("the message cannot be encoded as JSON")]
     InvalidMessage,
 }
@@ -56,6 +60,9 @@ struct Shared {
     sandbox_id: String,
     server: String,
     stdin: tokio::sync::Mutex<Pin<Box<dyn AsyncWrite + Send>>>,
+    /// A write was abandoned (its caller timed out) before its line was complete: the next write
+    /// ends that line first, so the server's framing stays intact.
+    torn: std::sync::atomic::AtomicBool,
     in_flight: Mutex<HashMap<u64, InFlight>>,
     exited: CancellationToken,
     /// The process printed a line past the limit: its output is no longer read, though it may
@@ -98,6 +105,7 @@ impl GuestPeer {
             sandbox_id: sandbox_id.to_string(),
             server: server.to_string(),
             stdin: tokio::sync::Mutex::new(stdin),
+            torn: std::sync::atomic::AtomicBool::new(false),
             in_flight: Mutex::new(HashMap::new()),
             exited: CancellationToken::new(),
             overflowed: std::sync::atomic::AtomicBool::new(false),
@@ -172,10 +180,53 @@ impl GuestPeer {
     /// Dropping the future forgets the request.
     pub async fn request(
         &self,
-        mut message: Value,
+        message: Value,
         events: Option<mpsc::Sender<Value>>,
     ) -> Result<Value, PeerError> {
         let internal = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.request_as(internal, message, events).await
+    }
+
+    /// [`GuestPeer::request`], waiting at most `limit` (writing the request included: a server
+    /// that stopped reading its stdin blocks the write). Then the request is forgotten, the
+    /// server is sent `notifications/cancelled` for it (when its stdin takes it at once), and
+    /// the caller gets [`PeerError::Timeout`].
+    pub async fn request_within(
+        &self,
+        message: Value,
+        events: Option<mpsc::Sender<Value>>,
+        limit: Duration,
+    ) -> Result<Value, PeerError> {
+        let internal = self.next_id.fetch_add(1, Ordering::Relaxed);
+        match tokio::time::timeout(limit, self.request_as(internal, message, events)).await {
+            Ok(answered) => answered,
+            Err(_) => {
+                tracing::info!(sandbox_id = %self.shared.sandbox_id, server = %self.shared.server, waited_ms = limit.as_millis() as u64, "guest server request timed out");
+                let cancelled = json!({
+                    "jsonrpc": "2.0",
+                    "method": "notifications/cancelled",
+                    "params": {"requestId": internal, "reason": "timed out"},
+                });
+                if tokio::time::timeout(CANCEL_WRITE_TIMEOUT, self.shared.write(&cancelled))
+                    .await
+                    .is_err()
+                {
+                    tracing::debug!("the guest server's stdin is blocked; no cancellation sent");
+                }
+                Err(PeerError::Timeout {
+                    server: self.shared.server.clone(),
+                    waited: limit,
+                })
+            }
+        }
+    }
+
+    async fn request_as(
+        &self,
+        internal: u64,
+        mut message: Value,
+        events: Option<mpsc::Sender<Value>>,
+    ) -> Result<Value, PeerError> {
         let caller_id = message.get("id").cloned().unwrap_or(Value::Null);
         let progress_token = message
             .pointer("/params/_meta/progressToken")
@@ -272,13 +323,23 @@ impl Shared {
         let mut line = serde_json::to_vec(message).map_err(|_| PeerError::InvalidMessage)?;
         line.push(b'\n');
         self.touch();
-        let mut stdin = self.stdin.lock().await;
-        let written = async {
+        // A process that is gone may leave a write blocked for good (its stdin is nobody's to
+        // drain any more): its end ends the write too.
+        let write = async {
+            let mut stdin = self.stdin.lock().await;
+            let torn = self.torn.swap(true, Ordering::SeqCst);
+            if torn {
+                stdin.write_all(b"\n").await?;
+            }
             stdin.write_all(&line).await?;
-            stdin.flush().await
+            stdin.flush().await?;
+            self.torn.store(false, Ordering::SeqCst);
+            Ok::<(), std::io::Error>(())
+        };
+        tokio::select! {
+            written = write => written.map_err(|_| self.exited_error()),
+            () = self.exited.cancelled() => Err(self.exited_error()),
         }
-        .await;
-        written.map_err(|_| self.exited_error())
     }
 
     /// Why the process is gone for its callers.
@@ -434,6 +495,7 @@ mod tests {
             sandbox_id: "sbx_test".into(),
             server: "time".into(),
             stdin: tokio::sync::Mutex::new(Box::pin(tokio::io::sink())),
+            torn: std::sync::atomic::AtomicBool::new(false),
             in_flight: Mutex::new(HashMap::new()),
             exited: CancellationToken::new(),
             overflowed: std::sync::atomic::AtomicBool::new(false),
@@ -514,6 +576,56 @@ mod tests {
         let _second = waiting(&shared, 6, json!("x"), None, false);
         assert_eq!(shared.internal_id_of(&json!("x")), Some(6));
         assert_eq!(shared.internal_id_of(&json!("y")), None);
+    }
+
+    #[tokio::test]
+    async fn a_timed_out_request_is_forgotten_and_a_torn_line_is_ended() {
+        // A stdin that takes 16 bytes and is then read by nobody, like a server that stopped
+        // reading.
+        let (stdin, mut server_side) = tokio::io::duplex(16);
+        let peer = GuestPeer::new(
+            Box::pin(stdin),
+            Box::pin(futures::stream::pending()),
+            "sbx_test",
+            "stuck",
+        );
+        let big =
+            json!({"jsonrpc": "2.0", "id": "a", "method": "m", "params": {"x": "y".repeat(64)}});
+        let waited = Duration::from_millis(50);
+        match peer.request_within(big, None, waited).await {
+            Err(PeerError::Timeout { server, waited: w }) => {
+                assert_eq!(server, "stuck");
+                assert_eq!(w, waited);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            peer.in_flight(),
+            0,
+            "the request no longer counts as waiting"
+        );
+        // The server reads again: the next message starts on a line of its own.
+        let reader = tokio::spawn(async move {
+            let mut seen = Vec::new();
+            let mut buffer = [0u8; 256];
+            while !String::from_utf8_lossy(&seen).contains("notifications/initialized") {
+                let read = tokio::io::AsyncReadExt::read(&mut server_side, &mut buffer)
+                    .await
+                    .expect("read");
+                seen.extend_from_slice(&buffer[..read]);
+            }
+            String::from_utf8_lossy(&seen).into_owned()
+        });
+        peer.notify(json!({"jsonrpc": "2.0", "method": "notifications/initialized"}))
+            .await
+            .expect("written");
+        let seen = reader.await.expect("reader");
+        let last = seen.lines().last().unwrap_or_default();
+        assert_eq!(
+            serde_json::from_str::<Value>(last).ok(),
+            Some(json!({"jsonrpc": "2.0", "method": "notifications/initialized"})),
+            "{seen:?}"
+        );
     }
 
     #[tokio::test]

@@ -1,17 +1,21 @@
-//! `GET /metrics`: the engine's counters in the Prometheus text format (OpenMetrics flavour).
+//! `GET /metrics`: the engine's counters, and the HTTP accept loop's, in the Prometheus text
+//! format (OpenMetrics flavour).
 
 use std::sync::Arc;
 
+use axum::Extension;
 use axum::extract::State;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::IntoResponse;
 
+use super::listener::ConnectionMetrics;
 use crate::engine::Engine;
 
 /// The content type of the OpenMetrics text format.
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-/// Live sandboxes, executions by outcome, execution and sandbox-creation durations.
+/// Live sandboxes, executions by outcome, execution and sandbox-creation durations, open and
+/// accepted HTTP connections and header-read timeouts.
 #[utoipa::path(
     get,
     path = "/metrics",
@@ -21,6 +25,18 @@ const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=
         (status = 401, description = "Missing or wrong API key", body = super::error::ErrorBody),
     )
 )]
-pub(crate) async fn metrics(State(engine): State<Arc<Engine>>) -> impl IntoResponse {
-    ([(CONTENT_TYPE, OPENMETRICS)], engine.metrics_text())
+pub(crate) async fn metrics(
+    State(engine): State<Arc<Engine>>,
+    connections: Option<Extension<ConnectionMetrics>>,
+) -> impl IntoResponse {
+    let mut text = engine.metrics_text();
+    // The accept loop's counters, when the request came through it (not through `oneshot`).
+    if let Some(Extension(connections)) = connections {
+        let engine_part = text.strip_suffix("# EOF\n").map(str::len);
+        if let Some(length) = engine_part {
+            text.truncate(length);
+            text.push_str(&connections.render());
+        }
+    }
+    ([(CONTENT_TYPE, OPENMETRICS)], text)
 }

@@ -1,5 +1,5 @@
-//! The HTTP server behind `kernelbox serve`: composes the faces into one router, binds with
-//! TCP_NODELAY and serves until shutdown.
+//! The HTTP server behind `kernelbox serve`: composes the faces into one router, binds, serves
+//! it through the accept loop in [`super::listener`] until shutdown, and stops within a deadline.
 //!
 //! | path                                   | face                                           |
 //! |----------------------------------------|------------------------------------------------|
@@ -14,12 +14,14 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderName, HeaderValue, Method};
 use axum::routing::get;
 use axum::{Json, Router, middleware};
 use serde::Serialize;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use utoipa_axum::router::OpenApiRouter;
@@ -29,6 +31,7 @@ use super::auth::{API_KEY_HEADER, ApiKeys};
 use super::error::ApiError;
 use super::extract::{AppState, JSON_BODY_LIMIT};
 use super::guard::{RequestPolicy, check_host_and_origin, require_api_key, require_json_body};
+use super::listener::{ConnectionLimits, Listener};
 use super::rest::execute::EXECUTION_ID_HEADER;
 use super::{guest_proxy, metrics, openapi, rest};
 use crate::engine::Engine;
@@ -226,15 +229,28 @@ async fn health(State(engine): State<Arc<Engine>>) -> Json<Health> {
     })
 }
 
-/// Serves until `shutdown` resolves, then stops the engine. Sandboxes keep running for the next
-/// start to reattach, unless `destroy_on_exit`.
+/// How [`serve`] listens, and how long it may take to stop.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    pub addr: SocketAddr,
+    pub connections: ConnectionLimits,
+    /// From the shutdown signal to the end of [`serve`], at most: executions are interrupted,
+    /// guest processes stopped and connections drained within it.
+    pub shutdown_timeout: Duration,
+    /// Destroy this instance's sandboxes at shutdown instead of leaving them for the next start.
+    pub destroy_on_exit: bool,
+}
+
+/// Serves until `shutdown` resolves, then stops the engine and drains the connections, both
+/// within `options.shutdown_timeout`. Sandboxes keep running for the next start to reattach,
+/// unless `destroy_on_exit`.
 pub async fn serve(
     engine: Arc<Engine>,
     mut config: HttpConfig,
-    addr: SocketAddr,
-    destroy_on_exit: bool,
+    options: ServeOptions,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
+    let addr = options.addr;
     config.allowed_hosts = config.hosts_for(addr.ip());
     let sessions = config.shutdown.clone();
     let app = app(engine.clone(), &config)?;
@@ -243,22 +259,34 @@ pub async fn serve(
         .map_err(|source| ServerError::Bind { addr, source })?;
     let local = listener.local_addr().map_err(ServerError::Serve)?;
     tracing::info!(%local, "listening");
-    let listener = axum::serve::ListenerExt::tap_io(listener, |stream| {
-        // Without TCP_NODELAY small responses wait for delayed ACKs (45 ms instead of 0.8 ms).
-        if let Err(error) = stream.set_nodelay(true) {
-            tracing::debug!(%error, "could not set TCP_NODELAY");
-        }
-    });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            // End MCP sessions: their open SSE streams would hold the shutdown open.
-            sessions.cancel();
-        })
-        .await
-        .map_err(ServerError::Serve)?;
-    engine.shutdown(destroy_on_exit).await;
+    let stop = CancellationToken::new();
+    let accepting = Listener::new(listener, app, options.connections).run(stop.clone());
+    let signalled = async {
+        shutdown.await;
+        stop.cancel();
+    };
+    let (connections, ()) = tokio::join!(accepting, signalled);
+    let started = Instant::now();
+    let deadline = started + shutdown_budget(options.shutdown_timeout);
+    // End MCP sessions (their open SSE streams), interrupt executions and stop guest processes,
+    // while the connections finish what they still have.
+    sessions.cancel();
+    let (drained, stopped) = tokio::join!(
+        connections.drain(deadline),
+        engine.shutdown_until(options.destroy_on_exit, deadline)
+    );
+    tracing::info!(
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        dropped_connections = drained.dropped,
+        engine_stopped = stopped,
+        "stopped"
+    );
     Ok(())
+}
+
+/// The part of the shutdown timeout the work may use: the rest is left for the process to exit.
+pub fn shutdown_budget(timeout: Duration) -> Duration {
+    timeout.saturating_sub((timeout / 10).min(Duration::from_millis(500)))
 }
 
 #[cfg(test)]

@@ -293,11 +293,18 @@ impl TestServer {
             .expect("bind");
         let addr = listener.local_addr().expect("address");
         let stop = shutdown.clone();
+        // The server's own accept loop, with its default limits, as `kernelbox serve` runs it.
         let server = tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(stop.cancelled_owned())
-                .await
-                .expect("serve");
+            let connections = kernelbox::http::listener::Listener::new(
+                listener,
+                app,
+                kernelbox::http::listener::ConnectionLimits::default(),
+            )
+            .run(stop)
+            .await;
+            connections
+                .drain(tokio::time::Instant::now() + std::time::Duration::from_secs(5))
+                .await;
         });
         Some(Self {
             base: format!("http://{addr}"),

@@ -7,6 +7,7 @@ mod faults;
 mod guard;
 mod hostile;
 mod isolation;
+mod limits;
 mod mcp;
 mod mcp_sessions;
 mod net;

@@ -11,6 +11,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Extension;
 use axum::Json;
@@ -103,10 +104,13 @@ async fn forward(
     engine.get(id, tenant)?;
     let incoming = message::parse(body)?;
     let accepts = Accepts::of(headers);
+    // Each request waits this long for its answer at most; then it is answered with a timeout
+    // error and no longer keeps its session busy.
+    let limit = engine.config().guest_request_timeout;
     let initialize = matches!(&incoming, Incoming::Single(message) if message.is_initialize());
     if initialize {
         let session = engine.open_proxy_session(id, tenant, server).await?;
-        let answer = answer(session.process.clone(), incoming, None).await;
+        let answer = answer(session.process.clone(), incoming, None, limit).await;
         if answer
             .as_ref()
             .is_none_or(|answer| answer.get("error").is_some())
@@ -136,17 +140,17 @@ async fn forward(
         .ok_or(ProxyError::MissingSession)?;
     let process = engine.proxy_session(id, tenant, server, session_id)?;
     if !incoming.expects_answer() {
-        answer(process, incoming, None).await;
+        answer(process, incoming, None, limit).await;
         return Ok(StatusCode::ACCEPTED.into_response());
     }
     if accepts.event_stream {
         let (events, receiver) = mpsc::channel(EVENT_BUFFER);
         Ok(sse(
-            Box::pin(answer(process, incoming, Some(events))),
+            Box::pin(answer(process, incoming, Some(events), limit)),
             Some(receiver),
         ))
     } else {
-        Ok(Json(answer(process, incoming, None).await).into_response())
+        Ok(Json(answer(process, incoming, None, limit).await).into_response())
     }
 }
 
@@ -156,6 +160,7 @@ async fn answer(
     process: Arc<GuestProcess>,
     incoming: Incoming,
     events: Option<mpsc::Sender<Value>>,
+    limit: Duration,
 ) -> Option<Value> {
     let single = matches!(incoming, Incoming::Single(_));
     let messages = match incoming {
@@ -179,12 +184,13 @@ async fn answer(
                 let process = process.clone();
                 let events = events.clone();
                 requests.push(Box::pin(async move {
-                    Some(match process.peer().request(body, events).await {
-                        Ok(answer) => answer,
-                        Err(error) => {
-                            ProxyError::from(guest_error(process.server(), error)).response_for(id)
-                        }
-                    })
+                    Some(
+                        match process.peer().request_within(body, events, limit).await {
+                            Ok(answer) => answer,
+                            Err(error) => ProxyError::from(guest_error(process.server(), error))
+                                .response_for(id),
+                        },
+                    )
                 }));
             }
             Message::Invalid { id, reason } => {
