@@ -6,7 +6,7 @@
 //!
 //! | part         | what it does                                                   |
 //! |--------------|----------------------------------------------------------------|
-//! | this file    | containers, execs, archives, the kernel's supervisor           |
+//! | this file    | containers, execs (collected, attached, streaming), the kernel's supervisor |
 //! | [`network`]  | each sandbox's network sidecar and the bridge they sit on      |
 //! | [`firewall`] | egress policies as the sidecar's nftables rules and dnsmasq    |
 //! | [`image`]    | building the sandbox image (`kernelbox image build`)           |
@@ -27,19 +27,18 @@ use bollard::errors::Error as DockerError;
 use bollard::exec::{StartExecOptions, StartExecResults};
 use bollard::models::{ContainerCreateBody, ContainerInspectResponse, ExecConfig, HostConfig};
 use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, DownloadFromContainerOptionsBuilder, InspectNetworkOptions,
-    ListContainersOptionsBuilder, RemoveContainerOptionsBuilder, RestartContainerOptionsBuilder,
-    UploadToContainerOptionsBuilder,
+    CreateContainerOptionsBuilder, InspectNetworkOptions, ListContainersOptionsBuilder,
+    RemoveContainerOptionsBuilder, RestartContainerOptionsBuilder,
 };
 use bytes::Bytes;
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use tokio::io::AsyncWriteExt;
 use tokio_util::io::StreamReader;
 
 use self::network::NetworkOptions;
 use super::{
-    AttachedExec, Backend, BackendError, ByteStream, ContainerInfo, ContainerSpec, ExecChunk,
-    ExecOutput, ExecSpec,
+    AttachedExec, Backend, BackendError, ContainerInfo, ContainerSpec, ExecChunk, ExecOutput,
+    ExecSpec, StreamingExec,
 };
 use crate::egress::EgressPolicy;
 use crate::kernel::{ChannelStream, KernelChannel};
@@ -79,6 +78,8 @@ const PID_WRAPPER: &str = r#"printf 'kernelbox-pid %s
 ' "$$"; exec "$@""#;
 /// How long `docker exec` may take to show the wrapper's pid line.
 const ATTACH_START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long creating and starting a streaming exec, and reading its exit code, may take.
+const STREAMING_START_TIMEOUT: Duration = Duration::from_secs(30);
 /// How much of an attached process's stderr explains a failed start.
 const START_STDERR_BYTES: usize = 4096;
 
@@ -630,33 +631,50 @@ impl Backend for DockerBackend {
         })
     }
 
-    async fn put_archive(
+    async fn exec_streaming(
         &self,
         container_id: &str,
-        dir: &str,
-        tar: ByteStream,
-    ) -> Result<(), BackendError> {
-        let options = UploadToContainerOptionsBuilder::default().path(dir).build();
-        self.docker
-            .upload_to_container(container_id, Some(options), bollard::body_try_stream(tar))
-            .await
-            .map_err(|error| classify("archive upload", "directory", error))
-    }
-
-    fn get_archive(&self, container_id: &str, path: &str) -> ByteStream {
-        let options = DownloadFromContainerOptionsBuilder::default()
-            .path(path)
-            .build();
-        let stream = self
-            .docker
-            .download_from_container(container_id, Some(options))
-            .map_err(|error| match classify("archive download", "path", error) {
-                BackendError::NotFound { .. } => {
-                    io::Error::new(io::ErrorKind::NotFound, "path not found")
+        spec: ExecSpec,
+    ) -> Result<StreamingExec, BackendError> {
+        let (exec_id, started) = tokio::time::timeout(
+            STREAMING_START_TIMEOUT,
+            self.start_exec(container_id, spec, true),
+        )
+        .await
+        .map_err(|_| BackendError::Timeout {
+            operation: "exec start",
+            waited: STREAMING_START_TIMEOUT,
+        })??;
+        let StartExecResults::Attached { output, input } = started else {
+            return Err(BackendError::NotAttached);
+        };
+        let output = output.filter_map(|chunk| async move {
+            match chunk {
+                Ok(LogOutput::StdOut { message } | LogOutput::Console { message }) => {
+                    Some(Ok(ExecChunk::Stdout(message)))
                 }
-                other => io::Error::other(other),
-            });
-        Box::pin(stream)
+                Ok(LogOutput::StdErr { message }) => Some(Ok(ExecChunk::Stderr(message))),
+                Ok(LogOutput::StdIn { .. }) => None,
+                Err(error) => Some(Err(classify("exec output", "container", error))),
+            }
+        });
+        let docker = self.docker.clone();
+        let exit = async move {
+            let inspect =
+                tokio::time::timeout(STREAMING_START_TIMEOUT, docker.inspect_exec(&exec_id))
+                    .await
+                    .map_err(|_| BackendError::Timeout {
+                        operation: "exec inspect",
+                        waited: STREAMING_START_TIMEOUT,
+                    })?
+                    .map_err(|error| classify("exec inspect", "container", error))?;
+            Ok(inspect.exit_code.unwrap_or(-1))
+        };
+        Ok(StreamingExec {
+            stdin: input,
+            output: Box::pin(output),
+            exit: Box::pin(exit),
+        })
     }
 
     async fn open_kernel_channel(

@@ -169,7 +169,7 @@ pub fn engine_status(error: &EngineError) -> StatusCode {
             StatusCode::NOT_FOUND
         }
         "busy" | "is_a_directory" => StatusCode::CONFLICT,
-        "network_not_allowed" => StatusCode::FORBIDDEN,
+        "network_not_allowed" | "permission_denied" => StatusCode::FORBIDDEN,
         "too_many_sandboxes" | "too_many" => StatusCode::TOO_MANY_REQUESTS,
         "invalid_request" | "mcp_server_failed" | "mcp_error" => {
             if let EngineError::Backend(_) = error {
