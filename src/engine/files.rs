@@ -359,30 +359,35 @@ impl Engine {
         }
         let answer = answer?;
         // A refusal about the target itself comes first: the sanitizer only failed then because
-        // the helper stopped reading.
-        if let Err(refused) = &answer
-            && refused.kind != Refusal::Invalid
-            && refused.kind != Refusal::Io
-        {
-            return Err(match refused.kind {
-                Refusal::NotDir => EngineError::InvalidInput {
+        // the helper stopped reading. So does an entry led out of the workspace on disk.
+        if let Err(refused) = answer {
+            return Err(match (refused.kind, refused.entry.clone()) {
+                (Refusal::Invalid | Refusal::Io | Refusal::Interrupted, _) => {
+                    checked.err().map_or_else(
+                        || EngineError::InvalidInput {
+                            field: "archive",
+                            reason: refused.message,
+                        },
+                        |reason| EngineError::InvalidInput {
+                            field: "archive",
+                            reason,
+                        },
+                    )
+                }
+                (Refusal::NotDir, None) => EngineError::InvalidInput {
                     field: "path",
                     reason: format!("{path} is not a directory"),
                 },
-                kind => in_sandbox::Refused {
-                    kind,
-                    message: refused.message.clone(),
+                (_, None) => refused.into_error(path),
+                (_, Some(entry)) => {
+                    let entry_path = format!("{}/{entry}", lexical.trim_end_matches('/'));
+                    refused.into_error(&entry_path)
                 }
-                .into_error(path),
             });
         }
         checked.map_err(|reason| EngineError::InvalidInput {
             field: "archive",
             reason,
-        })?;
-        answer.map_err(|refused| EngineError::InvalidInput {
-            field: "archive",
-            reason: refused.message,
         })?;
         within(IDLE_TIMEOUT, helper.finish()).await
     }

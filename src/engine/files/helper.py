@@ -12,7 +12,8 @@
 # operation then works on the fds it holds, so a link swapped in after the walk cannot redirect
 # it (the final open is O_NOFOLLOW too; a name that turned into a link is walked again).
 #
-# Output: stdout starts with one JSON line, {"ok": {...}} or {"error": KIND, "message": TEXT};
+# Output: stdout starts with one JSON line, {"ok": {...}} or {"error": KIND, "message": TEXT}
+# (with "entry": NAME when an archive entry was refused);
 # `read` and `tar` follow a success line with their payload. Exit status 0 means done; after a
 # payload started, failures go to stderr and the status is 1.
 #
@@ -43,6 +44,7 @@ class Refused(Exception):
         super().__init__(message)
         self.kind = kind
         self.message = message
+        self.entry = None
 
 
 class Changed(Exception):
@@ -143,11 +145,15 @@ def resolve(path, follow_last=True, make_dirs=False):
                 continue
             mode = os.fstat(fd).st_mode
             if stat.S_ISLNK(mode):
-                os.close(fd)
                 links += 1
                 if links > MAX_LINKS:
+                    os.close(fd)
                     raise Refused("invalid", "too many levels of symbolic links in %s" % text(path))
-                target = os.readlink(name, dir_fd=place.fd)
+                # The link read is the one just opened, whatever has its name by now.
+                try:
+                    target = os.readlink(b"", dir_fd=fd)
+                finally:
+                    os.close(fd)
                 if target.startswith(b"/"):
                     if target != ROOT and not target.startswith(ROOT + b"/"):
                         raise Refused("outside", "%s is a link leading outside the workspace" % place.path(name))
@@ -472,9 +478,13 @@ def op_untar(path):
         relative = b"/".join(([base] if base else []) + parts)
         entries += 1
         try:
-            extract(archive, member, base, relative)
-        except OSError as error:
-            raise refuse_os(error, os.fsencode(member.name))
+            try:
+                extract(archive, member, base, relative)
+            except OSError as error:
+                raise refuse_os(error, os.fsencode(member.name))
+        except Refused as refused:
+            refused.entry = member.name
+            raise
     answer({"ok": {"path": text(ROOT + (b"/" + base if base else b"")), "entries": entries}})
 
 
@@ -678,12 +688,14 @@ def main():
         sys.stdout.buffer.flush()
         return 0
     except Refused as refused:
-        kind, message = refused.kind, refused.message
+        kind, message, entry = refused.kind, refused.message, refused.entry
     except OSError as error:
-        kind, message = "io", os.strerror(error.errno or 0)
+        kind, message, entry = "io", os.strerror(error.errno or 0), None
     except Exception as error:  # a corrupt archive and the like: say so, never a traceback
-        kind, message = "invalid", "%s: %s" % (type(error).__name__, error)
+        kind, message, entry = "invalid", "%s: %s" % (type(error).__name__, error), None
     failure = {"error": kind, "message": message[:1024]}
+    if entry is not None:
+        failure["entry"] = entry[:4096]
     if ANSWERED:
         # A payload is under way: stdout is no place for this any more.
         sys.stderr.write(json.dumps(failure) + "\n")

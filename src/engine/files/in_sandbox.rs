@@ -115,6 +115,9 @@ struct Answer<T> {
     error: Option<Refusal>,
     #[serde(default)]
     message: String,
+    /// The archive entry refused, when it was one.
+    #[serde(default)]
+    entry: Option<String>,
 }
 
 /// A refusal with the helper's message, cut and stripped of control characters.
@@ -122,6 +125,8 @@ struct Answer<T> {
 pub(super) struct Refused {
     pub(super) kind: Refusal,
     pub(super) message: String,
+    /// The archive entry refused (cleaned like the message), when it was one.
+    pub(super) entry: Option<String>,
 }
 
 impl Refused {
@@ -260,6 +265,7 @@ impl Helper {
             (_, Some(kind)) => Ok(Err(Refused {
                 kind,
                 message: clean_message(&answer.message),
+                entry: answer.entry.as_deref().map(clean_message),
             })),
             (None, None) => Err(HelperFailure::NoAnswer.into()),
         }
