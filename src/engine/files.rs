@@ -105,9 +105,10 @@ impl Engine {
             &[relative(&lexical), &size_arg],
         )
         .await?;
-        let (fed, answer) = helper.feed_and_answer::<Written>(input, ANSWER_LIMIT).await;
+        // The helper answers success only once it has read all `size` bytes and renamed the
+        // file into place; the feed's closing of stdin may fail after that, harmlessly.
+        let (_fed, answer) = helper.feed_and_answer::<Written>(input, ANSWER_LIMIT).await;
         let written = answer?.map_err(|refused| refused.into_error(path))?;
-        fed.map_err(EngineError::Spool)?;
         within(OPERATION_TIMEOUT, helper.finish()).await?;
         Ok(written)
     }

@@ -522,4 +522,161 @@ mod tests {
         assert_eq!(relative("/workspace"), "");
         assert_eq!(relative("/workspace/a/b"), "a/b");
     }
+
+    /// Runs the helper on the host against `root` (a temporary directory standing in for the
+    /// workspace); `None` when there is no `/usr/bin/python3` here.
+    fn helper(root: &std::path::Path, args: &[&str], stdin: &[u8]) -> Option<(String, Vec<u8>)> {
+        use std::io::Write;
+        if !std::path::Path::new(PYTHON).exists() {
+            eprintln!("skipping: no {PYTHON}");
+            return None;
+        }
+        let mut child = std::process::Command::new(PYTHON)
+            .args(["-I", "-S", "-c", HELPER, args[0]])
+            .arg(root)
+            .args(&args[1..])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("run the helper");
+        let mut input = child.stdin.take().expect("stdin");
+        let _ = input.write_all(stdin);
+        drop(input);
+        let output = child.wait_with_output().expect("helper output");
+        let end = output
+            .stdout
+            .iter()
+            .position(|byte| *byte == b'\n')
+            .expect("an answer line");
+        let line = String::from_utf8_lossy(&output.stdout[..end]).into_owned();
+        Some((line, output.stdout[end + 1..].to_vec()))
+    }
+
+    fn tar_of(entries: &[(&str, tar::EntryType, &str, &[u8])]) -> Vec<u8> {
+        let mut builder = tar::Builder::new(Vec::new());
+        for (name, kind, link, content) in entries {
+            let mut header = tar::Header::new_gnu();
+            header.set_entry_type(*kind);
+            header.set_mode(0o644);
+            header.set_size(content.len() as u64);
+            header.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+            header.as_old_mut().linkname[..link.len()].copy_from_slice(link.as_bytes());
+            header.set_cksum();
+            builder.append(&header, *content).expect("append");
+        }
+        builder.into_inner().expect("tar")
+    }
+
+    #[test]
+    fn the_helper_never_leaves_its_root() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let root = dir.path().join("ws");
+        let outside = dir.path().join("outside");
+        std::fs::create_dir_all(root.join("in")).expect("root");
+        std::fs::create_dir_all(&outside).expect("outside");
+        std::fs::write(outside.join("secret"), b"secret").expect("secret");
+        std::fs::write(root.join("in/file"), b"inside").expect("file");
+        let link = |target: &std::path::Path, name: &str| {
+            std::os::unix::fs::symlink(target, root.join(name)).expect("link")
+        };
+        link(&outside, "abs_out");
+        link(std::path::Path::new("../outside"), "rel_out");
+        link(&root.join("in"), "abs_in");
+        link(std::path::Path::new("in/file"), "rel_in");
+        let Some((answer, bytes)) = helper(&root, &["read", "abs_in/file", "100"], b"") else {
+            return;
+        };
+        assert!(answer.starts_with(r#"{"ok":{"size":6"#), "{answer}");
+        assert_eq!(bytes, b"inside");
+        let (answer, bytes) = helper(&root, &["read", "rel_in", "100"], b"").expect("helper");
+        assert!(answer.contains(r#""ok""#) && bytes == b"inside", "{answer}");
+        for path in ["abs_out/secret", "rel_out/secret", "in/../rel_out/secret"] {
+            let (answer, bytes) = helper(&root, &["read", path, "100"], b"").expect("helper");
+            assert!(answer.contains(r#""error":"outside""#), "{path}: {answer}");
+            assert!(bytes.is_empty());
+            let (answer, _) = helper(&root, &["write", path, "4"], b"evil").expect("helper");
+            assert!(answer.contains(r#""error":"outside""#), "{path}: {answer}");
+        }
+        // A dangling link leading out is not a way to create a file outside either.
+        link(&outside.join("created"), "dangling");
+        let (answer, _) = helper(&root, &["write", "dangling", "4"], b"evil").expect("helper");
+        assert!(answer.contains(r#""error":"outside""#), "{answer}");
+        // Archives: a chain of links, a hard link out, a file through a planted link.
+        let archives = [
+            tar_of(&[
+                ("a", tar::EntryType::Symlink, ".", b""),
+                ("a/b", tar::EntryType::Symlink, "..", b""),
+                ("b/outside/chain", tar::EntryType::Regular, "", b"evil"),
+            ]),
+            tar_of(&[("h", tar::EntryType::Link, "rel_out/secret", b"")]),
+            tar_of(&[("abs_out/x", tar::EntryType::Regular, "", b"evil")]),
+        ];
+        for archive in archives {
+            let (answer, _) = helper(&root, &["untar", ""], &archive).expect("helper");
+            assert!(answer.contains(r#""error""#), "{answer}");
+        }
+        let (answer, _) = helper(&root, &["delete", "abs_out"], b"").expect("helper");
+        assert!(answer.contains(r#""ok""#), "{answer}");
+        let mut left: Vec<String> = std::fs::read_dir(&outside)
+            .expect("outside")
+            .map(|entry| {
+                entry
+                    .expect("entry")
+                    .file_name()
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .collect();
+        left.sort();
+        assert_eq!(left, ["secret"], "only the secret is outside");
+        assert_eq!(
+            std::fs::read(outside.join("secret")).expect("secret"),
+            b"secret"
+        );
+    }
+
+    #[test]
+    fn the_helper_lists_odd_names_and_archives_links_as_links() {
+        use std::os::unix::ffi::OsStrExt;
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let root = dir.path().join("ws");
+        std::fs::create_dir_all(root.join("t")).expect("root");
+        let odd = std::ffi::OsStr::from_bytes(b"bad\xffname\nline");
+        std::fs::write(root.join("t").join(odd), b"x").expect("odd name");
+        std::os::unix::fs::symlink("/etc", root.join("t/etc")).expect("link");
+        let Some((answer, _)) = helper(&root, &["list", "t"], b"") else {
+            return;
+        };
+        let listing: Answer<Listing> = serde_json::from_str(&answer).expect("listing");
+        let entries = listing.ok.expect("ok").entries;
+        let names: Vec<(&str, FileKind)> = entries
+            .iter()
+            .map(|entry| (entry.name.as_str(), entry.kind))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("bad\u{fffd}name\nline", FileKind::File),
+                ("etc", FileKind::Symlink)
+            ]
+        );
+        let (answer, tar) = helper(&root, &["tar", "t", "dir"], b"").expect("helper");
+        assert!(answer.contains(r#""ok""#), "{answer}");
+        let mut archive = tar::Archive::new(&tar[..]);
+        let mut seen = Vec::new();
+        for entry in archive.entries().expect("entries") {
+            let entry = entry.expect("entry");
+            let link = entry
+                .link_name()
+                .expect("link name")
+                .map(|link| link.to_string_lossy().into_owned());
+            seen.push((
+                entry.path().expect("path").to_string_lossy().into_owned(),
+                link,
+            ));
+        }
+        assert_eq!(seen.len(), 3, "{seen:?}");
+        assert_eq!(seen[0].0, "./");
+        assert_eq!(seen[2], ("./etc".to_string(), Some("/etc".to_string())));
+    }
 }
