@@ -66,10 +66,16 @@ const SOCAT: &str = "/usr/bin/socat";
 /// How often socat tries the kernel's socket (25 ms apart) before it gives up.
 const KERNEL_CONNECT_RETRIES: u32 = 200;
 /// Kills the kernel, anchored: the supervisor's own command line mentions the kernel too.
-const KILL_KERNEL: [&str; 4] = ["pkill", "-KILL", "-f", "^python3 -m ipykernel_launcher"];
+/// The backend's own commands in a sandbox name their binaries by absolute, root-owned paths:
+/// the image's PATH starts with `~/.local/bin`, which the sandbox's code can write.
+const KILL_KERNEL: [&str; 4] = [
+    "/usr/bin/pkill",
+    "-KILL",
+    "-f",
+    "^python3 -m ipykernel_launcher",
+];
 /// Prints the memory cgroup's event counters (cgroup v2, then v1).
-const READ_OOM_EVENTS: &str =
-    "cat /sys/fs/cgroup/memory.events 2>/dev/null || cat /sys/fs/cgroup/memory/memory.oom_control";
+const READ_OOM_EVENTS: &str = "/bin/cat /sys/fs/cgroup/memory.events 2>/dev/null || /bin/cat /sys/fs/cgroup/memory/memory.oom_control";
 /// The first line an attached process prints: its pid inside the container. The wrapper makes
 /// the process the leader of a new session, so its pid is also its process group.
 const PID_MARKER: &str = "kernelbox-pid ";
@@ -561,7 +567,9 @@ impl Backend for DockerBackend {
         container_id: &str,
         mut spec: ExecSpec,
     ) -> Result<AttachedExec, BackendError> {
-        let mut argv: Vec<String> = ["sh", "-c", PID_WRAPPER, "sh"].map(String::from).to_vec();
+        let mut argv: Vec<String> = ["/bin/sh", "-c", PID_WRAPPER, "sh"]
+            .map(String::from)
+            .to_vec();
         argv.append(&mut spec.argv);
         spec.argv = argv;
         let (_, started) = self.start_exec(container_id, spec, true).await?;
@@ -724,7 +732,7 @@ impl Backend for DockerBackend {
         let group = format!("-{pgid}");
         self.exec(
             container_id,
-            backend_command(&["kill", "-KILL", "--", &group]),
+            backend_command(&["/usr/bin/kill", "-KILL", "--", &group]),
         )
         .await
         .map(drop)
@@ -750,7 +758,7 @@ impl Backend for DockerBackend {
         let output = self
             .exec(
                 container_id,
-                backend_command(&["sh", "-c", READ_OOM_EVENTS]),
+                backend_command(&["/bin/sh", "-c", READ_OOM_EVENTS]),
             )
             .await?;
         Ok(String::from_utf8_lossy(&output.stdout)
