@@ -2,8 +2,8 @@
 //! `sh` on its own PATH, plants links to `/etc`, races a directory against a link, and the test
 //! sends archives with link chains and hard links. Checked as root in the container: nothing
 //! outside `/workspace` changes. Also: the server acts with the sandbox user's rights (a root-only
-//! file in the workspace is refused), links inside the workspace still work, and the latency of
-//! a small write and read.
+//! file in the workspace is refused), links inside the workspace still work, listings keep odd
+//! names and large directories, and the latency of a small write and read.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -648,4 +648,34 @@ async fn a_directory_swapped_for_a_link_during_uploads_leads_nowhere() {
         as_root(&container, "ls /etc | grep -c kbx-race || true").trim(),
         "0"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn listings_keep_odd_names_and_large_directories() {
+    let Some(t) = TestEngine::start("files-listing").await else {
+        return;
+    };
+    let id = t.sandbox().await;
+    let made = t
+        .run(
+            &id,
+            "import os\nos.makedirs('many')\nfor i in range(20000):\n    open('many/file-%05d' % i, 'w').close()\nopen(b'many/bad\\xffname', 'w').close()\nopen('many/two\\nlines', 'w').close()\nprint(len(os.listdir('many')))",
+        )
+        .await;
+    assert_eq!(made.stdout, "20002\n", "{made:?}");
+    let started = Instant::now();
+    let listing = t
+        .engine
+        .list_files(&id, &Tenant::Local, "many")
+        .await
+        .expect("list");
+    eprintln!(
+        "listing of 20002 entries: {:.0} ms",
+        started.elapsed().as_secs_f64() * 1000.0
+    );
+    assert_eq!(listing.len(), 20002);
+    assert_eq!(listing[0].name, "bad\u{fffd}name");
+    assert_eq!(listing[1].name, "file-00000");
+    assert_eq!(listing[20001].name, "two\nlines");
+    assert_eq!(listing[20001].path, "/workspace/many/two\nlines");
 }

@@ -243,11 +243,17 @@ impl Helper {
         &mut self,
         limit: usize,
     ) -> Result<Result<T, Refused>, EngineError> {
+        // Bytes already searched for the newline: a long listing arriving in small chunks is
+        // scanned once, not once per chunk.
+        let mut scanned = 0;
         let line = loop {
-            if let Some(end) = self.pending.iter().position(|byte| *byte == b'\n') {
-                let line = self.pending.split_to(end + 1);
-                break line;
+            if let Some(end) = self.pending[scanned..]
+                .iter()
+                .position(|byte| *byte == b'\n')
+            {
+                break self.pending.split_to(scanned + end + 1);
             }
+            scanned = self.pending.len();
             if self.pending.len() > limit {
                 return Err(HelperFailure::AnswerTooLong { limit }.into());
             }
