@@ -610,7 +610,26 @@ async fn a_directory_swapped_for_a_link_during_uploads_leads_nowhere() {
             assert!(!status.is_server_error(), "{name}: {status} {body}");
             (lane % 2, status.is_success(), body)
         });
-        for (kind, ok, body) in futures::future::join_all(uploads).await {
+        // Reads race too: `d/shadow` exists only in `/etc`.
+        let reads = (0..2).map(|_| async move {
+            let response = server
+                .get(&format!("/containers/{id}/files/d/shadow"))
+                .send()
+                .await
+                .expect("read");
+            let (status, body) = status_and_body(response).await;
+            assert!(
+                status == StatusCode::BAD_REQUEST || status == StatusCode::NOT_FOUND,
+                "a read through the raced link: {status} {body}"
+            );
+            assert!(!body.contains("root:"), "{body}");
+        });
+        let (results, _) = futures::future::join(
+            futures::future::join_all(uploads),
+            futures::future::join_all(reads),
+        )
+        .await;
+        for (kind, ok, body) in results {
             if ok {
                 written[kind] += 1;
             } else {
