@@ -22,7 +22,13 @@
 #   write ROOT PATH SIZE  SIZE bytes from stdin into PATH (parents created), replacing it atomically
 #   list  ROOT PATH       {"ok": {"path", "entries": [{"name", "kind", "size", "modified"}]}}
 #   delete ROOT PATH      removes a file, a link (never its target) or a tree
-#   untar ROOT PATH       extracts the tar on stdin under directory PATH (created when missing)
+#   untar ROOT PATH       extracts the tar on stdin under directory PATH (created when missing),
+#                         entry by entry, each walked from ROOT like any path (so a link planted
+#                         earlier, or made by an earlier entry, cannot lead it out). Files and
+#                         symlinks replace what has their name (never written through it); a
+#                         symlink entry is made only when its text stays under ROOT; a hard link
+#                         only to an existing non-directory reached by the walk; modes lose
+#                         setuid/setgid/sticky, directories keep the owner's rwx.
 #   tar   ROOT PATH MODE  a tar of PATH: MODE `tree` names entries by PATH's last component,
 #                         `dir` names a directory's entries `./...`
 import os
