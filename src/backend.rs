@@ -13,6 +13,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::Stream;
+use std::future::Future;
 use tokio::io::AsyncWrite;
 
 use crate::egress::EgressPolicy;
@@ -98,6 +99,17 @@ pub struct AttachedExec {
     pub output: Pin<Box<dyn Stream<Item = Result<ExecChunk, BackendError>> + Send>>,
 }
 
+/// A process in a sandbox with its stdin and its output as streams, for bulk transfers in and
+/// out (`docker exec -i`, the command run as given, no wrapper).
+pub struct StreamingExec {
+    /// Writes reach the process's stdin; shutting this down closes its stdin.
+    pub stdin: Pin<Box<dyn AsyncWrite + Send>>,
+    /// What the process prints; ends when it exits.
+    pub output: Pin<Box<dyn Stream<Item = Result<ExecChunk, BackendError>> + Send>>,
+    /// The process's exit code, to be awaited once `output` has ended (it is read then).
+    pub exit: Pin<Box<dyn Future<Output = Result<i64, BackendError>> + Send>>,
+}
+
 /// The runtime's own error, kept for the log; its type is the backend's business.
 pub type RuntimeError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -165,15 +177,14 @@ pub trait Backend: Send + Sync + 'static {
         container_id: &str,
         spec: ExecSpec,
     ) -> Result<AttachedExec, BackendError>;
-    /// Extracts a tar stream into directory `dir` (which must exist).
-    async fn put_archive(
+    /// Starts `spec.argv` as given (no wrapper, no pid line) with stdin and output attached,
+    /// for moving bytes in and out of the sandbox; `spec.output_limit` does not apply. Starting
+    /// it is bounded in time; the caller bounds the rest.
+    async fn exec_streaming(
         &self,
         container_id: &str,
-        dir: &str,
-        tar: ByteStream,
-    ) -> Result<(), BackendError>;
-    /// A tar stream of `path` (a file or a directory, named by its last component).
-    fn get_archive(&self, container_id: &str, path: &str) -> ByteStream;
+        spec: ExecSpec,
+    ) -> Result<StreamingExec, BackendError>;
     /// A byte stream to one of the kernel's sockets inside the sandbox: how the server reaches
     /// a kernel, through the runtime and nothing else.
     async fn open_kernel_channel(

@@ -6,7 +6,7 @@
 //!
 //! | part         | what it does                                                   |
 //! |--------------|----------------------------------------------------------------|
-//! | this file    | containers, execs, archives, the kernel's supervisor           |
+//! | this file    | containers, execs (collected, attached, streaming), the kernel's supervisor |
 //! | [`network`]  | each sandbox's network sidecar and the bridge they sit on      |
 //! | [`firewall`] | egress policies as the sidecar's nftables rules and dnsmasq    |
 //! | [`image`]    | building the sandbox image (`kernelbox image build`)           |
@@ -27,19 +27,18 @@ use bollard::errors::Error as DockerError;
 use bollard::exec::{StartExecOptions, StartExecResults};
 use bollard::models::{ContainerCreateBody, ContainerInspectResponse, ExecConfig, HostConfig};
 use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, DownloadFromContainerOptionsBuilder, InspectNetworkOptions,
-    ListContainersOptionsBuilder, RemoveContainerOptionsBuilder, RestartContainerOptionsBuilder,
-    UploadToContainerOptionsBuilder,
+    CreateContainerOptionsBuilder, InspectNetworkOptions, ListContainersOptionsBuilder,
+    RemoveContainerOptionsBuilder, RestartContainerOptionsBuilder,
 };
 use bytes::Bytes;
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use tokio::io::AsyncWriteExt;
 use tokio_util::io::StreamReader;
 
 use self::network::NetworkOptions;
 use super::{
-    AttachedExec, Backend, BackendError, ByteStream, ContainerInfo, ContainerSpec, ExecChunk,
-    ExecOutput, ExecSpec,
+    AttachedExec, Backend, BackendError, ContainerInfo, ContainerSpec, ExecChunk, ExecOutput,
+    ExecSpec, StreamingExec,
 };
 use crate::egress::EgressPolicy;
 use crate::kernel::{ChannelStream, KernelChannel};
@@ -67,10 +66,16 @@ const SOCAT: &str = "/usr/bin/socat";
 /// How often socat tries the kernel's socket (25 ms apart) before it gives up.
 const KERNEL_CONNECT_RETRIES: u32 = 200;
 /// Kills the kernel, anchored: the supervisor's own command line mentions the kernel too.
-const KILL_KERNEL: [&str; 4] = ["pkill", "-KILL", "-f", "^python3 -m ipykernel_launcher"];
+/// The backend's own commands in a sandbox name their binaries by absolute, root-owned paths:
+/// the image's PATH starts with `~/.local/bin`, which the sandbox's code can write.
+const KILL_KERNEL: [&str; 4] = [
+    "/usr/bin/pkill",
+    "-KILL",
+    "-f",
+    "^python3 -m ipykernel_launcher",
+];
 /// Prints the memory cgroup's event counters (cgroup v2, then v1).
-const READ_OOM_EVENTS: &str =
-    "cat /sys/fs/cgroup/memory.events 2>/dev/null || cat /sys/fs/cgroup/memory/memory.oom_control";
+const READ_OOM_EVENTS: &str = "/bin/cat /sys/fs/cgroup/memory.events 2>/dev/null || /bin/cat /sys/fs/cgroup/memory/memory.oom_control";
 /// The first line an attached process prints: its pid inside the container. The wrapper makes
 /// the process the leader of a new session, so its pid is also its process group.
 const PID_MARKER: &str = "kernelbox-pid ";
@@ -79,6 +84,8 @@ const PID_WRAPPER: &str = r#"printf 'kernelbox-pid %s
 ' "$$"; exec "$@""#;
 /// How long `docker exec` may take to show the wrapper's pid line.
 const ATTACH_START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long creating and starting a streaming exec, and reading its exit code, may take.
+const STREAMING_START_TIMEOUT: Duration = Duration::from_secs(30);
 /// How much of an attached process's stderr explains a failed start.
 const START_STDERR_BYTES: usize = 4096;
 
@@ -560,7 +567,9 @@ impl Backend for DockerBackend {
         container_id: &str,
         mut spec: ExecSpec,
     ) -> Result<AttachedExec, BackendError> {
-        let mut argv: Vec<String> = ["sh", "-c", PID_WRAPPER, "sh"].map(String::from).to_vec();
+        let mut argv: Vec<String> = ["/bin/sh", "-c", PID_WRAPPER, "sh"]
+            .map(String::from)
+            .to_vec();
         argv.append(&mut spec.argv);
         spec.argv = argv;
         let (_, started) = self.start_exec(container_id, spec, true).await?;
@@ -630,33 +639,50 @@ impl Backend for DockerBackend {
         })
     }
 
-    async fn put_archive(
+    async fn exec_streaming(
         &self,
         container_id: &str,
-        dir: &str,
-        tar: ByteStream,
-    ) -> Result<(), BackendError> {
-        let options = UploadToContainerOptionsBuilder::default().path(dir).build();
-        self.docker
-            .upload_to_container(container_id, Some(options), bollard::body_try_stream(tar))
-            .await
-            .map_err(|error| classify("archive upload", "directory", error))
-    }
-
-    fn get_archive(&self, container_id: &str, path: &str) -> ByteStream {
-        let options = DownloadFromContainerOptionsBuilder::default()
-            .path(path)
-            .build();
-        let stream = self
-            .docker
-            .download_from_container(container_id, Some(options))
-            .map_err(|error| match classify("archive download", "path", error) {
-                BackendError::NotFound { .. } => {
-                    io::Error::new(io::ErrorKind::NotFound, "path not found")
+        spec: ExecSpec,
+    ) -> Result<StreamingExec, BackendError> {
+        let (exec_id, started) = tokio::time::timeout(
+            STREAMING_START_TIMEOUT,
+            self.start_exec(container_id, spec, true),
+        )
+        .await
+        .map_err(|_| BackendError::Timeout {
+            operation: "exec start",
+            waited: STREAMING_START_TIMEOUT,
+        })??;
+        let StartExecResults::Attached { output, input } = started else {
+            return Err(BackendError::NotAttached);
+        };
+        let output = output.filter_map(|chunk| async move {
+            match chunk {
+                Ok(LogOutput::StdOut { message } | LogOutput::Console { message }) => {
+                    Some(Ok(ExecChunk::Stdout(message)))
                 }
-                other => io::Error::other(other),
-            });
-        Box::pin(stream)
+                Ok(LogOutput::StdErr { message }) => Some(Ok(ExecChunk::Stderr(message))),
+                Ok(LogOutput::StdIn { .. }) => None,
+                Err(error) => Some(Err(classify("exec output", "container", error))),
+            }
+        });
+        let docker = self.docker.clone();
+        let exit = async move {
+            let inspect =
+                tokio::time::timeout(STREAMING_START_TIMEOUT, docker.inspect_exec(&exec_id))
+                    .await
+                    .map_err(|_| BackendError::Timeout {
+                        operation: "exec inspect",
+                        waited: STREAMING_START_TIMEOUT,
+                    })?
+                    .map_err(|error| classify("exec inspect", "container", error))?;
+            Ok(inspect.exit_code.unwrap_or(-1))
+        };
+        Ok(StreamingExec {
+            stdin: input,
+            output: Box::pin(output),
+            exit: Box::pin(exit),
+        })
     }
 
     async fn open_kernel_channel(
@@ -706,7 +732,7 @@ impl Backend for DockerBackend {
         let group = format!("-{pgid}");
         self.exec(
             container_id,
-            backend_command(&["kill", "-KILL", "--", &group]),
+            backend_command(&["/usr/bin/kill", "-KILL", "--", &group]),
         )
         .await
         .map(drop)
@@ -732,7 +758,7 @@ impl Backend for DockerBackend {
         let output = self
             .exec(
                 container_id,
-                backend_command(&["sh", "-c", READ_OOM_EVENTS]),
+                backend_command(&["/bin/sh", "-c", READ_OOM_EVENTS]),
             )
             .await?;
         Ok(String::from_utf8_lossy(&output.stdout)

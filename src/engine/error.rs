@@ -37,6 +37,12 @@ pub enum EngineError {
     PathNotFound { path: String },
     #[error("{path} is a directory")]
     IsADirectory { path: String },
+    /// The sandbox user may not do this to the path (the server acts with that user's rights).
+    #[error("permission denied: the sandbox user may not use {path} this way")]
+    PermissionDenied { path: String },
+    /// The in-sandbox file helper failed; the detail is for the log.
+    #[error("the file operation failed inside the sandbox")]
+    FileHelper(#[source] super::files::HelperFailure),
     #[error("{what} is larger than the limit of {limit} bytes")]
     TooLarge { what: &'static str, limit: u64 },
     #[error("command did not finish within {secs} s and was killed")]
@@ -102,6 +108,8 @@ impl EngineError {
             E::InvalidInput { .. } => "invalid_request",
             E::PathOutsideWorkspace { .. } => "path_outside_workspace",
             E::IsADirectory { .. } => "is_a_directory",
+            E::PermissionDenied { .. } => "permission_denied",
+            E::FileHelper(_) => "internal",
             E::TooLarge { .. } => "too_large",
             E::CommandTimeout { .. } => "timeout",
             E::ImageMissing { .. } => "image_missing",

@@ -1,24 +1,28 @@
-//! Files and directory trees in a sandbox, confined to `/workspace`.
+//! Files and directory trees in a sandbox, confined to `/workspace`, handled with the sandbox
+//! user's rights.
 //!
-//! A path is checked twice: lexically (no `..` climbing out, no absolute path elsewhere), then
-//! inside the container with `realpath`, so a symlink pointing outside is refused too. Archives
-//! coming in are rewritten entry by entry: `..`, absolute names and links leaving the target are
-//! rejected, and every entry is owned by the sandbox user.
-
+//! A path is checked lexically first (no `..` climbing out, no absolute path elsewhere). Then
+//! every operation runs inside the container as one call of a helper program, as uid 1000 with
+//! a root-owned interpreter: it walks the path from a directory fd of the workspace with
+//! `O_NOFOLLOW` opens, resolving symlinks itself (a link leading out is refused) and acting on
+//! the fds it holds, so the check and the use are one step and a link swapped in between
+//! redirects nothing. Docker's archive API (which reads and writes as root) is not used.
+//! Archives coming in are checked entry by entry here (`..`, absolute names, links leaving the
+//! target, devices are refused), then extracted by the helper entry by entry, each walked like
+//! any path.
 //!
-//! | part        | what it does                                                   |
-//! |-------------|----------------------------------------------------------------|
-//! | this file   | the operations: write, read, list, delete, upload, download    |
-//! | [`in_sandbox`] | what runs inside the sandbox: resolve a path, list, delete  |
-//! | [`archive`] | tar archives: one-file archives, the first file, the sanitizer |
-//! | [`streams`] | size-capped streams and upload spooling                        |
+//! | part           | what it does                                                   |
+//! |----------------|----------------------------------------------------------------|
+//! | this file      | the operations: write, read, list, delete, upload, download    |
+//! | [`in_sandbox`] | running the helper (`helper.py`) and reading its answers       |
+//! | [`archive`]    | the sanitizer every uploaded archive passes through            |
+//! | [`streams`]    | size-capped streams and upload spooling                        |
 
 mod archive;
 mod in_sandbox;
 mod streams;
 
 use std::io;
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -33,8 +37,12 @@ use super::paths::{WORKSPACE, workspace_path};
 use super::sandbox::Sandbox;
 use super::tenant::Tenant;
 use crate::backend::ByteStream;
-use archive::{copy_first_file, file_header, first_file, sanitize_archive};
-use in_sandbox::{Create, Existing, delete, list, resolve};
+use archive::sanitize_archive;
+pub use in_sandbox::HelperFailure;
+use in_sandbox::{
+    ANSWER_LIMIT, Done, IDLE_TIMEOUT, LISTING_LIMIT, Listing, OPERATION_TIMEOUT, Opened, Refusal,
+    Written, relative, run, start,
+};
 pub use in_sandbox::{FileEntry, FileKind};
 use streams::{PIPE_BUFFER, limit_stream, spool};
 
@@ -53,6 +61,16 @@ pub struct UploadedFile {
     pub size: u64,
 }
 
+/// Bounds a step of the helper that waits for its answer.
+async fn within<T>(
+    waited: std::time::Duration,
+    step: impl std::future::Future<Output = Result<T, EngineError>>,
+) -> Result<T, EngineError> {
+    tokio::time::timeout(waited, step)
+        .await
+        .map_err(|_| HelperFailure::Timeout { waited })?
+}
+
 impl Engine {
     /// Writes a file (creating parent directories), owned by the sandbox user.
     pub async fn write_file(
@@ -63,54 +81,36 @@ impl Engine {
         content: Bytes,
     ) -> Result<String, EngineError> {
         let sandbox = self.use_sandbox(id, tenant)?;
-        let (existing, real) = resolve(self.backend(), &sandbox, path, Create::Parent).await?;
-        if existing == Existing::Directory {
-            return Err(EngineError::IsADirectory {
-                path: path.to_string(),
-            });
-        }
-        let real_path = Path::new(&real);
-        let (Some(parent), Some(name)) = (real_path.parent(), real_path.file_name()) else {
-            return Err(EngineError::IsADirectory {
-                path: path.to_string(),
-            });
-        };
-        let mut header = file_header(content.len() as u64);
-        let mut builder = tar::Builder::new(Vec::with_capacity(content.len() + 2048));
-        builder
-            .append_data(&mut header, name, content.as_ref())
-            .map_err(|error| EngineError::InvalidInput {
-                field: "path",
-                reason: error.to_string(),
-            })?;
-        let archive = builder
-            .into_inner()
-            .map_err(|error| EngineError::InvalidInput {
-                field: "path",
-                reason: error.to_string(),
-            })?;
-        let stream: ByteStream =
-            Box::pin(futures::stream::once(
-                async move { Ok(Bytes::from(archive)) },
-            ));
-        self.backend
-            .put_archive(sandbox.container_id(), &parent.to_string_lossy(), stream)
-            .await?;
-        Ok(real)
+        let size = content.len() as u64;
+        let input: ByteStream = Box::pin(futures::stream::once(async move { Ok(content) }));
+        let written = self.write_in(&sandbox, path, size, input).await?;
+        Ok(written.path)
     }
 
-    /// The real path of an existing regular file in the workspace.
-    async fn resolve_file(&self, sandbox: &Sandbox, path: &str) -> Result<String, EngineError> {
-        let (existing, real) = resolve(self.backend(), sandbox, path, Create::Nothing).await?;
-        match existing {
-            Existing::File => Ok(real),
-            Existing::Nothing => Err(EngineError::PathNotFound {
-                path: path.to_string(),
-            }),
-            Existing::Directory => Err(EngineError::IsADirectory {
-                path: path.to_string(),
-            }),
-        }
+    /// Writes `size` bytes of `input` to `path` through the helper: into a temporary file in
+    /// the target directory, renamed over the target once complete.
+    async fn write_in(
+        &self,
+        sandbox: &Sandbox,
+        path: &str,
+        size: u64,
+        input: ByteStream,
+    ) -> Result<Written, EngineError> {
+        let lexical = workspace_path(path)?;
+        let size_arg = size.to_string();
+        let mut helper = start(
+            self.backend(),
+            sandbox,
+            "write",
+            &[relative(&lexical), &size_arg],
+        )
+        .await?;
+        // The helper answers success only once it has read all `size` bytes and renamed the
+        // file into place; the feed's closing of stdin may fail after that, harmlessly.
+        let (_fed, answer) = helper.feed_and_answer::<Written>(input, ANSWER_LIMIT).await;
+        let written = answer?.map_err(|refused| refused.into_error(path))?;
+        within(OPERATION_TIMEOUT, helper.finish()).await?;
+        Ok(written)
     }
 
     /// Reads a whole file of at most `limit` bytes; a larger one is refused before it is read.
@@ -122,24 +122,34 @@ impl Engine {
         limit: u64,
     ) -> Result<Vec<u8>, EngineError> {
         let sandbox = self.use_sandbox(id, tenant)?;
-        let real = self.resolve_file(&sandbox, path).await?;
-        let tar_stream = self.backend.get_archive(sandbox.container_id(), &real);
-        let reader = SyncIoBridge::new(StreamReader::new(tar_stream));
-        let path_owned = path.to_string();
-        tokio::task::spawn_blocking(move || first_file(reader, limit))
-            .await
-            .map_err(|_| EngineError::ShuttingDown)?
-            .map_err(|error| match error.kind() {
-                io::ErrorKind::NotFound => EngineError::PathNotFound { path: path_owned },
-                io::ErrorKind::FileTooLarge => EngineError::TooLarge {
-                    what: "the file",
-                    limit,
-                },
-                _ => EngineError::InvalidInput {
-                    field: "path",
-                    reason: format!("cannot read {path_owned}: {error}"),
-                },
-            })
+        let lexical = workspace_path(path)?;
+        let limit_arg = limit.to_string();
+        let mut helper = start(
+            self.backend(),
+            &sandbox,
+            "read",
+            &[relative(&lexical), &limit_arg],
+        )
+        .await?;
+        let opened = within(OPERATION_TIMEOUT, helper.answer::<Opened>(ANSWER_LIMIT))
+            .await?
+            .map_err(|refused| refused.into_error(path))?;
+        if opened.size > limit {
+            return Err(EngineError::TooLarge {
+                what: "the file",
+                limit,
+            });
+        }
+        let mut content = Vec::with_capacity(opened.size.min(1 << 20) as usize);
+        let mut bytes = helper.payload(Some(opened.size));
+        while let Some(chunk) = bytes.next().await {
+            let chunk = chunk.map_err(|error| EngineError::InvalidInput {
+                field: "path",
+                reason: format!("cannot read {path}: {error}"),
+            })?;
+            content.extend_from_slice(&chunk);
+        }
+        Ok(content)
     }
 
     /// Lists a directory (default `/workspace`).
@@ -150,25 +160,38 @@ impl Engine {
         path: &str,
     ) -> Result<Vec<FileEntry>, EngineError> {
         let sandbox = self.use_sandbox(id, tenant)?;
-        let (existing, real) = resolve(self.backend(), &sandbox, path, Create::Nothing).await?;
-        match existing {
-            Existing::Nothing => {
-                return Err(EngineError::PathNotFound {
-                    path: path.to_string(),
-                });
-            }
-            Existing::File => {
-                return Err(EngineError::InvalidInput {
-                    field: "path",
-                    reason: format!("{path} is a file, not a directory"),
-                });
-            }
-            Existing::Directory => {}
-        }
-        list(self.backend(), &sandbox, &real).await
+        let lexical = workspace_path(path)?;
+        let listing = run::<Listing>(
+            self.backend(),
+            &sandbox,
+            "list",
+            &[relative(&lexical)],
+            LISTING_LIMIT,
+        )
+        .await?
+        .map_err(|refused| match refused.kind {
+            Refusal::NotDir => EngineError::InvalidInput {
+                field: "path",
+                reason: format!("{path} is a file, not a directory"),
+            },
+            _ => refused.into_error(path),
+        })?;
+        let base = listing.path.trim_end_matches('/').to_string();
+        Ok(listing
+            .entries
+            .into_iter()
+            .map(|entry| FileEntry {
+                path: format!("{base}/{}", entry.name),
+                name: entry.name,
+                kind: entry.kind,
+                size: entry.size,
+                modified: entry.modified,
+            })
+            .collect())
     }
 
-    /// Deletes a file or a directory tree. The workspace itself cannot be deleted.
+    /// Deletes a file or a directory tree. The workspace itself cannot be deleted. A symlink
+    /// as the last component is removed itself, never its target.
     pub async fn delete_path(
         &self,
         id: &str,
@@ -183,20 +206,43 @@ impl Engine {
                 reason: "the workspace itself cannot be deleted".into(),
             });
         }
-        // The parent must really be inside the workspace; the last component itself may be a
-        // symlink, and deleting a link never touches its target.
-        let lexical_path = Path::new(&lexical);
-        let parent = lexical_path
-            .parent()
-            .map(|p| p.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let (_, real_parent) = resolve(self.backend(), &sandbox, &parent, Create::Nothing).await?;
-        let name = lexical_path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let target = format!("{}/{}", real_parent.trim_end_matches('/'), name);
-        delete(self.backend(), &sandbox, &target, path).await
+        run::<Done>(
+            self.backend(),
+            &sandbox,
+            "delete",
+            &[relative(&lexical)],
+            ANSWER_LIMIT,
+        )
+        .await?
+        .map_err(|refused| match refused.kind {
+            Refusal::Invalid | Refusal::Io | Refusal::Interrupted => EngineError::InvalidInput {
+                field: "path",
+                reason: format!("cannot delete {path}: {}", refused.message),
+            },
+            _ => refused.into_error(path),
+        })?;
+        Ok(())
+    }
+
+    /// A tar stream of the helper's `tar` on `path` in `mode` (`tree` or `dir`).
+    async fn tar_of(
+        &self,
+        sandbox: &Sandbox,
+        path: &str,
+        mode: &str,
+    ) -> Result<ByteStream, EngineError> {
+        let lexical = workspace_path(path)?;
+        let mut helper = start(self.backend(), sandbox, "tar", &[relative(&lexical), mode]).await?;
+        within(OPERATION_TIMEOUT, helper.answer::<Done>(ANSWER_LIMIT))
+            .await?
+            .map_err(|refused| match refused.kind {
+                Refusal::NotDir => EngineError::InvalidInput {
+                    field: "path",
+                    reason: format!("{path} is a file, not a directory"),
+                },
+                _ => refused.into_error(path),
+            })?;
+        Ok(helper.payload(None))
     }
 
     /// A tar stream of a file or directory; entries are named relative to its parent.
@@ -207,18 +253,13 @@ impl Engine {
         path: &str,
     ) -> Result<ByteStream, EngineError> {
         let sandbox = self.use_sandbox(id, tenant)?;
-        let (existing, real) = resolve(self.backend(), &sandbox, path, Create::Nothing).await?;
-        if existing == Existing::Nothing {
-            return Err(EngineError::PathNotFound {
-                path: path.to_string(),
-            });
-        }
-        Ok(self.backend.get_archive(sandbox.container_id(), &real))
+        self.tar_of(&sandbox, path, "tree").await
     }
 
     /// Writes a file from a stream of any length (up to the configured upload limit) without
-    /// holding it in memory: the bytes are spooled to an anonymous temporary file, then streamed
-    /// into the container as a one-entry tar archive. Parent directories are created.
+    /// holding it in memory: the bytes are spooled to an anonymous temporary file (so nothing
+    /// is written when the upload breaks off or passes the limit), then streamed into the
+    /// helper's stdin. Parent directories are created.
     pub async fn upload_file<S>(
         &self,
         id: &str,
@@ -230,39 +271,19 @@ impl Engine {
         S: Stream<Item = io::Result<Bytes>> + Send,
     {
         let sandbox = self.use_sandbox(id, tenant)?;
-        let (existing, real) = resolve(self.backend(), &sandbox, path, Create::Parent).await?;
-        if existing == Existing::Directory {
-            return Err(EngineError::IsADirectory {
-                path: path.to_string(),
-            });
-        }
-        let real_path = Path::new(&real);
-        let (Some(parent), Some(name)) = (real_path.parent(), real_path.file_name()) else {
-            return Err(EngineError::IsADirectory {
-                path: path.to_string(),
-            });
-        };
+        workspace_path(path)?;
         let (spooled, size) = spool(content, self.config.max_upload_bytes).await?;
         sandbox.touch();
-        let (writer, reader) = tokio::io::duplex(PIPE_BUFFER);
-        let name = name.to_os_string();
-        let output = SyncIoBridge::new(writer);
-        let archiver = tokio::task::spawn_blocking(move || -> io::Result<()> {
-            let mut header = file_header(size);
-            let mut builder = tar::Builder::new(output);
-            builder.append_data(&mut header, name, spooled)?;
-            builder.into_inner().map(drop)
-        });
-        let archive: ByteStream = Box::pin(ReaderStream::new(reader));
-        let uploaded = self
-            .backend
-            .put_archive(sandbox.container_id(), &parent.to_string_lossy(), archive)
-            .await;
-        let archived = archiver.await.map_err(|_| EngineError::ShuttingDown)?;
-        uploaded?;
-        archived.map_err(EngineError::Spool)?;
+        let input: ByteStream = Box::pin(ReaderStream::with_capacity(
+            tokio::fs::File::from_std(spooled),
+            PIPE_BUFFER,
+        ));
+        let written = self.write_in(&sandbox, path, size, input).await?;
         sandbox.touch();
-        Ok(UploadedFile { path: real, size })
+        Ok(UploadedFile {
+            path: written.path,
+            size: written.size,
+        })
     }
 
     /// Opens a file for a streamed read of any size.
@@ -273,44 +294,21 @@ impl Engine {
         path: &str,
     ) -> Result<FileDownload, EngineError> {
         let sandbox = self.use_sandbox(id, tenant)?;
-        let real = self.resolve_file(&sandbox, path).await?;
-        let input = SyncIoBridge::new(StreamReader::new(
-            self.backend.get_archive(sandbox.container_id(), &real),
-        ));
-        let (writer, reader) = tokio::io::duplex(PIPE_BUFFER);
-        let output = SyncIoBridge::new(writer);
-        let (size_sender, size_receiver) = tokio::sync::oneshot::channel();
-        let copier =
-            tokio::task::spawn_blocking(move || copy_first_file(input, size_sender, output));
-        let Ok(size) = size_receiver.await else {
-            // The copier ended before it found the file: report why.
-            let error = match copier.await {
-                Ok(Err(error)) => error,
-                _ => io::Error::new(io::ErrorKind::NotFound, "no regular file in the archive"),
-            };
-            return Err(match error.kind() {
-                io::ErrorKind::NotFound => EngineError::PathNotFound {
-                    path: path.to_string(),
-                },
-                _ => EngineError::InvalidInput {
-                    field: "path",
-                    reason: format!("cannot read {path}: {error}"),
-                },
-            });
-        };
-        // After the bytes, the copier's own result: a failure part way ends the stream with an
-        // error rather than a silently short file.
-        let outcome = futures::stream::once(async move {
-            match copier.await {
-                Ok(Ok(())) => None,
-                Ok(Err(error)) => Some(Err(error)),
-                Err(_) => Some(Err(io::Error::other("the file reader stopped"))),
-            }
-        })
-        .filter_map(futures::future::ready);
+        let lexical = workspace_path(path)?;
+        let limit_arg = u64::MAX.to_string();
+        let mut helper = start(
+            self.backend(),
+            &sandbox,
+            "read",
+            &[relative(&lexical), &limit_arg],
+        )
+        .await?;
+        let opened = within(OPERATION_TIMEOUT, helper.answer::<Opened>(ANSWER_LIMIT))
+            .await?
+            .map_err(|refused| refused.into_error(path))?;
         Ok(FileDownload {
-            size,
-            stream: Box::pin(ReaderStream::new(reader).chain(outcome)),
+            size: opened.size,
+            stream: helper.payload(Some(opened.size)),
         })
     }
 
@@ -323,24 +321,13 @@ impl Engine {
         path: &str,
     ) -> Result<ByteStream, EngineError> {
         let sandbox = self.use_sandbox(id, tenant)?;
-        let (existing, real) = resolve(self.backend(), &sandbox, path, Create::Nothing).await?;
-        match existing {
-            Existing::Nothing => Err(EngineError::PathNotFound {
-                path: path.to_string(),
-            }),
-            Existing::File => Err(EngineError::InvalidInput {
-                field: "path",
-                reason: format!("{path} is a file, not a directory"),
-            }),
-            Existing::Directory => Ok(self.backend.get_archive(
-                sandbox.container_id(),
-                &format!("{}/.", real.trim_end_matches('/')),
-            )),
-        }
+        self.tar_of(&sandbox, path, "dir").await
     }
 
     /// Extracts a tar stream under directory `path` (created when missing). Entries with `..`,
-    /// absolute names, links that leave the target, devices and fifos are refused.
+    /// absolute names, links that leave the target, devices and fifos are refused; the helper
+    /// extracts the rest entry by entry, walking each like any path, so a link planted before
+    /// or by an earlier entry cannot lead an entry out of the workspace.
     pub async fn upload_tree(
         &self,
         id: &str,
@@ -349,13 +336,8 @@ impl Engine {
         tar: ByteStream,
     ) -> Result<(), EngineError> {
         let sandbox = self.use_sandbox(id, tenant)?;
-        let (existing, real) = resolve(self.backend(), &sandbox, path, Create::Directory).await?;
-        if existing != Existing::Directory {
-            return Err(EngineError::InvalidInput {
-                field: "path",
-                reason: format!("{path} is not a directory"),
-            });
-        }
+        let lexical = workspace_path(path)?;
+        let mut helper = start(self.backend(), &sandbox, "untar", &[relative(&lexical)]).await?;
         let limit = self.config.max_upload_bytes;
         let exceeded = Arc::new(AtomicBool::new(false));
         let tar = limit_stream(tar, limit, exceeded.clone());
@@ -365,22 +347,49 @@ impl Engine {
         let sanitizer = tokio::task::spawn_blocking(move || sanitize_archive(input, output));
         let sanitized: ByteStream =
             Box::pin(ReaderStream::new(reader).map_err(io::Error::other).boxed());
-        let uploaded = self
-            .backend
-            .put_archive(sandbox.container_id(), &real, sanitized)
+        let (_fed, answer) = helper
+            .feed_and_answer::<Done>(sanitized, ANSWER_LIMIT)
             .await;
         let checked = sanitizer.await.map_err(|_| EngineError::ShuttingDown)?;
+        sandbox.touch();
         if exceeded.load(Ordering::SeqCst) {
             return Err(EngineError::TooLarge {
                 what: "archive",
                 limit,
             });
         }
+        let answer = answer?;
+        // A refusal about the target itself comes first: the sanitizer only failed then because
+        // the helper stopped reading. So does an entry led out of the workspace on disk.
+        if let Err(refused) = answer {
+            return Err(match (refused.kind, refused.entry.clone()) {
+                (Refusal::Invalid | Refusal::Io | Refusal::Interrupted, _) => {
+                    checked.err().map_or_else(
+                        || EngineError::InvalidInput {
+                            field: "archive",
+                            reason: refused.message,
+                        },
+                        |reason| EngineError::InvalidInput {
+                            field: "archive",
+                            reason,
+                        },
+                    )
+                }
+                (Refusal::NotDir, None) => EngineError::InvalidInput {
+                    field: "path",
+                    reason: format!("{path} is not a directory"),
+                },
+                (_, None) => refused.into_error(path),
+                (_, Some(entry)) => {
+                    let entry_path = format!("{}/{entry}", lexical.trim_end_matches('/'));
+                    refused.into_error(&entry_path)
+                }
+            });
+        }
         checked.map_err(|reason| EngineError::InvalidInput {
             field: "archive",
             reason,
         })?;
-        uploaded?;
-        Ok(())
+        within(IDLE_TIMEOUT, helper.finish()).await
     }
 }

@@ -183,7 +183,7 @@ pub fn engine_status(error: &EngineError) -> StatusCode {
             StatusCode::NOT_FOUND
         }
         "busy" | "is_a_directory" => StatusCode::CONFLICT,
-        "network_not_allowed" => StatusCode::FORBIDDEN,
+        "network_not_allowed" | "permission_denied" => StatusCode::FORBIDDEN,
         "too_many_sandboxes" | "tenant_quota_reached" | "too_many" => StatusCode::TOO_MANY_REQUESTS,
         "invalid_request" | "mcp_server_failed" | "mcp_error" => {
             if let EngineError::Backend(_) = error {
@@ -260,6 +260,18 @@ mod tests {
         assert_eq!(not_found.code, "not_found");
         let busy = ApiError::from(EngineError::Busy { id: "sbx_x".into() });
         assert_eq!(busy.status, StatusCode::CONFLICT);
+        let denied = ApiError::from(EngineError::PermissionDenied {
+            path: "secret".into(),
+        });
+        assert_eq!(
+            (denied.status, denied.code),
+            (StatusCode::FORBIDDEN, "permission_denied")
+        );
+        let helper = ApiError::from(EngineError::FileHelper(
+            crate::engine::files::HelperFailure::NoAnswer,
+        ));
+        assert_eq!(helper.status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(!helper.message.contains("helper"), "{}", helper.message);
         let bad_request = ApiError::from(refused(true));
         assert_eq!(bad_request.status, StatusCode::UNPROCESSABLE_ENTITY);
         let internal = ApiError::from(refused(false));

@@ -4,6 +4,7 @@ mod cli;
 mod common;
 mod engine;
 mod faults;
+mod files_attack;
 mod guard;
 mod hostile;
 mod isolation;

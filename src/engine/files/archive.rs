@@ -1,69 +1,13 @@
-//! Tar archives in and out of a sandbox: the one-file archives a write builds, reading the first
-//! file of a downloaded archive, and the sanitizer every uploaded archive passes through.
+//! The sanitizer every uploaded archive passes through before the helper extracts it: entries
+//! that climb out, absolute names, links whose text leaves the target and devices are refused
+//! here, with a reason; the helper enforces the same again where it matters, at the moment of
+//! use, against what is really on disk.
 
 use std::io::{self, Read};
 use std::path::{Component, Path, PathBuf};
 
 /// The sandbox user's uid/gid: files written in get this owner.
 pub(super) const SANDBOX_UID: u64 = 1000;
-
-/// The tar header of a regular file written into a sandbox: owned by the sandbox user.
-pub(super) fn file_header(size: u64) -> tar::Header {
-    let mut header = tar::Header::new_gnu();
-    header.set_size(size);
-    header.set_mode(0o644);
-    header.set_uid(SANDBOX_UID);
-    header.set_gid(SANDBOX_UID);
-    header.set_mtime(chrono::Utc::now().timestamp().max(0) as u64);
-    header.set_entry_type(tar::EntryType::Regular);
-    header
-}
-
-/// Finds the first regular file of a tar archive, sends its size, then copies its bytes.
-pub(super) fn copy_first_file(
-    input: impl Read,
-    size: tokio::sync::oneshot::Sender<u64>,
-    mut output: impl io::Write,
-) -> io::Result<()> {
-    let mut archive = tar::Archive::new(input);
-    for entry in archive.entries()? {
-        let mut entry = entry?;
-        if entry.header().entry_type().is_file() {
-            if size.send(entry.size()).is_err() {
-                return Ok(());
-            }
-            io::copy(&mut entry, &mut output)?;
-            return output.flush();
-        }
-    }
-    Err(io::Error::new(
-        io::ErrorKind::NotFound,
-        "no regular file in the archive",
-    ))
-}
-
-/// Reads the first regular file of a tar archive, up to `limit` bytes.
-pub(super) fn first_file(reader: impl Read, limit: u64) -> io::Result<Vec<u8>> {
-    let mut archive = tar::Archive::new(reader);
-    for entry in archive.entries()? {
-        let mut entry = entry?;
-        if entry.header().entry_type().is_file() {
-            if entry.size() > limit {
-                return Err(io::Error::new(
-                    io::ErrorKind::FileTooLarge,
-                    "file too large",
-                ));
-            }
-            let mut content = Vec::with_capacity(entry.size() as usize);
-            entry.read_to_end(&mut content)?;
-            return Ok(content);
-        }
-    }
-    Err(io::Error::new(
-        io::ErrorKind::NotFound,
-        "no regular file in the archive",
-    ))
-}
 
 /// Normalizes an archive entry name; `None` when it is absolute or climbs out with `..`.
 fn safe_entry_path(name: &Path) -> Option<PathBuf> {

@@ -166,6 +166,7 @@ async fn save_upload(
         (status = 400, description = "The upload was interrupted", body = ErrorBody),
         (status = 401, description = "Missing or wrong API key", body = ErrorBody),
         (status = 404, description = "No such container", body = ErrorBody),
+        (status = 403, description = "The sandbox user may not write there", body = ErrorBody),
         (status = 409, description = "A directory has that name", body = ErrorBody),
         (status = 413, description = "Larger than the server's upload limit", body = ErrorBody),
         (status = 422, description = "No `file` part, or a bad filename", body = ErrorBody),
@@ -197,6 +198,7 @@ pub(crate) async fn upload_to_workspace(
         (status = 400, description = "Path outside /workspace, or the upload was interrupted", body = ErrorBody),
         (status = 401, description = "Missing or wrong API key", body = ErrorBody),
         (status = 404, description = "No such container", body = ErrorBody),
+        (status = 403, description = "The sandbox user may not write there", body = ErrorBody),
         (status = 409, description = "A directory has that name", body = ErrorBody),
         (status = 413, description = "Larger than the server's upload limit", body = ErrorBody),
         (status = 422, description = "No `file` part, or a bad filename or path", body = ErrorBody),
@@ -227,6 +229,7 @@ pub(crate) async fn upload_file(
         )),
         (status = 400, description = "Path outside /workspace", body = ErrorBody),
         (status = 401, description = "Missing or wrong API key", body = ErrorBody),
+        (status = 403, description = "The sandbox user may not read or remove it", body = ErrorBody),
         (status = 404, description = "No such container or path", body = ErrorBody),
         (status = 422, description = "Invalid path", body = ErrorBody),
     )
@@ -272,6 +275,7 @@ pub(crate) async fn download_file(
         (status = 204, description = "Deleted"),
         (status = 400, description = "Path outside /workspace", body = ErrorBody),
         (status = 401, description = "Missing or wrong API key", body = ErrorBody),
+        (status = 403, description = "The sandbox user may not read or remove it", body = ErrorBody),
         (status = 404, description = "No such container or path", body = ErrorBody),
         (status = 422, description = "Invalid path (the workspace itself cannot be deleted)", body = ErrorBody),
     )
@@ -334,8 +338,9 @@ async fn tree_response(
     Ok((headers, Body::from_stream(ReaderStream::new(gzip))).into_response())
 }
 
-/// Upload a tar.gz (or, as `application/x-tar`, a plain tar) and extract it into `/workspace`.
-/// Entries with `..`, absolute names, links leaving the target, devices and fifos are refused.
+/// Upload a tar.gz (or, as `application/x-tar`, a plain tar) and extract it into `/workspace`,
+/// with the sandbox user's rights. Entries with `..`, absolute names, links leaving the target,
+/// devices and fifos are refused, and so is an entry that a link on disk would lead out.
 #[utoipa::path(
     post,
     path = "/containers/{id}/directories",
@@ -348,7 +353,9 @@ async fn tree_response(
     )),
     responses(
         (status = 201, description = "Extracted", body = UploadedTree),
+        (status = 400, description = "An entry leads outside /workspace through a link", body = ErrorBody),
         (status = 401, description = "Missing or wrong API key", body = ErrorBody),
+        (status = 403, description = "The sandbox user may not write there", body = ErrorBody),
         (status = 404, description = "No such container", body = ErrorBody),
         (status = 413, description = "Larger (unpacked) than the server's upload limit", body = ErrorBody),
         (status = 422, description = "Not a tar.gz, or a refused entry", body = ErrorBody),
@@ -401,8 +408,9 @@ pub(crate) async fn download_workspace_tree(
     )),
     responses(
         (status = 201, description = "Extracted", body = UploadedTree),
-        (status = 400, description = "Path outside /workspace", body = ErrorBody),
+        (status = 400, description = "Path outside /workspace (or an entry led out through a link)", body = ErrorBody),
         (status = 401, description = "Missing or wrong API key", body = ErrorBody),
+        (status = 403, description = "The sandbox user may not write there", body = ErrorBody),
         (status = 404, description = "No such container", body = ErrorBody),
         (status = 413, description = "Larger (unpacked) than the server's upload limit", body = ErrorBody),
         (status = 422, description = "Not a tar.gz, a refused entry, or a bad path", body = ErrorBody),
@@ -431,6 +439,7 @@ pub(crate) async fn upload_tree(
         (status = 200, description = "A tar.gz stream", body = Vec<u8>, content_type = "application/gzip"),
         (status = 400, description = "Path outside /workspace", body = ErrorBody),
         (status = 401, description = "Missing or wrong API key", body = ErrorBody),
+        (status = 403, description = "The sandbox user may not read it", body = ErrorBody),
         (status = 404, description = "No such container or directory", body = ErrorBody),
         (status = 422, description = "Not a directory, or a bad path", body = ErrorBody),
     )
