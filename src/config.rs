@@ -63,6 +63,8 @@ impl EnvVars {
     pub const RICH_OUTPUT_LIMIT_BYTES: &'static str = "KERNELBOX_RICH_OUTPUT_LIMIT_BYTES";
     /// Largest upload (a file, or a directory archive once unpacked from gzip), in bytes.
     pub const MAX_UPLOAD_BYTES: &'static str = "KERNELBOX_MAX_UPLOAD_BYTES";
+    /// Bytes all uploads in progress may hold in the server's temporary files together.
+    pub const MAX_SPOOL_BYTES: &'static str = "KERNELBOX_MAX_SPOOL_BYTES";
     /// Largest message a kernel may send, in bytes; a larger one restarts the sandbox.
     pub const MAX_KERNEL_MESSAGE_BYTES: &'static str = "KERNELBOX_MAX_KERNEL_MESSAGE_BYTES";
     /// The operator's egress policy: `public`, `deny` or `allowlist`.
@@ -259,6 +261,10 @@ pub struct EngineArgs {
     /// Largest upload (a file, or a directory archive after gunzip), in bytes.
     #[arg(long, env = EnvVars::MAX_UPLOAD_BYTES, default_value_t = 8 * 1024 * 1024 * 1024)]
     pub max_upload_bytes: u64,
+    /// Bytes that all file uploads in progress may spool to temporary files together; an upload
+    /// that would pass it is refused (503) until others finish.
+    #[arg(long, env = EnvVars::MAX_SPOOL_BYTES, default_value_t = 16 * 1024 * 1024 * 1024)]
+    pub max_spool_bytes: u64,
     /// Largest message a kernel may send, in bytes: a kernel that announces a larger one loses
     /// its connection before anything is buffered, and its sandbox is restarted.
     #[arg(long, env = EnvVars::MAX_KERNEL_MESSAGE_BYTES, default_value_t = 16 * 1024 * 1024)]
@@ -396,6 +402,8 @@ pub struct EngineConfig {
     pub rich_output_limit_bytes: usize,
     /// Largest upload, in bytes (files, and directory archives after gunzip).
     pub max_upload_bytes: u64,
+    /// Bytes all uploads in progress may spool together.
+    pub max_spool_bytes: u64,
     /// Largest message a kernel may send, in bytes.
     pub max_kernel_message_bytes: usize,
     /// The operator's egress policy.
@@ -522,6 +530,7 @@ impl EngineArgs {
             output_limit_bytes: self.output_limit_bytes,
             rich_output_limit_bytes: self.rich_output_limit_bytes,
             max_upload_bytes: positive(self.max_upload_bytes, "--max-upload-bytes")?,
+            max_spool_bytes: positive(self.max_spool_bytes, "--max-spool-bytes")?,
             max_kernel_message_bytes: self.max_kernel_message_bytes.max(64 * 1024),
             egress: egress_policy(
                 self.egress,

@@ -70,6 +70,10 @@ pub enum EngineError {
     UploadInterrupted(#[source] std::io::Error),
     #[error("cannot buffer the upload on the server")]
     Spool(#[source] std::io::Error),
+    #[error(
+        "uploads in progress hold the server's spool limit of {limit} bytes (--max-spool-bytes); try again when they finish"
+    )]
+    SpoolFull { limit: u64 },
     #[error(transparent)]
     GuestServer(#[from] GuestServerError),
 }
@@ -119,6 +123,7 @@ impl EngineError {
             E::UploadInterrupted(_) => "upload_interrupted",
             E::Backend(error) => backend_code(error),
             E::Spool(_) => "internal",
+            E::SpoolFull { .. } => "spool_full",
             E::GuestServer(error) => error.code(),
         }
     }

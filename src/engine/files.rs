@@ -44,6 +44,7 @@ use in_sandbox::{
     Written, relative, run, start,
 };
 pub use in_sandbox::{FileEntry, FileKind};
+pub use streams::SpoolBudget;
 use streams::{PIPE_BUFFER, limit_stream, spool};
 
 /// A file coming out of a sandbox: its size, then its bytes as they are read.
@@ -272,7 +273,8 @@ impl Engine {
     {
         let sandbox = self.use_sandbox(id, tenant)?;
         workspace_path(path)?;
-        let (spooled, size) = spool(content, self.config.max_upload_bytes).await?;
+        let (spooled, size, _spool_share) =
+            spool(content, self.config.max_upload_bytes, &self.spool).await?;
         sandbox.touch();
         let input: ByteStream = Box::pin(ReaderStream::with_capacity(
             tokio::fs::File::from_std(spooled),

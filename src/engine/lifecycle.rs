@@ -15,6 +15,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use super::error::EngineError;
+use super::files::SpoolBudget;
 use super::firewall::{EgressRequest, Firewall};
 use super::guest_registry::GuestRegistry;
 use super::history::{ExecutionHistory, ExecutionRecord};
@@ -95,6 +96,8 @@ pub struct Engine {
     sandboxes: DashMap<String, Arc<Sandbox>>,
     /// The global cap and the tenants' quotas on live sandboxes.
     quota: Quota,
+    /// What uploads in progress may spool together.
+    pub(super) spool: SpoolBudget,
     pub(super) history: ExecutionHistory,
     pub(super) metrics: EngineMetrics,
     pub(super) guests: GuestRegistry,
@@ -108,6 +111,7 @@ impl Engine {
         Arc::new(Self {
             backend,
             quota: Quota::new(config.max_sandboxes, config.max_sandboxes_per_tenant),
+            spool: SpoolBudget::new(config.max_spool_bytes),
             config,
             sandboxes: DashMap::new(),
             history: ExecutionHistory::new(HISTORY_ENTRIES, HISTORY_BYTES),
@@ -141,7 +145,7 @@ impl Engine {
 
     /// The metrics in the Prometheus text format (`GET /metrics`).
     pub fn metrics_text(&self) -> String {
-        self.metrics.render(self.sandboxes.len())
+        self.metrics.render(self.sandboxes.len(), self.spool.held())
     }
 
     /// Checks that the runtime answers and the default image exists at the version this build

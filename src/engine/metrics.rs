@@ -38,6 +38,7 @@ struct ResultLabels {
 pub struct EngineMetrics {
     registry: Registry,
     live_sandboxes: Gauge,
+    spooled_bytes: Gauge,
     executions: Family<OutcomeLabels, Counter>,
     execution_seconds: Histogram,
     creations: Family<ResultLabels, Counter>,
@@ -57,6 +58,12 @@ impl EngineMetrics {
     pub(crate) fn new() -> Self {
         let mut registry = Registry::with_prefix("kernelbox");
         let live_sandboxes = Gauge::default();
+        let spooled_bytes = Gauge::default();
+        registry.register(
+            "upload_spool_bytes",
+            "Bytes that uploads in progress hold in temporary files",
+            spooled_bytes.clone(),
+        );
         let executions = Family::<OutcomeLabels, Counter>::default();
         let execution_seconds = Histogram::new(EXECUTION_BUCKETS);
         let creations = Family::<ResultLabels, Counter>::default();
@@ -100,6 +107,7 @@ impl EngineMetrics {
             violations,
             registry,
             live_sandboxes,
+            spooled_bytes,
             executions,
             execution_seconds,
             creations,
@@ -137,8 +145,10 @@ impl EngineMetrics {
     }
 
     /// The text exposition, with `live` as the current number of sandboxes.
-    pub(crate) fn render(&self, live: usize) -> String {
+    pub(crate) fn render(&self, live: usize, spooled_bytes: u64) -> String {
         self.live_sandboxes.set(live as i64);
+        self.spooled_bytes
+            .set(i64::try_from(spooled_bytes).unwrap_or(i64::MAX));
         for (reason, counter) in [
             ("bad_signature", &self.kernel_counters.bad_signature),
             ("malformed", &self.kernel_counters.malformed),
@@ -172,7 +182,7 @@ mod tests {
             Duration::from_secs(2),
         );
         metrics.sandbox_created(Duration::from_millis(700));
-        let text = metrics.render(3);
+        let text = metrics.render(3, 0);
         assert!(text.contains("kernelbox_sandboxes 3"), "{text}");
         assert!(text.contains(r#"kernelbox_executions_total{outcome="completed"} 1"#));
         assert!(text.contains(r#"kernelbox_executions_total{outcome="kernel_died"} 1"#));

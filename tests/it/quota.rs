@@ -5,6 +5,8 @@
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
 use crate::common::{TestServer, instance_sandboxes};
 
 async fn create(server: &TestServer, key: &str, body: Value) -> (StatusCode, Value) {
@@ -132,4 +134,120 @@ async fn concurrent_creates_never_overrun_the_cap_or_a_quota() {
     assert!(closed.status().is_success());
     let (status, again) = create(&server, "bob", json!({})).await;
     assert_eq!(status, StatusCode::CREATED, "{again}");
+}
+
+/// A multipart upload of `size` bytes to `path`.
+async fn upload(server: &TestServer, id: &str, path: &str, size: usize) -> (StatusCode, Value) {
+    let form = reqwest::multipart::Form::new().part(
+        "file",
+        reqwest::multipart::Part::bytes(vec![b'u'; size]).file_name("u.bin"),
+    );
+    let response = server
+        .post(&format!("/containers/{id}/files/{path}"))
+        .header("x-api-key", "k")
+        .multipart(form)
+        .send()
+        .await
+        .expect("upload");
+    let status = response.status();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn uploads_in_progress_share_one_spool_budget() {
+    const BUDGET: u64 = 1024 * 1024;
+    let Some(server) = TestServer::start_with("quota-spool", &["k"], |config| {
+        config.max_spool_bytes = BUDGET;
+    })
+    .await
+    else {
+        return;
+    };
+    let (status, created) = create(&server, "k", json!({})).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let id = created["id"].as_str().expect("id").to_string();
+
+    // A slow upload holds 700 KiB of the budget and keeps its connection open (raw HTTP, so
+    // the test decides when each byte leaves).
+    let address = server.base.trim_start_matches("http://").to_string();
+    let mut slow = tokio::net::TcpStream::connect(&address)
+        .await
+        .expect("connect");
+    let boundary = "kbxboundary";
+    let head = format!(
+        "POST /containers/{id}/files/slow HTTP/1.1\r\nHost: {address}\r\nX-Api-Key: k\r\n\
+         Content-Type: multipart/form-data; boundary={boundary}\r\n\
+         Transfer-Encoding: chunked\r\n\r\n"
+    );
+    let part = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"slow.bin\"\r\n\
+         Content-Type: application/octet-stream\r\n\r\n"
+    );
+    let chunk = |data: &[u8]| {
+        let mut framed = format!("{:x}\r\n", data.len()).into_bytes();
+        framed.extend_from_slice(data);
+        framed.extend_from_slice(b"\r\n");
+        framed
+    };
+    slow.write_all(head.as_bytes()).await.expect("head");
+    slow.write_all(&chunk(part.as_bytes())).await.expect("part");
+    slow.write_all(&chunk(&vec![b's'; 700 * 1024]))
+        .await
+        .expect("700 KiB");
+    // Wait until the server holds those bytes (its spool gauge in /metrics).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let metrics = server
+            .get("/metrics")
+            .header("x-api-key", "k")
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics text");
+        let held: u64 = metrics
+            .lines()
+            .find_map(|line| line.strip_prefix("kernelbox_upload_spool_bytes "))
+            .and_then(|value| value.trim().parse().ok())
+            .expect("the spool gauge");
+        if held >= 700 * 1024 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the slow upload never held its share ({held} bytes)"
+        );
+        tokio::task::yield_now().await;
+    }
+
+    // Another upload of 400 KiB does not fit beside it.
+    let (status, refused) = upload(&server, &id, "other.bin", 400 * 1024).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{refused}");
+    assert_eq!(refused["error"]["code"], "spool_full", "{refused}");
+    let message = refused["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains(&BUDGET.to_string()) && message.contains("--max-spool-bytes"),
+        "{message}"
+    );
+    // An upload larger than the whole budget is refused as well, and gives its share back.
+    let (status, body) = upload(&server, &id, "huge.bin", 2 * 1024 * 1024).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+
+    // The slow one ends and lands; then the budget is free again.
+    slow.write_all(&chunk(format!("\r\n--{boundary}--\r\n").as_bytes()))
+        .await
+        .expect("end");
+    slow.write_all(b"0\r\n\r\n").await.expect("last chunk");
+    let mut answer = Vec::new();
+    let mut buffer = [0u8; 4096];
+    while !String::from_utf8_lossy(&answer).contains("\r\n\r\n") {
+        let read = slow.read(&mut buffer).await.expect("answer");
+        assert!(read > 0, "the slow upload got no answer");
+        answer.extend_from_slice(&buffer[..read]);
+    }
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 201"), "{answer}");
+    let (status, body) = upload(&server, &id, "other.bin", 900 * 1024).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
 }
