@@ -89,6 +89,20 @@ const STREAMING_START_TIMEOUT: Duration = Duration::from_secs(30);
 /// How much of an attached process's stderr explains a failed start.
 const START_STDERR_BYTES: usize = 4096;
 
+/// One chunk of an attached exec's output as the backend hands it on; stdin echoes are dropped.
+fn exec_chunk(
+    chunk: Result<LogOutput, bollard::errors::Error>,
+) -> Option<Result<ExecChunk, BackendError>> {
+    match chunk {
+        Ok(LogOutput::StdOut { message } | LogOutput::Console { message }) => {
+            Some(Ok(ExecChunk::Stdout(message)))
+        }
+        Ok(LogOutput::StdErr { message }) => Some(Ok(ExecChunk::Stderr(message))),
+        Ok(LogOutput::StdIn { .. }) => None,
+        Err(error) => Some(Err(classify("exec output", "container", error))),
+    }
+}
+
 /// Docker, reached through the usual `DOCKER_HOST` / local socket defaults.
 #[derive(Clone)]
 pub struct DockerBackend {
@@ -576,16 +590,8 @@ impl Backend for DockerBackend {
         let StartExecResults::Attached { output, input } = started else {
             return Err(BackendError::NotAttached);
         };
-        let mut output = Box::pin(output.filter_map(|chunk| async move {
-            match chunk {
-                Ok(LogOutput::StdOut { message } | LogOutput::Console { message }) => {
-                    Some(Ok(ExecChunk::Stdout(message)))
-                }
-                Ok(LogOutput::StdErr { message }) => Some(Ok(ExecChunk::Stderr(message))),
-                Ok(LogOutput::StdIn { .. }) => None,
-                Err(error) => Some(Err(classify("exec output", "container", error))),
-            }
-        }));
+        let mut output =
+            Box::pin(output.filter_map(|chunk| futures::future::ready(exec_chunk(chunk))));
         // Everything before the pid line is kept and handed on, in order.
         let mut stdout = Vec::new();
         let mut stderr = Vec::new();
@@ -656,16 +662,7 @@ impl Backend for DockerBackend {
         let StartExecResults::Attached { output, input } = started else {
             return Err(BackendError::NotAttached);
         };
-        let output = output.filter_map(|chunk| async move {
-            match chunk {
-                Ok(LogOutput::StdOut { message } | LogOutput::Console { message }) => {
-                    Some(Ok(ExecChunk::Stdout(message)))
-                }
-                Ok(LogOutput::StdErr { message }) => Some(Ok(ExecChunk::Stderr(message))),
-                Ok(LogOutput::StdIn { .. }) => None,
-                Err(error) => Some(Err(classify("exec output", "container", error))),
-            }
-        });
+        let output = output.filter_map(|chunk| futures::future::ready(exec_chunk(chunk)));
         let docker = self.docker.clone();
         let exit = async move {
             let inspect =

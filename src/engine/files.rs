@@ -40,8 +40,8 @@ use crate::backend::ByteStream;
 use archive::sanitize_archive;
 pub use in_sandbox::HelperFailure;
 use in_sandbox::{
-    ANSWER_LIMIT, Done, IDLE_TIMEOUT, LISTING_LIMIT, Listing, OPERATION_TIMEOUT, Opened, Refusal,
-    Written, relative, run, start,
+    ANSWER_LIMIT, Done, Helper, IDLE_TIMEOUT, LISTING_LIMIT, Listing, OPERATION_TIMEOUT, Opened,
+    Refusal, Written, relative, run, start,
 };
 pub use in_sandbox::{FileEntry, FileKind};
 pub use streams::SpoolBudget;
@@ -73,6 +73,29 @@ async fn within<T>(
 }
 
 impl Engine {
+    /// Starts the helper reading `path` (refused past `limit` bytes) and waits for its answer:
+    /// the opened file's size, before any of its bytes.
+    async fn open_for_read(
+        &self,
+        sandbox: &Sandbox,
+        path: &str,
+        limit: u64,
+    ) -> Result<(Helper, Opened), EngineError> {
+        let lexical = workspace_path(path)?;
+        let limit_arg = limit.to_string();
+        let mut helper = start(
+            self.backend(),
+            sandbox,
+            "read",
+            &[relative(&lexical), &limit_arg],
+        )
+        .await?;
+        let opened = within(OPERATION_TIMEOUT, helper.answer::<Opened>(ANSWER_LIMIT))
+            .await?
+            .map_err(|refused| refused.into_error(path))?;
+        Ok((helper, opened))
+    }
+
     /// Writes a file (creating parent directories), owned by the sandbox user.
     pub async fn write_file(
         &self,
@@ -123,18 +146,7 @@ impl Engine {
         limit: u64,
     ) -> Result<Vec<u8>, EngineError> {
         let sandbox = self.use_sandbox(id, tenant)?;
-        let lexical = workspace_path(path)?;
-        let limit_arg = limit.to_string();
-        let mut helper = start(
-            self.backend(),
-            &sandbox,
-            "read",
-            &[relative(&lexical), &limit_arg],
-        )
-        .await?;
-        let opened = within(OPERATION_TIMEOUT, helper.answer::<Opened>(ANSWER_LIMIT))
-            .await?
-            .map_err(|refused| refused.into_error(path))?;
+        let (helper, opened) = self.open_for_read(&sandbox, path, limit).await?;
         if opened.size > limit {
             return Err(EngineError::TooLarge {
                 what: "the file",
@@ -296,18 +308,7 @@ impl Engine {
         path: &str,
     ) -> Result<FileDownload, EngineError> {
         let sandbox = self.use_sandbox(id, tenant)?;
-        let lexical = workspace_path(path)?;
-        let limit_arg = u64::MAX.to_string();
-        let mut helper = start(
-            self.backend(),
-            &sandbox,
-            "read",
-            &[relative(&lexical), &limit_arg],
-        )
-        .await?;
-        let opened = within(OPERATION_TIMEOUT, helper.answer::<Opened>(ANSWER_LIMIT))
-            .await?
-            .map_err(|refused| refused.into_error(path))?;
+        let (helper, opened) = self.open_for_read(&sandbox, path, u64::MAX).await?;
         Ok(FileDownload {
             size: opened.size,
             stream: helper.payload(Some(opened.size)),
