@@ -42,7 +42,7 @@ pub enum EngineError {
     PermissionDenied { path: String },
     /// The in-sandbox file helper failed; the detail is for the log.
     #[error("the file operation failed inside the sandbox")]
-    FileHelper(#[source] super::files::HelperFailure),
+    FileHelper(#[source] HelperFailure),
     #[error("{what} is larger than the limit of {limit} bytes")]
     TooLarge { what: &'static str, limit: u64 },
     #[error("command did not finish within {secs} s and was killed")]
@@ -200,5 +200,28 @@ impl GuestServerError {
             G::InvalidResponse { .. } | G::LineTooLong { .. } => "mcp_server_invalid_response",
             G::Backend(error) => backend_code(error),
         }
+    }
+}
+
+/// Why the helper could not be used: the server's side of things, logged, not shown.
+#[derive(Debug, thiserror::Error)]
+pub enum HelperFailure {
+    #[error("the helper ended without an answer")]
+    NoAnswer,
+    #[error("the helper's answer is not what it should be: {0}")]
+    BadAnswer(#[source] serde_json::Error),
+    #[error("the helper's answer passed {limit} bytes")]
+    AnswerTooLong { limit: usize },
+    #[error("the helper exited with {code}; stderr: {stderr}")]
+    Exit { code: i64, stderr: String },
+    #[error("the helper took no byte for {waited:?}")]
+    Stalled { waited: Duration },
+    #[error("the helper did not finish within {waited:?}")]
+    Timeout { waited: Duration },
+}
+
+impl From<HelperFailure> for EngineError {
+    fn from(failure: HelperFailure) -> Self {
+        EngineError::FileHelper(failure)
     }
 }

@@ -32,19 +32,18 @@ use serde::Serialize;
 use tokio_util::io::{ReaderStream, StreamReader, SyncIoBridge};
 
 use super::error::EngineError;
+pub use super::error::HelperFailure;
 use super::lifecycle::Engine;
 use super::paths::{WORKSPACE, workspace_path};
 use super::sandbox::Sandbox;
 use super::tenant::Tenant;
 use crate::backend::ByteStream;
 use archive::sanitize_archive;
-pub use in_sandbox::HelperFailure;
 use in_sandbox::{
     ANSWER_LIMIT, Done, Helper, IDLE_TIMEOUT, LISTING_LIMIT, Listing, OPERATION_TIMEOUT, Opened,
     Refusal, Written, relative, run, start,
 };
 pub use in_sandbox::{FileEntry, FileKind};
-pub use streams::SpoolBudget;
 use streams::{PIPE_BUFFER, limit_stream, spool};
 
 /// A file coming out of a sandbox: its size, then its bytes as they are read.

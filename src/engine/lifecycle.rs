@@ -15,13 +15,12 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use super::error::EngineError;
-use super::files::SpoolBudget;
 use super::firewall::{EgressRequest, Firewall};
 use super::guest_registry::GuestRegistry;
 use super::history::{ExecutionHistory, ExecutionRecord};
 use super::labels;
 use super::metrics::EngineMetrics;
-use super::quota::{Live, Quota};
+use super::quota::{Live, Quota, SpoolBudget};
 use super::sandbox::{KernelLink, Sandbox, SandboxInfo};
 use super::tenant::Tenant;
 use super::validate;

@@ -1,7 +1,10 @@
-//! Sandbox slots: the server's cap on live sandboxes and each tenant's quota, taken atomically
-//! before a create starts and given back if it fails, so concurrent creates never overrun either.
+//! What the engine hands out in limited amounts: sandbox slots (the server's cap on live
+//! sandboxes and each tenant's quota, taken atomically before a create starts and given back if
+//! it fails, so concurrent creates never overrun either), and the spool budget that uploads in
+//! progress share.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use super::error::EngineError;
@@ -101,6 +104,62 @@ impl Drop for Slot<'_> {
     }
 }
 
+/// The bytes that all uploads in progress may hold in temporary files together.
+#[derive(Debug)]
+pub(super) struct SpoolBudget {
+    limit: u64,
+    held: AtomicU64,
+}
+
+/// What one upload holds of the budget; given back when dropped (with its temporary file).
+#[derive(Debug)]
+pub(super) struct SpoolShare<'a> {
+    budget: &'a SpoolBudget,
+    held: u64,
+}
+
+impl SpoolBudget {
+    pub(super) fn new(limit: u64) -> Self {
+        Self {
+            limit,
+            held: AtomicU64::new(0),
+        }
+    }
+
+    /// Bytes held now.
+    pub(super) fn held(&self) -> u64 {
+        self.held.load(Ordering::SeqCst)
+    }
+
+    pub(super) fn share(&self) -> SpoolShare<'_> {
+        SpoolShare {
+            budget: self,
+            held: 0,
+        }
+    }
+}
+
+impl SpoolShare<'_> {
+    /// Takes `bytes` more, or refuses when the budget would pass its limit.
+    pub(super) fn grow(&mut self, bytes: u64) -> Result<(), EngineError> {
+        let limit = self.budget.limit;
+        self.budget
+            .held
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |held| {
+                held.checked_add(bytes).filter(|total| *total <= limit)
+            })
+            .map_err(|_| EngineError::SpoolFull { limit })?;
+        self.held += bytes;
+        Ok(())
+    }
+}
+
+impl Drop for SpoolShare<'_> {
+    fn drop(&mut self) {
+        self.budget.held.fetch_sub(self.held, Ordering::SeqCst);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -140,5 +199,22 @@ mod tests {
         assert!(quota.take(&key("c"), count).is_err(), "3 of 3 taken");
         drop(a3);
         assert!(quota.pending().is_empty());
+    }
+
+    #[test]
+    fn uploads_share_one_spool_budget() {
+        let budget = SpoolBudget::new(100);
+        let mut first = budget.share();
+        first.grow(60).expect("60 of 100");
+        let mut second = budget.share();
+        assert!(matches!(
+            second.grow(50),
+            Err(EngineError::SpoolFull { limit: 100 })
+        ));
+        second.grow(40).expect("the rest");
+        drop(first);
+        second.grow(60).expect("given back");
+        drop(second);
+        assert_eq!(budget.held.load(Ordering::SeqCst), 0);
     }
 }

@@ -17,8 +17,24 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::auth::AuthError;
-use super::guard::GuardError;
 use crate::engine::EngineError;
+
+/// Why the guard refused a request.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GuardError {
+    #[error(
+        "the Host {host:?} is not accepted by this server (DNS-rebinding protection); add it with --allowed-hosts"
+    )]
+    HostNotAllowed { host: String },
+    #[error(
+        "requests from the page origin {origin:?} are not accepted; add it with --cors-origins"
+    )]
+    OriginNotAllowed { origin: String },
+    #[error(
+        "this route takes a JSON body: send Content-Type: application/json (got {content_type:?})"
+    )]
+    NotJson { content_type: String },
+}
 
 /// An error answer.
 #[derive(Debug)]

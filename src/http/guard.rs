@@ -20,25 +20,8 @@ use axum::response::{IntoResponse, Response};
 use utoipa_axum::router::UtoipaMethodRouter;
 
 use super::auth::ApiKeys;
-use super::error::ApiError;
+use super::error::{ApiError, GuardError};
 use super::extract::{AppState, JSON_BODY_LIMIT};
-
-/// Why the guard refused a request.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum GuardError {
-    #[error(
-        "the Host {host:?} is not accepted by this server (DNS-rebinding protection); add it with --allowed-hosts"
-    )]
-    HostNotAllowed { host: String },
-    #[error(
-        "requests from the page origin {origin:?} are not accepted; add it with --cors-origins"
-    )]
-    OriginNotAllowed { origin: String },
-    #[error(
-        "this route takes a JSON body: send Content-Type: application/json (got {content_type:?})"
-    )]
-    NotJson { content_type: String },
-}
 
 /// Which `Host` and `Origin` values the server accepts.
 #[derive(Debug, Clone, Default)]

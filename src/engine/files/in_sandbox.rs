@@ -13,7 +13,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 
-use super::super::error::EngineError;
+use super::super::error::{EngineError, HelperFailure};
 use super::super::paths::WORKSPACE;
 use super::super::sandbox::Sandbox;
 use crate::backend::{Backend, BackendError, ByteStream, ExecChunk, ExecSpec};
@@ -68,29 +68,6 @@ pub struct FileEntry {
     pub size: u64,
     /// Seconds since the Unix epoch.
     pub modified: f64,
-}
-
-/// Why the helper could not be used: the server's side of things, logged, not shown.
-#[derive(Debug, thiserror::Error)]
-pub enum HelperFailure {
-    #[error("the helper ended without an answer")]
-    NoAnswer,
-    #[error("the helper's answer is not what it should be: {0}")]
-    BadAnswer(#[source] serde_json::Error),
-    #[error("the helper's answer passed {limit} bytes")]
-    AnswerTooLong { limit: usize },
-    #[error("the helper exited with {code}; stderr: {stderr}")]
-    Exit { code: i64, stderr: String },
-    #[error("the helper took no byte for {waited:?}")]
-    Stalled { waited: Duration },
-    #[error("the helper did not finish within {waited:?}")]
-    Timeout { waited: Duration },
-}
-
-impl From<HelperFailure> for EngineError {
-    fn from(failure: HelperFailure) -> Self {
-        EngineError::FileHelper(failure)
-    }
 }
 
 /// A refusal the helper reported.

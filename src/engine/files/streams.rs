@@ -1,16 +1,17 @@
 //! Moving bytes between the server and a sandbox without holding them: a size-capped stream,
-//! and spooling an upload of any length to an anonymous temporary file, within a budget that
-//! all uploads in progress share.
+//! and spooling an upload of any length to an anonymous temporary file, within the spool budget
+//! that all uploads in progress share.
 
 use std::io::{self, Seek};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use tokio::io::AsyncWriteExt;
 
 use super::super::error::EngineError;
+use super::super::quota::{SpoolBudget, SpoolShare};
 use crate::backend::ByteStream;
 
 /// Bytes buffered between the blocking tar code and the async side of a stream.
@@ -28,62 +29,6 @@ pub(super) fn limit_stream(input: ByteStream, limit: u64, exceeded: Arc<AtomicBo
         }
         Ok(chunk)
     }))
-}
-
-/// The bytes that all uploads in progress may hold in temporary files together.
-#[derive(Debug)]
-pub struct SpoolBudget {
-    limit: u64,
-    held: AtomicU64,
-}
-
-/// What one upload holds of the budget; given back when dropped (with its temporary file).
-#[derive(Debug)]
-pub(super) struct SpoolShare<'a> {
-    budget: &'a SpoolBudget,
-    held: u64,
-}
-
-impl SpoolBudget {
-    pub fn new(limit: u64) -> Self {
-        Self {
-            limit,
-            held: AtomicU64::new(0),
-        }
-    }
-
-    /// Bytes held now.
-    pub fn held(&self) -> u64 {
-        self.held.load(Ordering::SeqCst)
-    }
-
-    fn share(&self) -> SpoolShare<'_> {
-        SpoolShare {
-            budget: self,
-            held: 0,
-        }
-    }
-}
-
-impl SpoolShare<'_> {
-    /// Takes `bytes` more, or refuses when the budget would pass its limit.
-    fn grow(&mut self, bytes: u64) -> Result<(), EngineError> {
-        let limit = self.budget.limit;
-        self.budget
-            .held
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |held| {
-                held.checked_add(bytes).filter(|total| *total <= limit)
-            })
-            .map_err(|_| EngineError::SpoolFull { limit })?;
-        self.held += bytes;
-        Ok(())
-    }
-}
-
-impl Drop for SpoolShare<'_> {
-    fn drop(&mut self) {
-        self.budget.held.fetch_sub(self.held, Ordering::SeqCst);
-    }
 }
 
 /// Writes a stream to an anonymous temporary file (gone when closed); returns the file,
@@ -121,26 +66,4 @@ where
     let mut file = file.into_std().await;
     file.rewind().map_err(EngineError::Spool)?;
     Ok((file, size, share))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn uploads_share_one_spool_budget() {
-        let budget = SpoolBudget::new(100);
-        let mut first = budget.share();
-        first.grow(60).expect("60 of 100");
-        let mut second = budget.share();
-        assert!(matches!(
-            second.grow(50),
-            Err(EngineError::SpoolFull { limit: 100 })
-        ));
-        second.grow(40).expect("the rest");
-        drop(first);
-        second.grow(60).expect("given back");
-        drop(second);
-        assert_eq!(budget.held.load(Ordering::SeqCst), 0);
-    }
 }
