@@ -91,6 +91,8 @@ impl EnvVars {
     pub const KEEP_ALIVE_TIMEOUT_SECS: &'static str = "KERNELBOX_KEEP_ALIVE_TIMEOUT_SECS";
     /// Most HTTP connections open at once (`serve`).
     pub const MAX_CONNECTIONS: &'static str = "KERNELBOX_MAX_CONNECTIONS";
+    /// Seconds a response may wait for a client that reads nothing before its connection is cut.
+    pub const WRITE_STALL_TIMEOUT_SECS: &'static str = "KERNELBOX_WRITE_STALL_TIMEOUT_SECS";
     /// Seconds a guest MCP server may take to answer one request (proxy or tool route).
     pub const GUEST_REQUEST_TIMEOUT_SECS: &'static str = "KERNELBOX_GUEST_REQUEST_TIMEOUT_SECS";
     /// Seconds from SIGINT/SIGTERM to exit, at most.
@@ -174,6 +176,10 @@ pub struct ServeArgs {
     /// closes.
     #[arg(long, env = EnvVars::MAX_CONNECTIONS, default_value_t = 1024)]
     pub max_connections: usize,
+    /// Seconds a response may wait on a client that takes none of its bytes before the
+    /// connection is cut (a slow reader that makes progress is never cut).
+    #[arg(long, env = EnvVars::WRITE_STALL_TIMEOUT_SECS, default_value_t = 60)]
+    pub write_stall_timeout_secs: u64,
     #[command(flatten)]
     pub engine: EngineArgs,
 }
@@ -207,6 +213,10 @@ impl ServeArgs {
                 "--keep-alive-timeout-secs",
             )?,
             max_connections: self.max_connections,
+            write_stall_timeout: positive(
+                self.write_stall_timeout_secs,
+                "--write-stall-timeout-secs",
+            )?,
         })
     }
 }

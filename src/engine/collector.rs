@@ -50,6 +50,14 @@ impl Collector {
                 evalue,
                 traceback,
             } => {
+                // The first error always gets through (a result says what went wrong); once
+                // the cap is used up, further ones are only counted as dropped.
+                if self.error.is_some() && self.text_room() == 0 {
+                    self.dropped_bytes += ename.len()
+                        + evalue.len()
+                        + traceback.iter().map(String::len).sum::<usize>();
+                    return None;
+                }
                 let error = self.take_error(ename, evalue, &traceback);
                 self.error = Some(error.clone());
                 Some(ExecEvent::Error(error))
@@ -302,8 +310,22 @@ mod tests {
                 .take(KernelEvent::Result { data: bundle })
                 .is_none()
         );
+        // Past the cap, a further error is dropped, not forwarded.
+        assert!(
+            collector
+                .take(KernelEvent::Error {
+                    ename: "E".into(),
+                    evalue: "again".into(),
+                    traceback: vec!["x".into()],
+                })
+                .is_none()
+        );
         let result = collector.finish(empty_result());
         assert!(result.truncated && result.outputs.is_empty());
+        assert_eq!(
+            result.error.map(|error| error.ename),
+            Some("ValueError".into())
+        );
     }
 
     fn empty_result() -> ExecutionResult {

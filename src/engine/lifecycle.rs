@@ -49,8 +49,9 @@ const MESSAGE_LIMIT_ENV: &str = "KERNELBOX_MAX_MESSAGE_BYTES";
 const OUTPUT_LIMIT_ENV: &str = "KERNELBOX_OUTPUT_LIMIT_BYTES";
 /// The smallest memory limit a request may ask for, in MiB: below it the kernel cannot start.
 const MIN_MEMORY_MB: u64 = 64;
-/// The smallest process limit a request may ask for: the supervisor, the kernel, its channels.
-const MIN_PIDS: u64 = 16;
+/// The smallest process limit a request may ask for: the supervisor, the kernel and its threads,
+/// its channels, and room for a command (16 was measured too few for a kernel to start).
+const MIN_PIDS: u64 = 64;
 
 /// Options for a new sandbox.
 #[derive(Debug, Clone)]
@@ -188,8 +189,22 @@ impl Engine {
         })
     }
 
-    /// Creates a sandbox and waits until its kernel answers.
-    pub async fn create(&self, request: CreateSandbox) -> Result<SandboxInfo, EngineError> {
+    /// Creates a sandbox and waits until its kernel answers. The work runs in a task of its
+    /// own: a caller that goes away (a client hanging up) cannot leave a container behind that
+    /// the table and the quotas do not know; the sandbox is finished, counted, and reaped idle
+    /// like any other.
+    pub async fn create(
+        self: &Arc<Self>,
+        request: CreateSandbox,
+    ) -> Result<SandboxInfo, EngineError> {
+        let engine = self.clone();
+        self.tasks
+            .spawn(async move { engine.create_to_the_end(request).await })
+            .await
+            .map_err(|_| EngineError::ShuttingDown)?
+    }
+
+    async fn create_to_the_end(&self, request: CreateSandbox) -> Result<SandboxInfo, EngineError> {
         if self.shutdown.is_cancelled() {
             return Err(EngineError::ShuttingDown);
         }
@@ -243,10 +258,14 @@ impl Engine {
                 egress_state: firewall.state(),
             };
             let container = self.backend.create(&spec).await?;
-            let sandbox = Arc::new(
+            let Some(sandbox) =
                 Sandbox::from_container(&container, &image, self.kernel_link(), firewall)
-                    .ok_or(EngineError::Kernel(KernelError::Closed))?,
-            );
+            else {
+                tracing::warn!("the new container lacks what a sandbox needs; removing it");
+                let _ = self.backend.destroy(&container.container_id).await;
+                return Err(EngineError::Kernel(KernelError::Closed));
+            };
+            let sandbox = Arc::new(sandbox);
             if let Err(error) = sandbox.kernel(self.config.kernel_ready_timeout).await {
                 tracing::warn!(%error, "kernel did not start; removing the container");
                 let _ = self.backend.destroy(&container.container_id).await;

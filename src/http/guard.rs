@@ -56,13 +56,16 @@ impl RequestPolicy {
         if self.hosts.is_empty() {
             return Ok(());
         }
-        let presented = request
-            .headers()
-            .get(HOST)
-            .and_then(|value| value.to_str().ok())
-            .map(str::to_string)
-            .or_else(|| request.uri().authority().map(|a| a.as_str().to_string()))
-            .unwrap_or_default();
+        // A `Host` header that is there decides, even when it is not text; only without one
+        // (HTTP/2) does the request's authority stand in.
+        let presented = match request.headers().get(HOST) {
+            Some(value) => String::from_utf8_lossy(value.as_bytes()).into_owned(),
+            None => request
+                .uri()
+                .authority()
+                .map(|authority| authority.as_str().to_string())
+                .unwrap_or_default(),
+        };
         let name = presented.trim().to_ascii_lowercase();
         if self.hosts.iter().any(|host| host == host_name(&name)) {
             Ok(())
@@ -97,7 +100,18 @@ impl RequestPolicy {
 /// The host part of a `Host` value: without port, IPv6 without brackets.
 fn host_name(host: &str) -> &str {
     if let Some(rest) = host.strip_prefix('[') {
-        return rest.split(']').next().unwrap_or_default();
+        // `[addr]` or `[addr]:port`; anything else after `]` names no host we accept.
+        return match rest.split_once(']') {
+            Some((address, "")) => address,
+            Some((address, port))
+                if port.strip_prefix(':').is_some_and(|port| {
+                    !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit())
+                }) =>
+            {
+                address
+            }
+            _ => host,
+        };
     }
     match host.rsplit_once(':') {
         // One colon: name:port. More would be a bare IPv6 address.
@@ -265,6 +279,8 @@ mod tests {
         assert_eq!(host_name("[::1]:8000"), "::1");
         assert_eq!(host_name("::1"), "::1");
         assert_eq!(host_name("a.example:x"), "a.example:x");
+        assert_eq!(host_name("[::1]evil"), "[::1]evil");
+        assert_eq!(host_name("[::1]:"), "[::1]:");
     }
 
     #[test]

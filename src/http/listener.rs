@@ -55,6 +55,9 @@ const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 /// none at two looks in a row is dropped (a response that just ended had time to be flushed).
 const DRAIN_IDLE_GRACE: Duration = Duration::from_millis(250);
 
+/// How often a connection looks whether its writes are stalled.
+const STALL_CHECK: Duration = Duration::from_secs(1);
+
 /// The limits of the server's connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConnectionLimits {
@@ -65,6 +68,9 @@ pub struct ConnectionLimits {
     pub keep_alive_timeout: Duration,
     /// Connections open at once, at most.
     pub max_connections: usize,
+    /// A connection whose writes take no byte for this long is cut: a client that sends
+    /// requests but never reads the answers would otherwise hold its slot for ever.
+    pub write_stall_timeout: Duration,
 }
 
 impl Default for ConnectionLimits {
@@ -73,6 +79,7 @@ impl Default for ConnectionLimits {
             header_read_timeout: Duration::from_secs(10),
             keep_alive_timeout: Duration::from_secs(5),
             max_connections: 1024,
+            write_stall_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -203,6 +210,7 @@ impl Listener {
                 self.router.clone(),
                 http.clone(),
                 self.limits.keep_alive_timeout,
+                self.limits.write_stall_timeout,
                 Shutdown {
                     drain: connections.drain.clone(),
                     force: connections.force.clone(),
@@ -262,6 +270,7 @@ async fn serve_connection(
     router: Router,
     http: Arc<hyper::server::conn::http1::Builder>,
     keep_alive: Duration,
+    write_stall: Duration,
     Shutdown { drain, force }: Shutdown,
     slot: (OwnedSemaphorePermit, Open),
 ) {
@@ -299,6 +308,12 @@ async fn serve_connection(
                 return;
             }
             () = force.cancelled() => return,
+            () = tokio::time::sleep(write_stall.min(STALL_CHECK)) => {
+                if activity.write_stalled_for(write_stall) {
+                    tracing::debug!("cutting a connection whose client reads nothing");
+                    return;
+                }
+            }
             () = drain.cancelled(), if !draining => {
                 if !closing {
                     connection.as_mut().graceful_shutdown();
@@ -335,6 +350,9 @@ struct Activity {
     in_flight: AtomicUsize,
     /// Milliseconds since `started`.
     last: AtomicU64,
+    /// Milliseconds since `started`, plus one, when a write last found the socket full with no
+    /// byte taken since; 0 while writes go through.
+    write_blocked: AtomicU64,
 }
 
 impl Activity {
@@ -343,6 +361,31 @@ impl Activity {
             started: Instant::now(),
             in_flight: AtomicUsize::new(0),
             last: AtomicU64::new(0),
+            write_blocked: AtomicU64::new(0),
+        }
+    }
+
+    /// Notes how a write went: taken bytes clear a stall, a full socket starts one.
+    fn wrote(&self, polled: &Poll<io::Result<usize>>) {
+        match polled {
+            Poll::Pending => {
+                let now = self.started.elapsed().as_millis() as u64 + 1;
+                let _ = self.write_blocked.compare_exchange(
+                    0,
+                    now,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                );
+            }
+            Poll::Ready(_) => self.write_blocked.store(0, Ordering::Relaxed),
+        }
+    }
+
+    /// Whether a write has waited on a full socket for `limit` with no byte taken.
+    fn write_stalled_for(&self, limit: Duration) -> bool {
+        match self.write_blocked.load(Ordering::Relaxed) {
+            0 => false,
+            since => self.started.elapsed() >= Duration::from_millis(since - 1) + limit,
         }
     }
 
@@ -422,7 +465,9 @@ impl AsyncWrite for Watched {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.activity.wrote(&polled);
+        polled
     }
 
     fn poll_write_vectored(
@@ -430,7 +475,9 @@ impl AsyncWrite for Watched {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.activity.wrote(&polled);
+        polled
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -532,6 +579,7 @@ mod tests {
                 get(move || async move { chunks(1, Duration::from_millis(2500)) }),
             )
             .route("/never", get(std::future::pending::<&'static str>))
+            .route("/big", get(|| async { vec![b'b'; 32 * 1024 * 1024] }))
     }
 
     async fn start(
@@ -549,6 +597,7 @@ mod tests {
             header_read_timeout: Duration::from_secs(1),
             keep_alive_timeout: Duration::from_millis(500),
             max_connections: 16,
+            write_stall_timeout: Duration::from_secs(1),
         }
     }
 
@@ -572,6 +621,43 @@ mod tests {
             }
         }
         String::from_utf8_lossy(&response).into_owned()
+    }
+
+    #[tokio::test]
+    async fn a_client_that_reads_nothing_is_cut_at_the_write_stall_timeout() {
+        let (port, stop, running) = start(short()).await;
+        let stream = TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("connect");
+        // Ask for 32 MiB and read none of it: the socket fills and the response stalls.
+        let (mut read_half, mut write_half) = stream.into_split();
+        write_half
+            .write_all(b"GET /big HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .await
+            .expect("request");
+        let asked = Instant::now();
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        // By now the server has cut it (stall timeout 1 s, looked at every second): reading
+        // finds the end after at most what the buffers held.
+        let mut buffer = vec![0u8; 1024 * 1024];
+        let mut total = 0usize;
+        let ended = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                match read_half.read(&mut buffer).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(read) => total += read,
+                }
+            }
+        })
+        .await;
+        assert!(ended.is_ok(), "the stalled connection was not cut");
+        assert!(
+            total < 32 * 1024 * 1024,
+            "the whole body arrived ({total} bytes): nothing was cut"
+        );
+        assert!(asked.elapsed() < Duration::from_secs(12));
+        stop.cancel();
+        let _ = running.await;
     }
 
     #[tokio::test]

@@ -55,6 +55,10 @@ pub enum ServerError {
     InsecureBind { host: IpAddr },
     #[error("--cors-origins: {origin:?} is not a valid origin")]
     InvalidOrigin { origin: String },
+    #[error(
+        "refusing --cors-origins '*' without an API key: any web page could read the sandboxes, their output and files; set --api-key or name the origins"
+    )]
+    OpenCorsWithoutKey,
 }
 
 /// What the HTTP faces share beyond the engine.
@@ -178,6 +182,9 @@ fn api_router(engine: Arc<Engine>, keys: Arc<ApiKeys>) -> Router {
 
 /// The router, without a socket (tests serve it on `127.0.0.1:0` or call it with `oneshot`).
 pub fn app(engine: Arc<Engine>, config: &HttpConfig) -> Result<Router, ServerError> {
+    if !config.keys.is_enabled() && config.cors_origins.iter().any(|o| o.trim() == "*") {
+        return Err(ServerError::OpenCorsWithoutKey);
+    }
     let (mcp, session_owners) = http_service(
         engine.clone(),
         HttpSettings {

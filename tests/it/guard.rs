@@ -9,6 +9,8 @@ use serde_json::{Value, json};
 use crate::common::TestServer;
 
 const ATTACKER: &str = "http://attacker.example";
+/// CORS `*` is refused without a key (any page could read everything), so this server has one.
+const KEY: &str = "guard-key";
 
 /// The error code of a refusal, with its status checked.
 async fn refusal(response: reqwest::Response, expected: StatusCode, what: &str) -> String {
@@ -28,6 +30,7 @@ async fn refusal(response: reqwest::Response, expected: StatusCode, what: &str) 
 async fn every_route(server: &TestServer, id: &str) -> Vec<(reqwest::Method, String)> {
     let document: Value = server
         .get("/openapi.json")
+        .header("x-api-key", KEY)
         .send()
         .await
         .expect("openapi")
@@ -65,12 +68,13 @@ async fn every_route(server: &TestServer, id: &str) -> Vec<(reqwest::Method, Str
 
 #[tokio::test]
 async fn a_rebound_or_foreign_page_is_refused_on_every_route() {
-    let Some(server) = TestServer::start_with_cors("guard-rebind", &[], &["*"], |_| {}).await
+    let Some(server) = TestServer::start_with_cors("guard-rebind", &[KEY], &["*"], |_| {}).await
     else {
         return;
     };
     let created: Value = server
         .post("/containers")
+        .header("x-api-key", KEY)
         .json(&json!({"tag": "guard"}))
         .send()
         .await
@@ -87,6 +91,7 @@ async fn a_rebound_or_foreign_page_is_refused_on_every_route() {
         let rebound = server
             .http
             .request(method.clone(), server.url(path))
+            .header("x-api-key", KEY)
             .header("host", "attacker.example")
             .header("content-type", "application/json")
             .body("{}")
@@ -103,6 +108,7 @@ async fn a_rebound_or_foreign_page_is_refused_on_every_route() {
             let foreign = server
                 .http
                 .request(method.clone(), server.url(path))
+                .header("x-api-key", KEY)
                 .header("origin", ATTACKER)
                 .header("content-type", "application/json")
                 .body("{}")
@@ -120,6 +126,7 @@ async fn a_rebound_or_foreign_page_is_refused_on_every_route() {
     // Reads stay CORS's business: with `*`, a foreign page may read, with the CORS header.
     let read = server
         .get("/containers")
+        .header("x-api-key", KEY)
         .header("origin", ATTACKER)
         .send()
         .await
@@ -134,6 +141,7 @@ async fn a_rebound_or_foreign_page_is_refused_on_every_route() {
     // The loopback page (MCP Inspector) and no page at all still get through.
     let inspector = server
         .post("/containers")
+        .header("x-api-key", KEY)
         .header("origin", "http://localhost:6274")
         .json(&json!({"tag": "inspector"}))
         .send()
@@ -146,6 +154,7 @@ async fn a_rebound_or_foreign_page_is_refused_on_every_route() {
     // first one still runs code.
     let listed: Value = server
         .get("/containers")
+        .header("x-api-key", KEY)
         .send()
         .await
         .expect("list")
@@ -164,6 +173,7 @@ async fn a_rebound_or_foreign_page_is_refused_on_every_route() {
     assert_eq!(ids, expected);
     let ran: Value = server
         .post(&format!("/containers/{id}/execute"))
+        .header("x-api-key", KEY)
         .json(&json!({"code": "print(6 * 7)"}))
         .send()
         .await

@@ -251,3 +251,58 @@ async fn uploads_in_progress_share_one_spool_budget() {
     let (status, body) = upload(&server, &id, "other.bin", 900 * 1024).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
 }
+
+#[tokio::test]
+async fn a_create_whose_client_hangs_up_is_finished_and_counted() {
+    let Some(server) = TestServer::start_with("quota-hangup", &["k"], |config| {
+        config.max_sandboxes_per_tenant = 1;
+    })
+    .await
+    else {
+        return;
+    };
+    // The client gives up long before a sandbox can be ready, and its connection closes.
+    let hung_up = server
+        .post("/containers")
+        .header("x-api-key", "k")
+        .json(&json!({"tag": "hung-up"}))
+        .timeout(std::time::Duration::from_millis(300))
+        .send()
+        .await;
+    assert!(hung_up.is_err(), "the create answered within 300 ms");
+    // The create goes on to its end: the sandbox shows up in the table, holding the quota.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let listed = loop {
+        let listed: Value = server
+            .get("/containers")
+            .header("x-api-key", "k")
+            .send()
+            .await
+            .expect("list")
+            .json()
+            .await
+            .expect("list JSON");
+        if listed["containers"]
+            .as_array()
+            .is_some_and(|all| !all.is_empty())
+        {
+            break listed;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the abandoned create never finished"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    let ids: Vec<String> = listed["containers"]
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter_map(|sandbox| sandbox["id"].as_str().map(String::from))
+        .collect();
+    // Docker has exactly what the table has: nothing left behind, nothing uncounted.
+    assert_eq!(instance_sandboxes(server.instance()), ids);
+    let (status, refused) = create(&server, "k", json!({})).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{refused}");
+    assert_eq!(refused["error"]["code"], "tenant_quota_reached");
+}

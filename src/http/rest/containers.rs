@@ -41,7 +41,7 @@ pub struct CreateContainer {
     #[schema(exclusive_minimum = 0)]
     pub cpus: Option<f64>,
     /// Process limit (default: the server's `--pids`; at most its `--max-pids`).
-    #[schema(minimum = 16)]
+    #[schema(minimum = 64)]
     pub pids: Option<u64>,
 }
 
