@@ -146,22 +146,38 @@ fn init_logging(filter: &str) {
         .init();
 }
 
-/// Resolves on ctrl-c or SIGTERM. From then on the process has `deadline` to exit: should the
-/// orderly stop not finish by then (a task that blocks its thread, say), a watchdog thread ends
-/// the process. The thread is the one thing nobody joins: it must outlive a stuck runtime.
-async fn shutdown_signal(deadline: Duration) {
-    let ctrl_c = tokio::signal::ctrl_c();
-    let mut terminate =
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = async {
-            match terminate.as_mut() {
-                Some(signal) => { signal.recv().await; }
-                None => std::future::pending::<()>().await,
+/// Resolves on ctrl-c or SIGTERM. The handlers are installed when this is called, not when the
+/// future is first polled: a signal that comes the moment the server says "listening" must not
+/// find the default action (death by signal) still in place. From the signal on, the process has
+/// `deadline` to exit: should the orderly stop not finish by then (a task that blocks its thread,
+/// say), a watchdog thread ends the process. The thread is the one thing nobody joins: it must
+/// outlive a stuck runtime.
+fn shutdown_signal(deadline: Duration) -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt = signal(SignalKind::interrupt()).ok();
+    let mut terminate = signal(SignalKind::terminate()).ok();
+    async move {
+        let received = |stream: &mut Option<tokio::signal::unix::Signal>| {
+            let stream = stream.take();
+            async move {
+                match stream {
+                    Some(mut stream) => {
+                        stream.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
             }
-        } => {}
+        };
+        tokio::select! {
+            () = received(&mut interrupt) => {}
+            () = received(&mut terminate) => {}
+        }
+        on_shutdown_signal(deadline);
     }
+}
+
+/// What follows the signal: the log line and the watchdog.
+fn on_shutdown_signal(deadline: Duration) {
     tracing::info!(deadline_secs = deadline.as_secs_f64(), "shutting down");
     let watchdog = std::thread::Builder::new()
         .name("shutdown-watchdog".into())

@@ -657,7 +657,7 @@ async fn the_server_drives_a_docker_api_over_tcp_and_needs_no_published_port() {
         }
     }
     let _cleanup = Cleanup(instance.clone());
-    let (mut server, port, _log) = crate::common::start_server_with_log(
+    let (mut server, port, log) = crate::common::start_server_with_log(
         &instance,
         &[],
         &[("DOCKER_HOST", docker_host.as_str())],
@@ -673,7 +673,10 @@ async fn the_server_drives_a_docker_api_over_tcp_and_needs_no_published_port() {
         .json()
         .await
         .expect("container");
-    let id = created["id"].as_str().expect("id");
+    let Some(id) = created["id"].as_str() else {
+        let log = log.lock().map(|lines| lines.join("\n")).unwrap_or_default();
+        panic!("the create over a TCP Docker API failed: {created}\nserver log:\n{log}");
+    };
     let result: Value = http
         .post(format!("{base}/containers/{id}/execute"))
         .json(&json!({"code": "print(6*7)"}))
