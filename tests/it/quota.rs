@@ -306,3 +306,28 @@ async fn a_create_whose_client_hangs_up_is_finished_and_counted() {
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{refused}");
     assert_eq!(refused["error"]["code"], "tenant_quota_reached");
 }
+
+#[tokio::test]
+async fn eight_concurrent_creates_against_a_cap_of_three_leave_three() {
+    let Some(server) = TestServer::start_with("quota-cap", &["k"], |config| {
+        config.max_sandboxes = 3;
+        config.max_sandboxes_per_tenant = 3;
+    })
+    .await
+    else {
+        return;
+    };
+    let attempts =
+        futures::future::join_all((0..8).map(|_| create(&server, "k", json!({"tag": "cap"}))))
+            .await;
+    let created = attempts
+        .iter()
+        .filter(|(status, _)| *status == StatusCode::CREATED)
+        .count();
+    assert_eq!(created, 3, "{attempts:?}");
+    for (status, body) in attempts.iter().filter(|(s, _)| *s != StatusCode::CREATED) {
+        assert_eq!(*status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+        assert_eq!(body["error"]["code"], "too_many_sandboxes", "{body}");
+    }
+    assert_eq!(instance_sandboxes(server.instance()).len(), 3);
+}
