@@ -120,3 +120,40 @@ async fn sigkilled_server_reattaches_its_sandboxes_on_restart() {
         assert_eq!(result.stdout, format!("{value}\n"));
     }
 }
+
+#[tokio::test]
+async fn cors_star_without_a_key_is_refused_at_startup() {
+    if !docker_available() {
+        return;
+    }
+    ensure_image(&crate::common::sandbox_image());
+    let instance = format!(
+        "test-cors-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
+    // With CORS `*` and no key, any web page could read every sandbox: the server refuses.
+    let refused = tokio::process::Command::new(env!("CARGO_BIN_EXE_kernelbox"))
+        .args([
+            "serve",
+            "--port",
+            "0",
+            "--instance",
+            &instance,
+            "--no-image-build",
+            "--cors-origins",
+            "*",
+        ])
+        .env_remove("KERNELBOX_API_KEY")
+        .output();
+    let refused = tokio::time::timeout(Duration::from_secs(60), refused)
+        .await
+        .expect("the server exits")
+        .expect("run the server");
+    remove_instance_containers(&instance);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "it started: {stderr}");
+    assert!(
+        stderr.contains("--cors-origins '*' without an API key"),
+        "{stderr}"
+    );
+}
