@@ -10,7 +10,8 @@ use crate::common::{
     TestEngine, docker_required, ensure_image, remove_instance_containers, start_server,
 };
 
-async fn get_health(port: u16) -> String {
+/// `GET /health` on a fresh connection (`Connection: close`): the whole response.
+pub(crate) async fn get_health(port: u16) -> String {
     let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .expect("connect");

@@ -40,18 +40,7 @@ fn instance(name: &str) -> Option<(String, Cleanup)> {
 /// `GET /health` on a fresh connection: the status line and how long the whole exchange took.
 async fn fresh_health(port: u16) -> (String, Duration) {
     let started = Instant::now();
-    let mut stream = TcpStream::connect(("127.0.0.1", port))
-        .await
-        .expect("connect");
-    stream
-        .write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-        .await
-        .expect("request");
-    let mut response = String::new();
-    stream
-        .read_to_string(&mut response)
-        .await
-        .expect("response");
+    let response = crate::cli::get_health(port).await;
     let status = response.lines().next().unwrap_or_default().to_string();
     (status, started.elapsed())
 }
