@@ -64,12 +64,13 @@ async fn run(engine: &Arc<Engine>, backend: &dyn Backend) -> anyhow::Result<()> 
     let info = engine.create(CreateSandbox::new(Tenant::Local)).await?;
     let sandbox = engine.get(&info.id, &Tenant::Local)?;
     let raw = kernels::current_transport(backend, sandbox.container_id()).await?;
+    let channels = kernels::current_channels(sandbox.container_id()).await?;
     let mut old = kernels::OldTransport::start(
         &engine.config().image,
         &format!("{}-old", engine.config().instance),
     )
     .await?;
-    let compared = kernels::compare_transports(&mut old, &raw, ITERATIONS).await;
+    let compared = kernels::compare_transports(&mut old, &channels, ITERATIONS).await;
     old.stop().await;
     compared?;
 

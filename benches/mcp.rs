@@ -54,9 +54,10 @@ async fn run(engine: &Arc<Engine>, backend: &dyn Backend, instance: &str) -> any
     let id = engine.create(CreateSandbox::new(Tenant::Local)).await?.id;
     let container = engine.get(&id, &Tenant::Local)?.container_id().to_string();
     let raw = kernels::current_transport(backend, &container).await?;
+    let channels = kernels::current_channels(&container).await?;
     let mut old =
         kernels::OldTransport::start(&engine.config().image, &format!("{instance}-old")).await?;
-    let compared = kernels::compare_transports(&mut old, &raw, ITERATIONS).await;
+    let compared = kernels::compare_transports(&mut old, &channels, ITERATIONS).await;
     old.stop().await;
     compared?;
     println!("{ITERATIONS} calls of execute_code({CODE:?}), after {WARMUP} warm-up calls");

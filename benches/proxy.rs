@@ -99,7 +99,7 @@ async fn main() -> anyhow::Result<()> {
     let engine = Engine::new(backend.clone(), EngineConfig::defaults(&instance));
     engine.check_image().await?;
     let outcome = async {
-        compare_kernel_transports(&engine, backend.as_ref(), &instance).await?;
+        compare_kernel_transports(&engine, &instance).await?;
         proxied(&engine, &wheels).await
     }
     .await;
@@ -108,17 +108,13 @@ async fn main() -> anyhow::Result<()> {
 }
 
 /// The kernel channel the guest proxy's sandboxes use, against the old transport.
-async fn compare_kernel_transports(
-    engine: &Arc<Engine>,
-    backend: &DockerBackend,
-    instance: &str,
-) -> anyhow::Result<()> {
+async fn compare_kernel_transports(engine: &Arc<Engine>, instance: &str) -> anyhow::Result<()> {
     let id = engine.create(CreateSandbox::new(Tenant::Local)).await?.id;
     let container = engine.get(&id, &Tenant::Local)?.container_id().to_string();
-    let raw = kernels::current_transport(backend, &container).await?;
+    let channels = kernels::current_channels(&container).await?;
     let mut old =
         kernels::OldTransport::start(&engine.config().image, &format!("{instance}-old")).await?;
-    let compared = kernels::compare_transports(&mut old, &raw, ITERATIONS).await;
+    let compared = kernels::compare_transports(&mut old, &channels, ITERATIONS).await;
     old.stop().await;
     engine.destroy(&id, &Tenant::Local).await?;
     compared.map(drop)

@@ -144,6 +144,12 @@ pub enum BackendError {
     NotAttached,
     #[error("the process exited before it started: {stderr}")]
     ProcessDidNotStart { stderr: String },
+    /// The kernel's socket could not be opened directly (see the source for why).
+    #[error("the kernel's socket could not be opened")]
+    KernelSocket {
+        #[source]
+        source: RuntimeError,
+    },
     #[error("{operation} did not finish within {waited:?}")]
     Timeout {
         operation: &'static str,

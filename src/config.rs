@@ -97,6 +97,8 @@ impl EnvVars {
     pub const GUEST_REQUEST_TIMEOUT_SECS: &'static str = "KERNELBOX_GUEST_REQUEST_TIMEOUT_SECS";
     /// Seconds from SIGINT/SIGTERM to exit, at most.
     pub const SHUTDOWN_TIMEOUT_SECS: &'static str = "KERNELBOX_SHUTDOWN_TIMEOUT_SECS";
+    /// How the server reaches kernels: `auto`, `direct` or `exec`.
+    pub const KERNEL_CHANNEL: &'static str = "KERNELBOX_KERNEL_CHANNEL";
 }
 
 /// Command line.
@@ -323,6 +325,23 @@ pub struct EngineArgs {
     /// Refuse to start when the image is missing, instead of building it.
     #[arg(long, env = EnvVars::NO_IMAGE_BUILD)]
     pub no_image_build: bool,
+    /// How the server reaches a sandbox's kernel: `direct` connects to its unix socket through
+    /// the sandbox's `/proc/<pid>/root` (the server on the Docker host, as root), `exec` relays
+    /// through a `docker exec` (any Docker, local or remote), `auto` uses `direct` where it works.
+    #[arg(long, env = EnvVars::KERNEL_CHANNEL, value_enum, default_value_t = KernelChannelMode::Auto)]
+    pub kernel_channel: KernelChannelMode,
+}
+
+/// How the server reaches a sandbox's kernel sockets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum KernelChannelMode {
+    /// `direct` when the sandbox's processes are visible to the server, else `exec`.
+    #[default]
+    Auto,
+    /// Only through the sandbox's `/proc/<pid>/root`; a dial fails where that does not work.
+    Direct,
+    /// Only through a `docker exec` relay.
+    Exec,
 }
 
 /// The operator's egress policy.
@@ -430,6 +449,8 @@ pub struct EngineConfig {
     pub guest_request_timeout: Duration,
     /// How long stopping may take, from the signal to exit.
     pub shutdown_timeout: Duration,
+    /// How the backend reaches kernels.
+    pub kernel_channel: KernelChannelMode,
 }
 
 impl EngineArgs {
@@ -568,6 +589,7 @@ impl EngineArgs {
                 self.shutdown_timeout_secs,
                 "--shutdown-timeout-secs",
             )?),
+            kernel_channel: self.kernel_channel,
         })
     }
 }

@@ -105,7 +105,8 @@ async fn start_engine(args: EngineArgs, mode: &str) -> anyhow::Result<Arc<Engine
     let network = NetworkOptions::for_engine(&config)?;
     let backend = DockerBackend::connect(network)
         .await
-        .context("cannot reach Docker (is the daemon running, and DOCKER_HOST right?)")?;
+        .context("cannot reach Docker (is the daemon running, and DOCKER_HOST right?)")?
+        .with_kernel_channel(config.kernel_channel);
     let image = config.image.clone();
     let engine = Engine::new(Arc::new(backend), config);
     if let Err(EngineError::ImageMissing { .. }) = engine.check_image().await {

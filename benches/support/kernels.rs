@@ -1,6 +1,7 @@
-//! Raw kernel round trips for the benchmarks' baselines, over both transports:
-//! - the kernel channel kernelbox uses now (ZMTP over `docker exec` streams to the kernel's unix
-//!   sockets), without the engine;
+//! Raw kernel round trips for the benchmarks' baselines, over each transport:
+//! - the kernel channels kernelbox uses now, without the engine: ZMTP straight to the kernel's
+//!   unix socket through the sandbox's `/proc/<pid>/root` (direct), and ZMTP over `docker exec`
+//!   streams to it (exec);
 //! - the old transport it replaced (TCP ports published on 127.0.0.1 through docker-proxy, spoken
 //!   to with the `zeromq` crate), in a container of its own started the old way.
 
@@ -13,6 +14,8 @@ use bollard::Docker;
 use bollard::models::{ContainerCreateBody, HostConfig, PortBinding};
 use bollard::query_parameters::{CreateContainerOptionsBuilder, RemoveContainerOptionsBuilder};
 use kernelbox::backend::Backend;
+use kernelbox::backend::docker::DockerBackend;
+use kernelbox::config::KernelChannelMode;
 use kernelbox::engine::labels;
 use kernelbox::kernel::wire::Codec;
 use kernelbox::kernel::{
@@ -215,38 +218,62 @@ async fn connect(socket: &mut impl Socket, port: u16, deadline: Instant) -> anyh
     }
 }
 
-/// Measures `1+1` over the old transport and kernelbox's channel, interleaved, and prints both.
+/// Raw kernel clients of one sandbox over each of kernelbox's channels: direct, then exec.
+pub(crate) async fn current_channels(
+    container_id: &str,
+) -> anyhow::Result<Vec<(&'static str, KernelClient)>> {
+    let mut channels = Vec::new();
+    for (label, mode) in [
+        ("direct channel", KernelChannelMode::Direct),
+        ("exec-stream channel", KernelChannelMode::Exec),
+    ] {
+        let backend = DockerBackend::connect(Default::default())
+            .await?
+            .with_kernel_channel(mode);
+        channels.push((label, current_transport(&backend, container_id).await?));
+    }
+    Ok(channels)
+}
+
+/// Measures `1+1` over the old transport and each of kernelbox's channels, interleaved, and
+/// prints each; returns the old transport's p50.
 pub(crate) async fn compare_transports(
     old: &mut OldTransport,
-    current: &KernelClient,
+    current: &[(&'static str, KernelClient)],
     iterations: usize,
-) -> anyhow::Result<(Duration, Duration)> {
+) -> anyhow::Result<Duration> {
     for _ in 0..50 {
         old.execute("1+1").await?;
-        raw_execute(current, "1+1").await?;
+        for (_, client) in current {
+            raw_execute(client, "1+1").await?;
+        }
     }
     let mut old_samples = Vec::with_capacity(iterations);
-    let mut current_samples = Vec::with_capacity(iterations);
+    let mut current_samples = vec![Vec::with_capacity(iterations); current.len()];
     for _ in 0..iterations {
         let started = Instant::now();
         old.execute("1+1").await?;
         old_samples.push(started.elapsed());
-        let started = Instant::now();
-        raw_execute(current, "1+1").await?;
-        current_samples.push(started.elapsed());
+        for ((_, client), samples) in current.iter().zip(&mut current_samples) {
+            let started = Instant::now();
+            raw_execute(client, "1+1").await?;
+            samples.push(started.elapsed());
+        }
     }
     let old_p50 = percentile(&mut old_samples, 0.5);
-    let current_p50 = percentile(&mut current_samples, 0.5);
     println!(
         "1+1 raw kernel, old transport (published TCP ports): p50 {:.2} ms, p99 {:.2} ms ({iterations} runs)",
         ms(old_p50),
         ms(percentile(&mut old_samples, 0.99))
     );
-    println!(
-        "1+1 raw kernel, exec-stream channel:                 p50 {:.2} ms, p99 {:.2} ms (p50 {:+.2} ms against the old transport)",
-        ms(current_p50),
-        ms(percentile(&mut current_samples, 0.99)),
-        ms(current_p50) - ms(old_p50)
-    );
-    Ok((old_p50, current_p50))
+    for ((label, _), samples) in current.iter().zip(&mut current_samples) {
+        let p50 = percentile(samples, 0.5);
+        println!(
+            "1+1 raw kernel, {label:<36} p50 {:.2} ms, p99 {:.2} ms (p50 {:+.2} ms against the old transport)",
+            ms(p50),
+            ms(percentile(samples, 0.99)),
+            ms(p50) - ms(old_p50)
+        );
+    }
+    Ok(old_p50)
 }

@@ -14,10 +14,13 @@
 pub mod image;
 pub mod network;
 
+pub mod direct_channel;
 pub mod firewall;
 
 use std::collections::HashMap;
 use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -35,11 +38,13 @@ use futures::StreamExt;
 use tokio::io::AsyncWriteExt;
 use tokio_util::io::StreamReader;
 
+use self::direct_channel::DirectChannelError;
 use self::network::NetworkOptions;
 use super::{
     AttachedExec, Backend, BackendError, ContainerInfo, ContainerSpec, ExecChunk, ExecOutput,
     ExecSpec, StreamingExec,
 };
+use crate::config::KernelChannelMode;
 use crate::egress::EgressPolicy;
 use crate::kernel::{ChannelStream, KernelChannel};
 /// The environment variable that carries the kernel's connection file into the container.
@@ -63,8 +68,11 @@ const RESTART_GRACE_SECS: i32 = 1;
 /// The relay between an exec's stdio and a kernel socket: root-owned, so sandbox code cannot
 /// replace it.
 const SOCAT: &str = "/usr/bin/socat";
-/// How often socat tries the kernel's socket (25 ms apart) before it gives up.
+/// How often socat, or the direct channel, tries the kernel's socket before it gives up.
 const KERNEL_CONNECT_RETRIES: u32 = 200;
+/// How long apart those tries are: a starting kernel binds its sockets about a second after its
+/// container starts.
+const KERNEL_CONNECT_INTERVAL: Duration = Duration::from_millis(25);
 /// Kills the kernel, anchored: the supervisor's own command line mentions the kernel too.
 /// The backend's own commands in a sandbox name their binaries by absolute, root-owned paths:
 /// the image's PATH starts with `~/.local/bin`, which the sandbox's code can write.
@@ -108,6 +116,10 @@ fn exec_chunk(
 pub struct DockerBackend {
     docker: Docker,
     network: NetworkOptions,
+    kernel_channel: KernelChannelMode,
+    /// Set once `auto` found the direct channel unusable here (the server in another pid
+    /// namespace, or on another host); from then on it relays through execs.
+    direct_unavailable: Arc<AtomicBool>,
 }
 
 impl DockerBackend {
@@ -116,9 +128,105 @@ impl DockerBackend {
     pub async fn connect(network: NetworkOptions) -> Result<Self, BackendError> {
         let docker = Docker::connect_with_defaults().map_err(unavailable)?;
         let docker = docker.negotiate_version().await.map_err(unavailable)?;
-        let backend = Self { docker, network };
+        let backend = Self {
+            docker,
+            network,
+            kernel_channel: KernelChannelMode::default(),
+            direct_unavailable: Arc::new(AtomicBool::new(false)),
+        };
         backend.ensure_network().await?;
         Ok(backend)
+    }
+
+    /// The same backend, reaching kernels as `mode` says.
+    pub fn with_kernel_channel(mut self, mode: KernelChannelMode) -> Self {
+        self.kernel_channel = mode;
+        self
+    }
+
+    /// A stream to a kernel's socket straight through the sandbox's `/proc/<pid>/root`, retried
+    /// while the kernel is not listening yet.
+    async fn open_direct_channel(
+        &self,
+        container_id: &str,
+        channel: KernelChannel,
+    ) -> Result<ChannelStream, DirectChannelError> {
+        let inspect = self
+            .docker
+            .inspect_container(container_id, None)
+            .await
+            .map_err(|error| DirectChannelError::Io(io::Error::other(error)))?;
+        let state = inspect.state.unwrap_or_default();
+        let (Some(true), Some(pid), Some(full_id)) = (state.running, state.pid, inspect.id) else {
+            return Err(DirectChannelError::Exited);
+        };
+        let path = channel.socket_path();
+        let mut tries = 0;
+        let stream = loop {
+            let (full_id, path) = (full_id.clone(), path.clone());
+            let attempt =
+                tokio::task::spawn_blocking(move || direct_channel::connect(pid, &full_id, &path))
+                    .await
+                    .map_err(|error| DirectChannelError::Io(io::Error::other(error)))?;
+            match attempt {
+                Err(DirectChannelError::NotListening { .. }) if tries < KERNEL_CONNECT_RETRIES => {
+                    tries += 1;
+                    tokio::time::sleep(KERNEL_CONNECT_INTERVAL).await;
+                }
+                other => break other?,
+            }
+        };
+        stream.set_nonblocking(true)?;
+        let (reader, writer) = tokio::net::UnixStream::from_std(stream)?.into_split();
+        Ok(ChannelStream {
+            reader: Box::pin(reader),
+            writer: Box::pin(writer),
+        })
+    }
+
+    /// A stream to a kernel's socket through a `docker exec` running socat in the sandbox.
+    async fn open_exec_channel(
+        &self,
+        container_id: &str,
+        channel: KernelChannel,
+    ) -> Result<ChannelStream, BackendError> {
+        // socat waits a few seconds for the socket while the kernel starts, inside the sandbox.
+        let target = format!(
+            "UNIX-CONNECT:{},retry={KERNEL_CONNECT_RETRIES},interval={}",
+            channel.socket_path(),
+            KERNEL_CONNECT_INTERVAL.as_secs_f64()
+        );
+        let spec = ExecSpec {
+            argv: [SOCAT, "-b", "262144", "STDIO", &target]
+                .map(String::from)
+                .to_vec(),
+            workdir: "/".into(),
+            env: Vec::new(),
+            user: None,
+            output_limit: 0,
+        };
+        let (_, started) = self.start_exec(container_id, spec, true).await?;
+        let StartExecResults::Attached { output, input } = started else {
+            return Err(BackendError::NotAttached);
+        };
+        let name = channel.name();
+        let bytes = output.filter_map(move |chunk| async move {
+            match chunk {
+                Ok(LogOutput::StdOut { message } | LogOutput::Console { message }) => {
+                    Some(Ok(message))
+                }
+                Ok(LogOutput::StdErr { message }) => {
+                    tracing::debug!(channel = name, stderr = %String::from_utf8_lossy(&message).trim_end(), "kernel channel relay");
+                    None
+                }
+                Ok(LogOutput::StdIn { .. }) => None,
+                Err(error) => Some(Err(io::Error::other(error))),
+            }
+        });
+        Ok(ChannelStream {
+            reader: Box::pin(StreamReader::new(Box::pin(bytes))),
+            writer: input,
+        })
     }
 
     /// Creates the sandboxes' network when it is missing.
@@ -687,42 +795,29 @@ impl Backend for DockerBackend {
         container_id: &str,
         channel: KernelChannel,
     ) -> Result<ChannelStream, BackendError> {
-        // socat waits a few seconds for the socket while the kernel starts, inside the sandbox.
-        let target = format!(
-            "UNIX-CONNECT:{},retry={KERNEL_CONNECT_RETRIES},interval=0.025",
-            channel.socket_path()
-        );
-        let spec = ExecSpec {
-            argv: [SOCAT, "-b", "262144", "STDIO", &target]
-                .map(String::from)
-                .to_vec(),
-            workdir: "/".into(),
-            env: Vec::new(),
-            user: None,
-            output_limit: 0,
+        let try_direct = match self.kernel_channel {
+            KernelChannelMode::Exec => false,
+            KernelChannelMode::Direct => true,
+            KernelChannelMode::Auto => !self.direct_unavailable.load(Ordering::Relaxed),
         };
-        let (_, started) = self.start_exec(container_id, spec, true).await?;
-        let StartExecResults::Attached { output, input } = started else {
-            return Err(BackendError::NotAttached);
-        };
-        let name = channel.name();
-        let bytes = output.filter_map(move |chunk| async move {
-            match chunk {
-                Ok(LogOutput::StdOut { message } | LogOutput::Console { message }) => {
-                    Some(Ok(message))
+        if try_direct {
+            match self.open_direct_channel(container_id, channel).await {
+                Ok(stream) => return Ok(stream),
+                Err(DirectChannelError::NotLocal(why))
+                    if self.kernel_channel == KernelChannelMode::Auto =>
+                {
+                    if !self.direct_unavailable.swap(true, Ordering::Relaxed) {
+                        tracing::info!(%why, "kernel channels relay through docker exec: the direct channel is not available here");
+                    }
                 }
-                Ok(LogOutput::StdErr { message }) => {
-                    tracing::debug!(channel = name, stderr = %String::from_utf8_lossy(&message).trim_end(), "kernel channel relay");
-                    None
+                Err(error) => {
+                    return Err(BackendError::KernelSocket {
+                        source: Box::new(error),
+                    });
                 }
-                Ok(LogOutput::StdIn { .. }) => None,
-                Err(error) => Some(Err(io::Error::other(error))),
             }
-        });
-        Ok(ChannelStream {
-            reader: Box::pin(StreamReader::new(Box::pin(bytes))),
-            writer: input,
-        })
+        }
+        self.open_exec_channel(container_id, channel).await
     }
 
     async fn kill_process_group(&self, container_id: &str, pgid: u32) -> Result<(), BackendError> {

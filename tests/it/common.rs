@@ -87,7 +87,7 @@ impl TestEngine {
         adjust(&mut config);
         let network = NetworkOptions::for_engine(&config).expect("network options");
         let backend = match DockerBackend::connect(network).await {
-            Ok(backend) => backend,
+            Ok(backend) => backend.with_kernel_channel(config.kernel_channel),
             Err(error) if !docker_required() => {
                 eprintln!("skipping {name}: Docker unreachable ({error})");
                 return None;

@@ -107,15 +107,20 @@ impl Client {
     }
 
     async fn execute(&self, id: &str, code: &str) -> Value {
-        self.http
+        let response = self
+            .http
             .post(format!("{}/containers/{id}/execute", self.base))
             .json(&json!({"code": code}))
             .send()
             .await
-            .expect("execute")
-            .json()
+            .expect("execute");
+        let status = response.status();
+        let body = response
+            .text()
             .await
-            .expect("result")
+            .unwrap_or_else(|error| error.to_string());
+        serde_json::from_str(&body)
+            .unwrap_or_else(|error| panic!("execute {code:?}: {status}, {error}: {body}"))
     }
 
     async fn command(&self, id: &str, command: &str) -> Value {

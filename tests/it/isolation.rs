@@ -725,3 +725,83 @@ async fn the_server_drives_a_docker_api_over_tcp_and_needs_no_published_port() {
     assert_eq!(deleted.status(), StatusCode::NO_CONTENT);
     let _ = server.kill().await;
 }
+
+/// Plants, as the sandbox's own code, what a hostile sandbox could put where its kernel's sockets
+/// live: a symlink to a socket on the host, a FIFO, and (as root, playing an image that ships a
+/// root daemon's socket there) a socket the sandbox's user could not reach. The direct channel
+/// refuses each without touching the host's socket, while a kernel's real socket opens.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_direct_kernel_channel_opens_only_the_sandbox_users_own_sockets() {
+    use kernelbox::backend::Backend;
+    use kernelbox::backend::docker::DockerBackend;
+    use kernelbox::config::KernelChannelMode;
+    use kernelbox::kernel::KernelChannel;
+
+    let Some(t) = TestEngine::start_with("direct-channel", |config| {
+        config.kernel_channel = KernelChannelMode::Direct;
+    })
+    .await
+    else {
+        return;
+    };
+    // A sandbox whose kernel is reached only through the direct channel answers.
+    let id = t.sandbox().await;
+    let result = t.run(&id, "print(6 * 7)").await;
+    assert_eq!(result.stdout.trim(), "42", "{result:?}");
+    let container = container_of(&t, &id);
+    let backend = DockerBackend::connect(Default::default())
+        .await
+        .expect("docker")
+        .with_kernel_channel(KernelChannelMode::Direct);
+    backend
+        .open_kernel_channel(&container, KernelChannel::Control)
+        .await
+        .expect("the kernel's own control socket opens");
+
+    // A socket on the host, at a path the sandbox names through a symlink.
+    let host_dir = tempfile::tempdir().expect("tempdir");
+    let host_socket = host_dir.path().join("host.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&host_socket).expect("bind");
+    listener.set_nonblocking(true).expect("nonblocking");
+    let plant = format!(
+        r#"
+import os
+for name in ("kernel-1", "kernel-2"):
+    os.unlink("/run/kernelbox/" + name)
+os.symlink({host:?}, "/run/kernelbox/kernel-1")
+os.mkfifo("/run/kernelbox/kernel-2")
+print("planted")
+"#,
+        host = host_socket.display().to_string()
+    );
+    let planted = t.run(&id, &plant).await;
+    assert_eq!(planted.stdout.trim(), "planted", "{planted:?}");
+    // The operator's image could hold a root-owned socket: the sandbox's user cannot reach it,
+    // so neither does the server. (Root inside the sandbox has no capability to write there, so
+    // the test plays the operator, from the host.)
+    let pid = std::process::Command::new("docker")
+        .args(["inspect", "--format", "{{.State.Pid}}", &container])
+        .output()
+        .expect("docker inspect");
+    let pid = String::from_utf8_lossy(&pid.stdout).trim().to_string();
+    let rooted = format!("/proc/{pid}/root/run/kernelbox/kernel-4");
+    std::fs::remove_file(&rooted).expect("remove the control socket");
+    let _rooted = std::os::unix::net::UnixListener::bind(&rooted).expect("a root-owned socket");
+
+    for (channel, why) in [
+        (KernelChannel::Shell, "symbolic link"),
+        (KernelChannel::IoPub, "not a socket"),
+        (KernelChannel::Control, "uid 0"),
+    ] {
+        let error = match backend.open_kernel_channel(&container, channel).await {
+            Ok(_) => panic!("{channel:?}: a planted path was opened"),
+            Err(error) => error,
+        };
+        let detail = format!("{:?}", std::error::Error::source(&error));
+        assert!(detail.contains(why), "{channel:?}: {detail}");
+    }
+    match listener.accept() {
+        Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
+        other => panic!("the host's socket was reached: {other:?}"),
+    }
+}
