@@ -165,7 +165,7 @@ mod tests {
             &"0".repeat(64),
             "/run/kernelbox/kernel-1",
         )
-        .unwrap_err();
+        .expect_err("refused");
         assert!(
             matches!(error, DirectChannelError::NotLocal(_)),
             "{error:?}"
@@ -175,7 +175,7 @@ mod tests {
     #[test]
     fn an_impossible_pid_is_not_local() {
         for pid in [0, -1, i64::MAX] {
-            let error = connect(pid, &"0".repeat(64), "/x").unwrap_err();
+            let error = connect(pid, &"0".repeat(64), "/x").expect_err("refused");
             assert!(
                 matches!(error, DirectChannelError::NotLocal(_)),
                 "{error:?}"
@@ -186,22 +186,22 @@ mod tests {
     /// The resolution rules, on a directory that stands in for a sandbox's root.
     #[test]
     fn only_a_socket_reached_without_links_is_opened() {
-        let root_dir = tempfile::tempdir().unwrap();
-        let outside = tempfile::tempdir().unwrap();
+        let root_dir = tempfile::tempdir().expect("test setup");
+        let outside = tempfile::tempdir().expect("test setup");
         let root = open(
             root_dir.path(),
             OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
             Mode::empty(),
         )
-        .unwrap();
+        .expect("test setup");
         let run = root_dir.path().join("run");
-        std::fs::create_dir(&run).unwrap();
+        std::fs::create_dir(&run).expect("test setup");
         // A real socket outside the root, which links inside must not reach.
         let target = outside.path().join("host.sock");
-        let _listener = std::os::unix::net::UnixListener::bind(&target).unwrap();
-        std::os::unix::fs::symlink(&target, run.join("absolute-link")).unwrap();
-        std::os::unix::fs::symlink("../../../../../../..", run.join("up")).unwrap();
-        std::fs::write(run.join("plain"), b"x").unwrap();
+        let _listener = std::os::unix::net::UnixListener::bind(&target).expect("test setup");
+        std::os::unix::fs::symlink(&target, run.join("absolute-link")).expect("test setup");
+        std::os::unix::fs::symlink("../../../../../../..", run.join("up")).expect("test setup");
+        std::fs::write(run.join("plain"), b"x").expect("test setup");
 
         let refused = |path: &str| match open_socket(&root, path) {
             Err(DirectChannelError::Refused { .. }) => {}
@@ -216,10 +216,11 @@ mod tests {
         ));
         // A socket inside, but not the sandbox user's: refused; once it is theirs, opened.
         let inside = run.join("kernel.sock");
-        let _inside_listener = std::os::unix::net::UnixListener::bind(&inside).unwrap();
+        let _inside_listener = std::os::unix::net::UnixListener::bind(&inside).expect("test setup");
         if rustix::process::geteuid().is_root() {
             refused("/run/kernel.sock");
-            rustix::fs::chown(&inside, Some(rustix::fs::Uid::from_raw(SANDBOX_UID)), None).unwrap();
+            rustix::fs::chown(&inside, Some(rustix::fs::Uid::from_raw(SANDBOX_UID)), None)
+                .expect("test setup");
         }
         let handle = open_socket(&root, "/run/kernel.sock").unwrap_or_else(|error| {
             panic!("the sandbox user's socket is opened: {error:?}");
