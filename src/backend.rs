@@ -113,6 +113,10 @@ pub struct StreamingExec {
 /// The runtime's own error, kept for the log; its type is the backend's business.
 pub type RuntimeError = Box<dyn std::error::Error + Send + Sync>;
 
+/// The sandbox image's non-root user (`sandbox`), who runs the kernel and owns its sockets and
+/// `/workspace`.
+pub const SANDBOX_UID: u32 = 1000;
+
 /// Backend failures. Variants are decided from the runtime's status codes, not message text.
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {

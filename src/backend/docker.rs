@@ -163,11 +163,16 @@ impl DockerBackend {
         let path = channel.socket_path();
         let mut tries = 0;
         let stream = loop {
-            let (full_id, path) = (full_id.clone(), path.clone());
-            let attempt =
-                tokio::task::spawn_blocking(move || direct_channel::connect(pid, &full_id, &path))
-                    .await
-                    .map_err(|error| DirectChannelError::Io(io::Error::other(error)))?;
+            let (full_id, blocking_path) = (full_id.clone(), path.clone());
+            let attempt = match tokio::task::spawn_blocking(move || {
+                direct_channel::open(pid, &full_id, &blocking_path)
+            })
+            .await
+            .map_err(|error| DirectChannelError::Io(io::Error::other(error)))?
+            {
+                Ok(socket) => direct_channel::connect(&socket, &path).await,
+                Err(error) => Err(error),
+            };
             match attempt {
                 Err(DirectChannelError::NotListening { .. }) if tries < KERNEL_CONNECT_RETRIES => {
                     tries += 1;
@@ -176,8 +181,7 @@ impl DockerBackend {
                 other => break other?,
             }
         };
-        stream.set_nonblocking(true)?;
-        let (reader, writer) = tokio::net::UnixStream::from_std(stream)?.into_split();
+        let (reader, writer) = stream.into_split();
         Ok(ChannelStream {
             reader: Box::pin(reader),
             writer: Box::pin(writer),

@@ -804,4 +804,42 @@ print("planted")
         Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
         other => panic!("the host's socket was reached: {other:?}"),
     }
+
+    // A socket of the sandbox's user whose backlog its code keeps full and never accepts: the
+    // dial gives up after its retries instead of blocking a server thread for good.
+    let jammed = t
+        .run(
+            &id,
+            r#"
+import os, socket
+os.unlink("/run/kernelbox/kernel-1")
+jam_listener = socket.socket(socket.AF_UNIX)
+jam_listener.bind("/run/kernelbox/kernel-1")
+jam_listener.listen(0)
+jam_clients = []
+while True:
+    client = socket.socket(socket.AF_UNIX)
+    client.setblocking(False)
+    try:
+        client.connect("/run/kernelbox/kernel-1")
+    except BlockingIOError:
+        break
+    jam_clients.append(client)
+print("jammed", len(jam_clients))
+"#,
+        )
+        .await;
+    assert!(jammed.stdout.starts_with("jammed"), "{jammed:?}");
+    let dial = tokio::time::timeout(
+        Duration::from_secs(30),
+        backend.open_kernel_channel(&container, KernelChannel::Shell),
+    )
+    .await
+    .expect("the dial of a jammed socket returns");
+    let error = match dial {
+        Ok(_) => panic!("a jammed socket was connected"),
+        Err(error) => error,
+    };
+    let detail = format!("{:?}", std::error::Error::source(&error));
+    assert!(detail.contains("NotListening"), "{detail}");
 }

@@ -16,17 +16,13 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::time::Duration;
 
 use rustix::event::{PollFd, PollFlags, Timespec, poll};
-use rustix::fs::{FileType, Mode, OFlags, ResolveFlags, fstat, open, openat2};
+use rustix::fs::{FileType, Mode, OFlags, ResolveFlags, fstat, openat2};
 use rustix::io::Errno;
 use rustix::process::{Pid, PidfdFlags, pidfd_open};
 
-/// The sandbox's user, who owns the kernel and its sockets.
-const SANDBOX_UID: u32 = 1000;
-/// How long connecting may block: a unix socket connects at once unless its backlog is full.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+use crate::backend::SANDBOX_UID;
 
 /// Why the direct channel could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -48,14 +44,14 @@ pub enum DirectChannelError {
     Io(#[from] io::Error),
 }
 
-/// Connects to the unix socket at `socket_path` inside the filesystem of process `pid`, which
-/// must belong to the container `container_id`. Blocking (a few syscalls on procfs): run it on
-/// the blocking pool.
-pub fn connect(
+/// Opens the unix socket at `socket_path` inside the filesystem of process `pid`, which must
+/// belong to the container `container_id`, as an `O_PATH` handle for [`connect`]. Blocking (a few
+/// syscalls on procfs): run it on the blocking pool.
+pub fn open(
     pid: i64,
     container_id: &str,
     socket_path: &str,
-) -> Result<std::os::unix::net::UnixStream, DirectChannelError> {
+) -> Result<OwnedFd, DirectChannelError> {
     let pid = i32::try_from(pid)
         .ok()
         .filter(|pid| *pid > 0)
@@ -66,7 +62,7 @@ pub fn connect(
     };
     let pidfd = pidfd_open(pid, PidfdFlags::empty()).map_err(|errno| not_local("pidfd", errno))?;
     let proc_dir = format!("/proc/{}", pid.as_raw_nonzero());
-    let root = open(
+    let root = rustix::fs::open(
         format!("{proc_dir}/root"),
         OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
         Mode::empty(),
@@ -86,20 +82,29 @@ pub fn connect(
     if exited(&pidfd)? {
         return Err(DirectChannelError::Exited);
     }
+    Ok(socket)
+}
+
+/// Connects to the socket behind a handle from [`open`], through `/proc/self/fd/N`. The connect
+/// never blocks: a socket whose backlog the sandbox keeps full answers "would block" at once,
+/// like one nobody listens on, instead of holding a thread.
+pub async fn connect(
+    socket: &OwnedFd,
+    socket_path: &str,
+) -> Result<tokio::net::UnixStream, DirectChannelError> {
     let through = format!("/proc/self/fd/{}", socket.as_raw_fd());
-    let stream = std::os::unix::net::UnixStream::connect(&through).map_err(|error| {
-        match error.kind() {
-            // A socket file whose kernel has gone, or one not listening yet.
-            io::ErrorKind::ConnectionRefused | io::ErrorKind::NotFound => {
-                DirectChannelError::NotListening {
-                    path: socket_path.to_string(),
-                }
-            }
+    tokio::net::UnixStream::connect(&through)
+        .await
+        .map_err(|error| match error.kind() {
+            // A socket file whose kernel has gone, one not listening yet, or one whose backlog
+            // is full.
+            io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::NotFound
+            | io::ErrorKind::WouldBlock => DirectChannelError::NotListening {
+                path: socket_path.to_string(),
+            },
             _ => DirectChannelError::Io(error),
-        }
-    })?;
-    stream.set_write_timeout(Some(CONNECT_TIMEOUT))?;
-    Ok(stream)
+        })
 }
 
 /// Opens `socket_path` (absolute, inside the sandbox) beneath `root` without following anything
@@ -160,7 +165,7 @@ mod tests {
     #[test]
     fn a_pid_outside_the_container_is_not_local() {
         // This test process is not in any container whose id is all zeros.
-        let error = connect(
+        let error = open(
             i64::from(std::process::id()),
             &"0".repeat(64),
             "/run/kernelbox/kernel-1",
@@ -175,7 +180,7 @@ mod tests {
     #[test]
     fn an_impossible_pid_is_not_local() {
         for pid in [0, -1, i64::MAX] {
-            let error = connect(pid, &"0".repeat(64), "/x").expect_err("refused");
+            let error = open(pid, &"0".repeat(64), "/x").expect_err("refused");
             assert!(
                 matches!(error, DirectChannelError::NotLocal(_)),
                 "{error:?}"
@@ -188,7 +193,7 @@ mod tests {
     fn only_a_socket_reached_without_links_is_opened() {
         let root_dir = tempfile::tempdir().expect("test setup");
         let outside = tempfile::tempdir().expect("test setup");
-        let root = open(
+        let root = rustix::fs::open(
             root_dir.path(),
             OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
             Mode::empty(),

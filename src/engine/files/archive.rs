@@ -7,7 +7,7 @@ use std::io::{self, Read};
 use std::path::{Component, Path, PathBuf};
 
 /// The sandbox user's uid/gid: files written in get this owner.
-pub(super) const SANDBOX_UID: u64 = 1000;
+pub(super) const SANDBOX_UID: u64 = crate::backend::SANDBOX_UID as u64;
 
 /// Normalizes an archive entry name; `None` when it is absolute or climbs out with `..`.
 fn safe_entry_path(name: &Path) -> Option<PathBuf> {
