@@ -117,7 +117,7 @@ async fn compare_kernel_transports(engine: &Arc<Engine>, instance: &str) -> anyh
     let compared = kernels::compare_transports(&mut old, &channels, ITERATIONS).await;
     old.stop().await;
     engine.destroy(&id, &Tenant::Local).await?;
-    compared.map(drop)
+    compared
 }
 
 async fn proxied(engine: &Arc<Engine>, wheels: &Path) -> anyhow::Result<()> {
