@@ -8,13 +8,17 @@
 //! |--------------|----------------------------------------------------------------|
 //! | this file    | containers, execs (collected, attached, streaming), the kernel's supervisor |
 //! | [`network`]  | each sandbox's network sidecar and the bridge they sit on      |
+//! | [`api_error`] | Docker API errors as the backend's errors, by status code |
+//! | [`exec_exit`] | an exec's exit code when its stream closed before the process exited |
 //! | [`firewall`] | egress policies as the sidecar's nftables rules and dnsmasq    |
 //! | [`image`]    | building the sandbox image (`kernelbox image build`)           |
 
 pub mod image;
 pub mod network;
 
+mod api_error;
 pub mod direct_channel;
+mod exec_exit;
 pub mod firewall;
 
 use std::collections::HashMap;
@@ -38,6 +42,7 @@ use futures::StreamExt;
 use tokio::io::AsyncWriteExt;
 use tokio_util::io::StreamReader;
 
+use self::api_error::{classify, unavailable};
 use self::direct_channel::DirectChannelError;
 use self::network::NetworkOptions;
 use super::{
@@ -92,8 +97,10 @@ const PID_WRAPPER: &str = r#"printf 'kernelbox-pid %s
 ' "$$"; exec "$@""#;
 /// How long `docker exec` may take to show the wrapper's pid line.
 const ATTACH_START_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long creating and starting a streaming exec, and reading its exit code, may take.
+/// How long creating and starting a streaming exec may take.
 const STREAMING_START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long, after an exec's output has ended, its process may take to exit.
+const EXEC_EXIT_TIMEOUT: Duration = Duration::from_secs(30);
 /// How much of an attached process's stderr explains a failed start.
 const START_STDERR_BYTES: usize = 4096;
 
@@ -470,12 +477,8 @@ impl DockerBackend {
                 result.truncated |= dropped;
             }
         }
-        let inspect = self
-            .docker
-            .inspect_exec(&exec_id)
-            .await
-            .map_err(|error| classify("exec inspect", "container", error))?;
-        result.exit_code = inspect.exit_code.unwrap_or(-1);
+        result.exit_code =
+            exec_exit::exit_code(&self.docker, container_id, &exec_id, EXEC_EXIT_TIMEOUT).await?;
         Ok(result)
     }
 
@@ -508,37 +511,6 @@ impl DockerBackend {
             .await
             .map_err(|error| classify("exec start", "container", error))?;
         Ok((exec.id, started))
-    }
-}
-
-/// Maps a Docker error by status code (never by message text).
-fn classify(operation: &'static str, what: &'static str, error: DockerError) -> BackendError {
-    match error {
-        DockerError::DockerResponseServerError {
-            status_code: 404, ..
-        } => BackendError::NotFound { what },
-        DockerError::DockerResponseServerError {
-            status_code: 409, ..
-        } => BackendError::Conflict { what },
-        DockerError::DockerResponseServerError {
-            status_code: 400, ..
-        } => BackendError::Invalid {
-            operation,
-            source: Box::new(error),
-        },
-        DockerError::HyperResponseError { .. }
-        | DockerError::IOError { .. }
-        | DockerError::SocketNotFoundError(_) => unavailable(error),
-        other => BackendError::Failed {
-            operation,
-            source: Box::new(other),
-        },
-    }
-}
-
-fn unavailable(error: DockerError) -> BackendError {
-    BackendError::Unavailable {
-        source: Box::new(error),
     }
 }
 
@@ -776,16 +748,9 @@ impl Backend for DockerBackend {
         };
         let output = output.filter_map(|chunk| futures::future::ready(exec_chunk(chunk)));
         let docker = self.docker.clone();
+        let container_id = container_id.to_string();
         let exit = async move {
-            let inspect =
-                tokio::time::timeout(STREAMING_START_TIMEOUT, docker.inspect_exec(&exec_id))
-                    .await
-                    .map_err(|_| BackendError::Timeout {
-                        operation: "exec inspect",
-                        waited: STREAMING_START_TIMEOUT,
-                    })?
-                    .map_err(|error| classify("exec inspect", "container", error))?;
-            Ok(inspect.exit_code.unwrap_or(-1))
+            exec_exit::exit_code(&docker, &container_id, &exec_id, EXEC_EXIT_TIMEOUT).await
         };
         Ok(StreamingExec {
             stdin: input,

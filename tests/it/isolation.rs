@@ -630,7 +630,10 @@ async fn the_server_drives_a_docker_api_over_tcp_and_needs_no_published_port() {
     }
     crate::common::ensure_image(&crate::common::sandbox_image());
     // The Docker API on a TCP port of a container of our own, on a network of our own: an
-    // address that is not the server's loopback.
+    // address that is not the server's loopback. The relay is as hasty as a relay can be: with
+    // `-t 0` socat closes a connection as soon as the client half-closes it, so an exec fed on
+    // stdin (the egress policy's apply) loses its stream while its process still runs, and the
+    // server has to wait for the exit rather than read a missing exit code as a failure.
     let network = TestNetwork::create("tcp");
     let api = TestHost::start_with(
         &network,
@@ -640,6 +643,8 @@ async fn the_server_drives_a_docker_api_over_tcp_and_needs_no_published_port() {
             "socat",
             "-d",
             "-d",
+            "-t",
+            "0",
             "TCP-LISTEN:2375,fork,reuseaddr",
             "UNIX-CONNECT:/var/run/docker.sock",
         ],
