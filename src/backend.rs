@@ -113,8 +113,8 @@ pub struct StreamingExec {
 /// The runtime's own error, kept for the log; its type is the backend's business.
 pub type RuntimeError = Box<dyn std::error::Error + Send + Sync>;
 
-/// The sandbox image's non-root user (`sandbox`), who runs the kernel and owns its sockets and
-/// `/workspace`.
+/// The sandbox image's non-root user (`sandbox`, whose group has the same id), who runs the
+/// kernel and owns its sockets and `/workspace`.
 pub const SANDBOX_UID: u32 = 1000;
 
 /// Backend failures. Variants are decided from the runtime's status codes, not message text.
@@ -148,6 +148,12 @@ pub enum BackendError {
     NotAttached,
     #[error("the process exited before it started: {stderr}")]
     ProcessDidNotStart { stderr: String },
+    /// Nothing listens on the kernel's socket yet (it is starting): worth another try.
+    #[error("the kernel is not listening on its socket yet")]
+    KernelNotListening {
+        #[source]
+        source: RuntimeError,
+    },
     /// The kernel's socket could not be opened directly (see the source for why).
     #[error("the kernel's socket could not be opened")]
     KernelSocket {
@@ -228,4 +234,14 @@ pub trait Backend: Send + Sync + 'static {
     /// Removes the container and everything that belongs to it, running or not. Removing a
     /// missing container succeeds.
     async fn destroy(&self, container_id: &str) -> Result<(), BackendError>;
+}
+
+impl From<BackendError> for crate::kernel::DialError {
+    /// A kernel that is still starting is worth another try; anything else is final.
+    fn from(error: BackendError) -> Self {
+        match error {
+            BackendError::KernelNotListening { .. } => Self::NotListening(Box::new(error)),
+            error => Self::Failed(Box::new(error)),
+        }
+    }
 }

@@ -779,6 +779,11 @@ impl Backend for DockerBackend {
                         tracing::info!(%why, "kernel channels relay through docker exec: the direct channel is not available here");
                     }
                 }
+                Err(error @ DirectChannelError::NotListening { .. }) => {
+                    return Err(BackendError::KernelNotListening {
+                        source: Box::new(error),
+                    });
+                }
                 Err(error) => {
                     return Err(BackendError::KernelSocket {
                         source: Box::new(error),

@@ -60,7 +60,7 @@ impl Dialer for SandboxDialer<'_> {
         self.backend
             .open_kernel_channel(self.container_id, channel)
             .await
-            .map_err(|error| Box::new(error) as DialError)
+            .map_err(DialError::from)
     }
 }
 

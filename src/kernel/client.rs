@@ -348,6 +348,19 @@ async fn open(
         .await;
         match attempt {
             Ok(Ok(halves)) => return Ok(halves),
+            Ok(Err(KernelError::Dial {
+                source: DialError::NotListening(error),
+                ..
+            })) => {
+                // The backend paces its own tries; past the deadline this is a kernel that did
+                // not come up in time.
+                if Instant::now() >= deadline {
+                    return Err(KernelError::NotReady {
+                        waited_ms: waited.as_millis() as u64,
+                    });
+                }
+                tracing::trace!(channel = name, %error, "kernel not listening yet");
+            }
             Ok(Err(error @ (KernelError::Violation { .. } | KernelError::Dial { .. }))) => {
                 return Err(error);
             }
@@ -414,5 +427,80 @@ fn count_rejected(shared: &Shared, channel: &'static str, error: &WireError) {
     // A kernel can send these in a loop: the log shows the first few, the metrics all.
     if seen < 3 {
         tracing::warn!(channel, %error, "dropping a kernel message");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use super::*;
+
+    /// Says "not listening yet" `starting` times, then fails for good.
+    struct StartingKernel {
+        starting: usize,
+        dials: AtomicUsize,
+    }
+
+    #[async_trait]
+    impl Dialer for StartingKernel {
+        async fn dial(&self, _channel: KernelChannel) -> Result<ChannelStream, DialError> {
+            let dial = self.dials.fetch_add(1, Ordering::SeqCst);
+            let error: Box<dyn std::error::Error + Send + Sync> = "no socket".into();
+            if dial < self.starting {
+                // As the backend does, a while passes before it says so.
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                Err(DialError::NotListening(error))
+            } else {
+                Err(DialError::Failed(error))
+            }
+        }
+    }
+
+    async fn connect(dialer: &StartingKernel, ready_within: Duration) -> KernelError {
+        match KernelClient::connect(
+            dialer,
+            "key",
+            Limits::default(),
+            Arc::default(),
+            ready_within,
+        )
+        .await
+        {
+            Ok(_) => panic!("connected to no kernel"),
+            Err(error) => error,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_kernel_not_listening_yet_is_dialled_again_until_another_error() {
+        let dialer = StartingKernel {
+            starting: 5,
+            dials: AtomicUsize::new(0),
+        };
+        let error = connect(&dialer, Duration::from_secs(10)).await;
+        assert!(
+            matches!(
+                error,
+                KernelError::Dial {
+                    source: DialError::Failed(_),
+                    ..
+                }
+            ),
+            "{error:?}"
+        );
+        assert_eq!(dialer.dials.load(Ordering::SeqCst), 6);
+    }
+
+    #[tokio::test]
+    async fn a_kernel_that_never_listens_is_not_ready_at_the_deadline() {
+        let dialer = StartingKernel {
+            starting: usize::MAX,
+            dials: AtomicUsize::new(0),
+        };
+        let started = Instant::now();
+        let error = connect(&dialer, Duration::from_millis(200)).await;
+        assert!(matches!(error, KernelError::NotReady { .. }), "{error:?}");
+        assert!(started.elapsed() < Duration::from_secs(5));
     }
 }

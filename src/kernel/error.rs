@@ -5,8 +5,17 @@ use std::sync::Arc;
 use super::wire::WireError;
 use super::zmtp::ZmtpError;
 
-/// The runtime's error when opening a channel, kept for the log.
-pub type DialError = Box<dyn std::error::Error + Send + Sync>;
+/// Why a channel could not be opened. The runtime's error is kept for the log.
+#[derive(Debug, thiserror::Error)]
+pub enum DialError {
+    /// Nothing listens on the kernel's socket yet: a starting kernel, tried again until the
+    /// caller's deadline.
+    #[error("the kernel is not listening yet")]
+    NotListening(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// Anything else: final.
+    #[error(transparent)]
+    Failed(Box<dyn std::error::Error + Send + Sync>),
+}
 
 /// Errors talking to a kernel.
 #[derive(Debug, thiserror::Error)]
