@@ -16,14 +16,12 @@ use tokio::io::AsyncWriteExt;
 use super::super::error::{EngineError, HelperFailure};
 use super::super::paths::WORKSPACE;
 use super::super::sandbox::Sandbox;
-use crate::backend::{Backend, BackendError, ByteStream, ExecChunk, ExecSpec};
+use crate::backend::{Backend, BackendError, ByteStream, ExecChunk, ExecSpec, SANDBOX_UID};
 
 /// The helper's source, passed whole to `python3 -c`.
 const HELPER: &str = include_str!("helper.py");
 /// Root-owned in the image; named by its absolute path, so no PATH lookup happens.
 const PYTHON: &str = "/usr/bin/python3";
-/// The sandbox user: the helper has exactly its rights.
-const HELPER_USER: &str = "1000:1000";
 /// Overrides for what the container's environment could carry into the exec (`-I` already
 /// makes Python ignore every `PYTHON*` variable).
 const HELPER_ENV: [&str; 6] = [
@@ -162,7 +160,8 @@ pub(super) async fn start(
         argv,
         workdir: "/".into(),
         env: HELPER_ENV.map(String::from).to_vec(),
-        user: Some(HELPER_USER.into()),
+        // The sandbox user and group: the helper has exactly its rights.
+        user: Some(format!("{SANDBOX_UID}:{SANDBOX_UID}")),
         output_limit: 0,
     };
     let exec = backend.exec_streaming(sandbox.container_id(), spec).await?;
