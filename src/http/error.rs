@@ -140,6 +140,18 @@ impl From<MultipartError> for ApiError {
     }
 }
 
+impl From<multer::Error> for ApiError {
+    fn from(error: multer::Error) -> Self {
+        let status = match error {
+            multer::Error::FieldSizeExceeded { .. } | multer::Error::StreamSizeExceeded { .. } => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
+            _ => StatusCode::BAD_REQUEST,
+        };
+        Self::rejected(status, format!("invalid multipart body: {error}"))
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = Json(ErrorBody {

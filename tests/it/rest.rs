@@ -994,3 +994,90 @@ async fn uploads_past_the_limit_are_413() {
         .expect("small upload");
     assert_eq!(response.status(), StatusCode::CREATED);
 }
+
+/// The ipybox guide's directory upload, exactly as it is documented: `curl -F
+/// "file=@data.tar.gz;type=application/x-gzip" $API/containers/$CID/directories/project`. The
+/// tree comes back byte-identical; a plain tar in the form works too, and a form without a
+/// `file` part is refused in the error shape.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_seeds_multipart_directory_upload_round_trips() {
+    let Some(server) = RestServer::start("rest-multipart-tree", &[]).await else {
+        return;
+    };
+    let id = create(&server, None).await;
+    let mut files = BTreeMap::new();
+    files.insert("README.md".to_string(), b"# project\n".to_vec());
+    files.insert("src/data.bin".to_string(), binary_blob(300_000));
+    files.insert("src/empty".to_string(), Vec::new());
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let gzipped = scratch.path().join("data.tar.gz");
+    std::fs::write(&gzipped, tar_gz(&files, &["src"])).expect("write tar.gz");
+    let curl = |form: String, target: &str| {
+        let output = std::process::Command::new("curl")
+            .args(["-sS", "-w", "\n%{http_code}", "-F", &form])
+            .arg(server.url(&format!("/containers/{id}/directories/{target}")))
+            .output()
+            .expect("curl");
+        let text = String::from_utf8_lossy(&output.stdout).into_owned();
+        let (body, status) = text.rsplit_once('\n').expect("status line");
+        (status.to_string(), body.to_string())
+    };
+
+    let (status, body) = curl(
+        format!("file=@{};type=application/x-gzip", gzipped.display()),
+        "project",
+    );
+    assert_eq!(status, "201", "{body}");
+    let body: Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(body["path"], "/workspace/project");
+    let response = server
+        .get(&format!("/containers/{id}/directories/project"))
+        .send()
+        .await
+        .expect("download tree");
+    assert_eq!(response.status(), StatusCode::OK);
+    let (back, back_dirs) = untar_gz(&response.bytes().await.expect("tree bytes"));
+    assert_eq!(back_dirs, vec!["src".to_string()]);
+    assert_eq!(back.len(), files.len());
+    for (path, content) in &files {
+        assert!(back.get(path) == Some(content), "{path} differs");
+    }
+
+    // A plain tar in the form, whatever type the client gave its part.
+    let plain = scratch.path().join("plain.tar");
+    let mut builder = tar::Builder::new(Vec::new());
+    let mut header = tar::Header::new_gnu();
+    header.set_mode(0o644);
+    header.set_size(5);
+    builder
+        .append_data(&mut header, "plain.txt", &b"plain"[..])
+        .expect("entry");
+    std::fs::write(&plain, builder.into_inner().expect("tar")).expect("write tar");
+    let (status, body) = curl(
+        format!("file=@{};type=application/octet-stream", plain.display()),
+        "plain",
+    );
+    assert_eq!(status, "201", "{body}");
+    let read = server
+        .get(&format!("/containers/{id}/files/plain/plain.txt"))
+        .send()
+        .await
+        .expect("read back");
+    assert_eq!(read.bytes().await.expect("bytes").as_ref(), b"plain");
+
+    // A form without a `file` part.
+    let (status, body) = curl("other=value".to_string(), "nothing");
+    assert_eq!(status, "422", "{body}");
+    let body: Value = serde_json::from_str(&body).expect("JSON");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|message| message.contains("`file`")),
+        "{body}"
+    );
+    let _ = server
+        .http
+        .delete(server.url(&format!("/containers/{id}")))
+        .send()
+        .await;
+}

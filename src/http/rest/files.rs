@@ -14,7 +14,8 @@ use axum::extract::{Multipart, Request, State};
 use axum::http::header::{CONTENT_DISPOSITION, CONTENT_LENGTH, CONTENT_TYPE};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use futures::TryStreamExt;
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 use tokio_util::io::{ReaderStream, StreamReader};
 use utoipa::ToSchema;
@@ -290,22 +291,65 @@ pub(crate) async fn delete_file(
 }
 
 /// The request body as a tar stream: gunzipped unless it is declared `application/x-tar`.
-fn tar_body(request: Request) -> ByteStream {
-    let plain_tar = request
+/// The archive of a directory upload, as a tar stream. A raw body is a tar.gz, or a plain tar when
+/// sent as `application/x-tar`. A `multipart/form-data` body (what `curl -F file=@tree.tar.gz`
+/// sends) carries it in its `file` part, gzip or plain: the part's own type is whatever the
+/// client guessed, so the gzip magic decides.
+async fn tar_upload(request: Request) -> Result<ByteStream, ApiError> {
+    let content_type = request
         .headers()
         .get(CONTENT_TYPE)
         .and_then(|value| value.to_str().ok())
-        .is_some_and(|value| value.trim().eq_ignore_ascii_case("application/x-tar"));
-    let body = request
-        .into_body()
-        .into_data_stream()
-        .map_err(io::Error::other);
-    if plain_tar {
-        return Box::pin(body);
+        .unwrap_or_default()
+        .to_string();
+    let body = request.into_body().into_data_stream();
+    if let Ok(boundary) = multer::parse_boundary(&content_type) {
+        let mut form = multer::Multipart::new(body, boundary);
+        while let Some(part) = form.next_field().await? {
+            if part.name() == Some(FILE_FIELD) {
+                return Ok(gunzip_if_gzip(Box::pin(part.map_err(io::Error::other))).await);
+            }
+        }
+        return Err(ApiError::invalid(format!(
+            "the multipart body has no `{FILE_FIELD}` part"
+        )));
     }
-    let mut decoder = GzipDecoder::new(StreamReader::new(body));
+    let body: ByteStream = Box::pin(body.map_err(io::Error::other));
+    if content_type
+        .trim()
+        .eq_ignore_ascii_case("application/x-tar")
+    {
+        return Ok(body);
+    }
+    Ok(gunzip(body))
+}
+
+/// A gzip stream's content.
+fn gunzip(stream: ByteStream) -> ByteStream {
+    let mut decoder = GzipDecoder::new(StreamReader::new(stream));
     decoder.multiple_members(true);
     Box::pin(ReaderStream::new(decoder))
+}
+
+/// `stream` decompressed when it starts with the gzip magic, else as it is. A read error while
+/// looking is handed on in the stream, where the engine reports it as for any other upload.
+async fn gunzip_if_gzip(mut stream: ByteStream) -> ByteStream {
+    const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
+    let mut head = Vec::new();
+    while head.len() < GZIP_MAGIC.len() {
+        match stream.try_next().await {
+            Ok(Some(chunk)) => head.extend_from_slice(&chunk),
+            Ok(None) => break,
+            Err(error) => {
+                return Box::pin(futures::stream::once(futures::future::ready(Err(error))));
+            }
+        }
+    }
+    let is_gzip = head.starts_with(&GZIP_MAGIC);
+    let whole: ByteStream = Box::pin(
+        futures::stream::once(futures::future::ready(Ok(Bytes::from(head)))).chain(stream),
+    );
+    if is_gzip { gunzip(whole) } else { whole }
 }
 
 async fn extract_tree(
@@ -315,9 +359,8 @@ async fn extract_tree(
     path: &str,
     request: Request,
 ) -> Result<(StatusCode, Json<UploadedTree>), ApiError> {
-    engine
-        .upload_tree(&id, &tenant, path, tar_body(request))
-        .await?;
+    let tar = tar_upload(request).await?;
+    engine.upload_tree(&id, &tenant, path, tar).await?;
     let path = crate::engine::paths::workspace_path(path).map_err(EngineError::from)?;
     Ok((StatusCode::CREATED, Json(UploadedTree { path })))
 }
@@ -346,10 +389,11 @@ async fn tree_response(
     path = "/containers/{id}/directories",
     tag = "files",
     params(("id" = String, Path, description = "Container id")),
-    request_body(description = "A tar.gz archive (or a plain tar sent as application/x-tar)", content(
+    request_body(description = "A tar.gz archive (or a plain tar sent as application/x-tar), or a multipart form whose `file` part is a tar.gz or a tar", content(
         (Vec<u8> = "application/gzip"),
         (Vec<u8> = "application/octet-stream"),
         (Vec<u8> = "application/x-tar"),
+        (FileUpload = "multipart/form-data"),
     )),
     responses(
         (status = 201, description = "Extracted", body = UploadedTree),
@@ -358,7 +402,7 @@ async fn tree_response(
         (status = 403, description = "The sandbox user may not write there", body = ErrorBody),
         (status = 404, description = "No such container", body = ErrorBody),
         (status = 413, description = "Larger (unpacked) than the server's upload limit", body = ErrorBody),
-        (status = 422, description = "Not a tar.gz, or a refused entry", body = ErrorBody),
+        (status = 422, description = "Not a tar.gz, no `file` part, or a refused entry", body = ErrorBody),
     )
 )]
 pub(crate) async fn upload_workspace_tree(
@@ -401,10 +445,11 @@ pub(crate) async fn download_workspace_tree(
         ("id" = String, Path, description = "Container id"),
         ("path" = String, Path, description = "Directory, relative to /workspace"),
     ),
-    request_body(description = "A tar.gz archive (or a plain tar sent as application/x-tar)", content(
+    request_body(description = "A tar.gz archive (or a plain tar sent as application/x-tar), or a multipart form whose `file` part is a tar.gz or a tar", content(
         (Vec<u8> = "application/gzip"),
         (Vec<u8> = "application/octet-stream"),
         (Vec<u8> = "application/x-tar"),
+        (FileUpload = "multipart/form-data"),
     )),
     responses(
         (status = 201, description = "Extracted", body = UploadedTree),
@@ -413,7 +458,7 @@ pub(crate) async fn download_workspace_tree(
         (status = 403, description = "The sandbox user may not write there", body = ErrorBody),
         (status = 404, description = "No such container", body = ErrorBody),
         (status = 413, description = "Larger (unpacked) than the server's upload limit", body = ErrorBody),
-        (status = 422, description = "Not a tar.gz, a refused entry, or a bad path", body = ErrorBody),
+        (status = 422, description = "Not a tar.gz, no `file` part, a refused entry, or a bad path", body = ErrorBody),
     )
 )]
 pub(crate) async fn upload_tree(
