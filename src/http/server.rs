@@ -32,6 +32,7 @@ use super::error::ApiError;
 use super::extract::{AppState, JSON_BODY_LIMIT};
 use super::guard::{RequestPolicy, check_host_and_origin, require_api_key, require_json_body};
 use super::listener::{ConnectionLimits, Listener};
+use super::request_id::{REQUEST_ID_HEADER, request_context};
 use super::rest::execute::EXECUTION_ID_HEADER;
 use super::{guest_proxy, metrics, openapi, rest};
 use crate::engine::Engine;
@@ -128,10 +129,12 @@ fn cors(origins: &[String]) -> Result<Option<CorsLayer>, ServerError> {
                 HeaderName::from_static(API_KEY_HEADER),
                 HeaderName::from_static(guest_proxy::SESSION_HEADER),
                 HeaderName::from_static("mcp-protocol-version"),
+                HeaderName::from_static(REQUEST_ID_HEADER),
             ])
             .expose_headers([
                 HeaderName::from_static(EXECUTION_ID_HEADER),
                 HeaderName::from_static(guest_proxy::SESSION_HEADER),
+                HeaderName::from_static(REQUEST_ID_HEADER),
             ]),
     ))
 }
@@ -220,10 +223,12 @@ pub fn app(engine: Arc<Engine>, config: &HttpConfig) -> Result<Router, ServerErr
         &config.allowed_hosts,
         &config.cors_origins,
     ));
-    Ok(router.layer(middleware::from_fn_with_state(
-        policy,
-        check_host_and_origin,
-    )))
+    Ok(router
+        .layer(middleware::from_fn_with_state(
+            policy,
+            check_host_and_origin,
+        ))
+        .layer(middleware::from_fn(request_context)))
 }
 
 async fn health(State(engine): State<Arc<Engine>>) -> Json<Health> {

@@ -12,6 +12,7 @@ mod limits;
 mod mcp;
 mod mcp_sessions;
 mod net;
+mod ops;
 mod proxy;
 mod quota;
 mod rest;
