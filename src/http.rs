@@ -14,6 +14,7 @@
 //! | [`extract`]       | request extractors whose rejections use the error shape            |
 //! | [`metrics`]       | `GET /metrics`                                                     |
 //! | [`openapi`]       | the OpenAPI document and the `/docs` page                          |
+//! | [`probes`]        | `GET /ready`, the readiness probe                                  |
 //!
 //! The faces import the shared pieces, never each other; only [`server`] knows them all.
 
@@ -25,6 +26,7 @@ pub mod guest_proxy;
 pub mod listener;
 pub mod metrics;
 pub mod openapi;
+pub mod probes;
 pub mod request_id;
 pub mod rest;
 pub mod server;

@@ -206,3 +206,190 @@ async fn json_logs_parse_and_carry_request_tenant_and_sandbox() {
         );
     }
 }
+
+/// A Docker API relay the test switches on and off: socat in a test container of our own, from
+/// TCP port 2375 to the Docker socket, in its own process group so that stopping it ends the
+/// connections it forwards too.
+struct DockerRelay {
+    host: crate::net::TestHost,
+}
+
+impl DockerRelay {
+    fn start(network: &crate::net::TestNetwork) -> Self {
+        let host = crate::net::TestHost::start_with(
+            network,
+            "relay",
+            &["-v", "/var/run/docker.sock:/var/run/docker.sock"],
+            &["sh", "-c", "echo relay-host-up; exec sleep infinity"],
+            "relay-host-up",
+        );
+        let relay = Self { host };
+        relay.switch_on();
+        relay
+    }
+
+    fn address(&self) -> std::net::SocketAddr {
+        (self.host.ip4, 2375).into()
+    }
+
+    /// Starts socat and waits until its port takes connections.
+    fn switch_on(&self) {
+        crate::net::docker_ok(&[
+            "exec",
+            "-d",
+            &self.host.name,
+            "setsid",
+            "sh",
+            "-c",
+            "echo $$ > /tmp/relay.pid; exec socat TCP-LISTEN:2375,fork,reuseaddr UNIX-CONNECT:/var/run/docker.sock",
+        ]);
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect_timeout(&self.address(), Duration::from_secs(1)).is_err()
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the relay did not start"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Ends socat's process group (the listener and every forwarded connection) and waits until
+    /// the port refuses.
+    fn switch_off(&self) {
+        crate::net::docker_ok(&[
+            "exec",
+            &self.host.name,
+            "sh",
+            "-c",
+            "kill -KILL -$(cat /tmp/relay.pid)",
+        ]);
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect_timeout(&self.address(), Duration::from_secs(1)).is_ok()
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the relay did not stop"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// `GET /ready` without a key: the status and the JSON body.
+async fn ready(port: u16) -> (u16, Value) {
+    let response = reqwest::Client::new()
+        .get(format!("http://127.0.0.1:{port}/ready"))
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .expect("GET /ready");
+    let status = response.status().as_u16();
+    (status, response.json().await.expect("a JSON body"))
+}
+
+/// Asks `/ready` until it answers `status` (the answer is cached for 2 s), for 20 s at most.
+async fn wait_for_ready_status(port: u16, status: u16) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (got, body) = ready(port).await;
+        if got == status {
+            return body;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "/ready stayed {got} ({body}), wanted {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ready_follows_the_docker_api_while_health_stays_live() {
+    if !docker_available() {
+        return;
+    }
+    ensure_image(&crate::common::sandbox_image());
+    let network = crate::net::TestNetwork::create("ready");
+    let relay = DockerRelay::start(&network);
+    let docker_host = format!("tcp://{}", relay.address());
+    let instance = unique_instance("ready");
+    let _cleanup = Cleanup(instance.clone());
+    let (mut server, port, _log) = start_server_with_log(
+        &instance,
+        &["--api-key", "ready-key"],
+        &[("DOCKER_HOST", docker_host.as_str())],
+    )
+    .await;
+    // Open without a key, like /health.
+    let (status, body) = ready(port).await;
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (200, Some("ready")),
+        "{body}"
+    );
+
+    relay.switch_off();
+    let body = wait_for_ready_status(port, 503).await;
+    assert_eq!(body["status"], "not_ready", "{body}");
+    assert_eq!(body["reason"], "docker_unreachable", "{body}");
+    assert!(
+        body["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
+    // Liveness does not follow Docker: the process is fine.
+    let health = crate::cli::get_health(port).await;
+    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+
+    relay.switch_on();
+    let body = wait_for_ready_status(port, 200).await;
+    assert_eq!(body["status"], "ready", "{body}");
+    assert!(body.get("reason").is_none(), "{body}");
+    let _ = server.kill().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn readiness_names_a_missing_image_and_a_shutdown() {
+    if !docker_available() {
+        return;
+    }
+    let instance = unique_instance("ready-image");
+    let backend = kernelbox::backend::docker::DockerBackend::connect(Default::default())
+        .await
+        .expect("docker");
+    let mut config = kernelbox::config::EngineConfig::defaults(&instance);
+    config.image = format!("kernelbox-sandbox:absent-{instance}");
+    let engine = kernelbox::engine::Engine::new(std::sync::Arc::new(backend), config);
+    let readiness = engine.readiness().await;
+    assert_eq!(
+        readiness.not_ready,
+        Some(kernelbox::engine::readiness::NotReady::ImageMissing),
+        "{readiness:?}"
+    );
+    assert!(
+        readiness
+            .message
+            .contains("kernelbox image build --offline"),
+        "{readiness:?}"
+    );
+    let app = kernelbox::http::server::app(engine.clone(), &Default::default()).expect("app");
+    let _ = engine
+        .shutdown_until(false, tokio::time::Instant::now() + Duration::from_secs(5))
+        .await;
+    use tower::ServiceExt;
+    let response = app
+        .oneshot(
+            axum::http::Request::get("/ready")
+                .header("host", "localhost")
+                .body(axum::body::Body::empty())
+                .expect("request"),
+        )
+        .await
+        .expect("response");
+    assert_eq!(response.status(), 503);
+    let body = axum::body::to_bytes(response.into_body(), 1 << 16)
+        .await
+        .expect("body");
+    let body: Value = serde_json::from_slice(&body).expect("json");
+    assert_eq!(body["reason"], "shutting_down", "{body}");
+}
