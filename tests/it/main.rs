@@ -13,6 +13,7 @@ mod mcp;
 mod mcp_sessions;
 mod net;
 mod ops;
+mod pip;
 mod proxy;
 mod quota;
 mod rest;
