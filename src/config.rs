@@ -27,6 +27,8 @@ impl EnvVars {
     pub const INSECURE: &'static str = "KERNELBOX_INSECURE";
     /// Sandbox image.
     pub const IMAGE: &'static str = "KERNELBOX_IMAGE";
+    /// Base image `kernelbox image build` (without `--offline`) builds from.
+    pub const BASE_IMAGE: &'static str = "KERNELBOX_BASE_IMAGE";
     /// Further images a create request may ask for, comma-separated.
     pub const ALLOWED_IMAGES: &'static str = "KERNELBOX_ALLOWED_IMAGES";
     /// Sandboxes idle longer than this many seconds are destroyed.

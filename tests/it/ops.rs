@@ -393,3 +393,107 @@ async fn readiness_names_a_missing_image_and_a_shutdown() {
     let body: Value = serde_json::from_slice(&body).expect("json");
     assert_eq!(body["reason"], "shutting_down", "{body}");
 }
+
+/// A directory holding only a `docker` link: a PATH on which debootstrap is not installed.
+fn path_without_debootstrap() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let docker = std::process::Command::new("sh")
+        .args(["-c", "command -v docker"])
+        .output()
+        .expect("which docker");
+    let docker = String::from_utf8_lossy(&docker.stdout).trim().to_string();
+    std::os::unix::fs::symlink(&docker, dir.path().join("docker")).expect("link docker");
+    dir
+}
+
+/// Runs the binary with `args` and `env`, for 120 s at most; (success, stdout, stderr).
+async fn run_kernelbox(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
+    let output = tokio::time::timeout(
+        Duration::from_secs(120),
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_kernelbox"))
+            .args(args)
+            .envs(env.iter().copied())
+            .env_remove("KERNELBOX_IMAGE")
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("kernelbox ends within 120 s")
+    .expect("run kernelbox");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_offline_build_without_debootstrap_says_how_to_install_it() {
+    let bin = path_without_debootstrap();
+    let path = bin.path().to_string_lossy().into_owned();
+    let tag = format!("kernelbox-sandbox:{}", unique_instance("nodeboot"));
+    let (ok, _, stderr) = run_kernelbox(
+        &["image", "build", "--offline", "--image", &tag],
+        &[("PATH", path.as_str())],
+    )
+    .await;
+    assert!(!ok, "{stderr}");
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(last.contains("`apt-get install debootstrap`"), "{stderr}");
+    assert!(
+        last.contains(&format!("`kernelbox image build --offline --image {tag}`")),
+        "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_server_without_registry_or_debootstrap_names_the_command_that_fixes_it() {
+    if !docker_available() {
+        return;
+    }
+    let bin = path_without_debootstrap();
+    let path = bin.path().to_string_lossy().into_owned();
+    let instance = unique_instance("noregistry");
+    let _cleanup = Cleanup(instance.clone());
+    // A base image on a registry that is not there (nothing listens on loopback port 1): the
+    // pull fails as it does on a host without a registry.
+    let base = format!("127.0.0.1:1/kernelbox-test/absent:{instance}");
+    let image = format!("kernelbox-sandbox:absent-{instance}");
+    let (ok, stdout, stderr) = run_kernelbox(
+        &[
+            "serve",
+            "--port",
+            "0",
+            "--instance",
+            &instance,
+            "--image",
+            &image,
+        ],
+        &[
+            ("PATH", path.as_str()),
+            ("KERNELBOX_BASE_IMAGE", base.as_str()),
+        ],
+    )
+    .await;
+    assert!(!ok, "the server started: {stderr}");
+    assert!(stdout.is_empty(), "{stdout}");
+    assert!(!stderr.contains("listening"), "{stderr}");
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.contains(&base),
+        "the base image is not named: {stderr}"
+    );
+    assert!(last.contains("`apt-get install debootstrap`"), "{stderr}");
+    assert!(
+        last.contains(&format!(
+            "`kernelbox image build --offline --image {image}`"
+        )),
+        "{stderr}"
+    );
+    let present = std::process::Command::new("docker")
+        .args(["image", "inspect", &image])
+        .output()
+        .expect("docker");
+    assert!(!present.status.success(), "an image was built");
+}
