@@ -2,6 +2,7 @@
 
 mod cli;
 mod common;
+mod compose;
 mod engine;
 mod faults;
 mod files_attack;
