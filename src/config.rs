@@ -156,7 +156,7 @@ pub struct LogArgs {
     #[arg(long = "log", env = EnvVars::LOG, default_value = "info")]
     pub filter: String,
     /// `text` (colours only when stderr is a terminal) or `json`: one object a line, with the
-    /// fields of the spans it happened in (request_id, tenant, sandbox_id) in `spans`.
+    /// fields of the spans it happened in (request_id, tenant, sandbox_id) beside its own.
     #[arg(long, env = EnvVars::LOG_FORMAT, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 }

@@ -9,7 +9,7 @@ use anyhow::Context;
 use clap::Parser;
 use kernelbox::backend::docker::DockerBackend;
 use kernelbox::backend::docker::network::NetworkOptions;
-use kernelbox::config::{Cli, Command, EngineArgs, ImageCommand, LogArgs, LogFormat};
+use kernelbox::config::{Cli, Command, EngineArgs, ImageCommand};
 use kernelbox::engine::{Engine, EngineError};
 use kernelbox::http::auth::ApiKeys;
 use kernelbox::http::server::{HttpConfig, ServeOptions};
@@ -45,13 +45,13 @@ async fn main_exec(cli: Cli) -> anyhow::Result<()> {
         Command::Image {
             command: ImageCommand::Build(args),
         } => {
-            init_logging(&args.log);
+            kernelbox::logging::init(&args.log);
             kernelbox::backend::docker::image::build(&args.image, args.offline).await?;
             eprintln!("kernelbox: image {} is ready", args.image);
             Ok(())
         }
         Command::Serve(args) => {
-            init_logging(&args.engine.log);
+            kernelbox::logging::init(&args.engine.log);
             let connections = args.connection_limits()?;
             let http = HttpConfig {
                 keys: Arc::new(ApiKeys::new(&args.api_key)),
@@ -79,7 +79,7 @@ async fn main_exec(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Stdio(args) => {
-            init_logging(&args.engine.log);
+            kernelbox::logging::init(&args.engine.log);
             let destroy_on_exit = args.engine.destroy_on_exit;
             let engine = start_engine(args.engine, "stdio").await?;
             let shutdown_timeout = engine.config().shutdown_timeout;
@@ -125,37 +125,6 @@ async fn start_engine(args: EngineArgs, mode: &str) -> anyhow::Result<Arc<Engine
     engine.spawn_reaper();
     engine.spawn_liveness();
     Ok(engine)
-}
-
-/// Logs go to stderr only: stdout is the MCP stdio channel.
-fn init_logging(log: &LogArgs) {
-    // The zeromq crate reports every reconnect attempt to a kernel that is going away (a
-    // destroyed sandbox, a restarting kernel) as a warning; the engine reports what matters.
-    let directives = if log.filter.contains("zeromq") {
-        log.filter.clone()
-    } else {
-        format!("{},zeromq=error", log.filter)
-    };
-    let filter = tracing_subscriber::EnvFilter::try_new(&directives)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,zeromq=error"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match log.log_format {
-        // Colours only for a person at a terminal: captured logs (Claude Desktop, CI, files) get
-        // plain text.
-        LogFormat::Text => builder
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .init(),
-        // The event's fields at the top level; the spans it happened in (request, sandbox,
-        // execute), with their fields, in `spans`.
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .with_span_list(true)
-            .init(),
-    }
 }
 
 /// Resolves on ctrl-c or SIGTERM. The handlers are installed when this is called, not when the

@@ -159,17 +159,8 @@ async fn json_logs_parse_and_carry_request_tenant_and_sandbox() {
         );
         assert!(line["message"].is_string(), "{line}");
     }
-    // The field, on the event or on one of the spans it happened in.
-    let field = |line: &Value, name: &str| -> Option<String> {
-        if let Some(value) = line[name].as_str() {
-            return Some(value.to_string());
-        }
-        line["spans"]
-            .as_array()?
-            .iter()
-            .rev()
-            .find_map(|span| span[name].as_str().map(str::to_string))
-    };
+    // The field, at the top level: the event's own, or one of the spans it happened in.
+    let field = |line: &Value, name: &str| line[name].as_str().map(str::to_string);
     // Every line a request for this sandbox caused carries its id, the request id and the
     // tenant; and the sandbox's lifecycle lines carry the id.
     let ours: Vec<&Value> = parsed
