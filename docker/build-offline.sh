@@ -11,11 +11,11 @@ mirror=${KERNELBOX_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 security_mirror=${KERNELBOX_DEBIAN_SECURITY_MIRROR:-http://deb.debian.org/debian-security}
 started=$(date +%s)
 
-step() { echo "==> [$1/5] $2" >&2; }
+step() { echo "==> [$1/5] $2 (+$(( $(date +%s) - started )) s)" >&2; }
 fail() { echo "build-offline: $*" >&2; exit 1; }
 
 [ "$(id -u)" = 0 ] || fail "must run as root (debootstrap and chroot need it)"
-command -v debootstrap >/dev/null || fail "debootstrap is not installed (apt-get install debootstrap)"
+command -v debootstrap >/dev/null || fail "debootstrap is not installed: run \`apt-get install debootstrap\`, then this again"
 command -v docker >/dev/null || fail "the docker CLI is not installed"
 
 work=$(mktemp -d /var/tmp/kernelbox-rootfs.XXXXXX)

@@ -276,11 +276,14 @@ apply) apply ;;
 esac
 NETD
 
-# `pip install` as the sandbox user goes to ~/.local without the PEP 668 refusal.
+# `pip install` as the sandbox user goes to ~/.local without the PEP 668 refusal. Not by
+# `user = true`, which would make every pip call a user install and refuse `--target` and
+# `--prefix` ("Can not combine '--user' and '--target'"): pip installs to the user site by itself
+# when site-packages is not writable, as it is not for the sandbox user, and leaves `--target`,
+# `--prefix` and `--root` to where they say.
 cat > /etc/pip.conf <<'PIP'
 [global]
 break-system-packages = true
-user = true
 disable-pip-version-check = true
 no-warn-script-location = true
 PIP

@@ -27,6 +27,8 @@ impl EnvVars {
     pub const INSECURE: &'static str = "KERNELBOX_INSECURE";
     /// Sandbox image.
     pub const IMAGE: &'static str = "KERNELBOX_IMAGE";
+    /// Base image `kernelbox image build` (without `--offline`) builds from.
+    pub const BASE_IMAGE: &'static str = "KERNELBOX_BASE_IMAGE";
     /// Further images a create request may ask for, comma-separated.
     pub const ALLOWED_IMAGES: &'static str = "KERNELBOX_ALLOWED_IMAGES";
     /// Sandboxes idle longer than this many seconds are destroyed.
@@ -37,6 +39,8 @@ impl EnvVars {
     pub const CORS_ORIGINS: &'static str = "KERNELBOX_CORS_ORIGINS";
     /// Log filter, in `tracing` env-filter syntax (`info`, `kernelbox=debug`).
     pub const LOG: &'static str = "KERNELBOX_LOG";
+    /// Log line format: `text` or `json` (one JSON object a line).
+    pub const LOG_FORMAT: &'static str = "KERNELBOX_LOG_FORMAT";
     /// Most sandboxes alive at once.
     pub const MAX_SANDBOXES: &'static str = "KERNELBOX_MAX_SANDBOXES";
     /// Most sandboxes one tenant (API key) may have alive at once.
@@ -141,8 +145,30 @@ pub struct ImageBuildArgs {
     /// Image tag to build.
     #[arg(long, env = EnvVars::IMAGE, default_value = DEFAULT_IMAGE)]
     pub image: String,
-    #[arg(long, env = EnvVars::LOG, default_value = "info")]
-    pub log: String,
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+/// How the logs (on stderr) are filtered and written.
+#[derive(Debug, Clone, Args)]
+pub struct LogArgs {
+    /// Log filter, in `tracing` env-filter syntax (`info`, `kernelbox=debug`).
+    #[arg(long = "log", env = EnvVars::LOG, default_value = "info")]
+    pub filter: String,
+    /// `text` (colours only when stderr is a terminal) or `json`: one object a line, with the
+    /// fields of the spans it happened in (request_id, tenant, sandbox_id) beside its own.
+    #[arg(long, env = EnvVars::LOG_FORMAT, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// The format of log lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object a line.
+    Json,
 }
 
 pub const DEFAULT_IMAGE: &str = "kernelbox-sandbox:latest";
@@ -307,8 +333,8 @@ pub struct EngineArgs {
     /// Instance name (defaults to the mode: `serve` or `stdio`).
     #[arg(long, env = EnvVars::INSTANCE)]
     pub instance: Option<String>,
-    #[arg(long, env = EnvVars::LOG, default_value = "info")]
-    pub log: String,
+    #[command(flatten)]
+    pub log: LogArgs,
     /// On shutdown (SIGINT/SIGTERM), destroy this instance's sandboxes instead of leaving them
     /// running for the next start to reattach.
     #[arg(long, env = EnvVars::DESTROY_ON_EXIT)]

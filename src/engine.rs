@@ -21,6 +21,7 @@
 //! | [`validate`]       | input checks every face shares                                      |
 //! | [`labels`]         | the container labels that let a restarted server reattach           |
 //! | [`metrics`]        | counters and histograms for `GET /metrics`                          |
+//! | [`readiness`]      | whether the engine can take work now (`GET /ready`)                 |
 //! | [`error`]          | [`EngineError`] and its stable codes                                |
 //!
 //! This file only names the parts; each part imports its siblings directly, never this file.
@@ -42,6 +43,7 @@ pub mod metrics;
 pub mod network;
 pub mod paths;
 mod quota;
+pub mod readiness;
 pub mod sandbox;
 pub mod tenant;
 pub mod validate;

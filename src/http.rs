@@ -9,10 +9,12 @@
 //! | [`guest_proxy`]   | the guest proxy face: Streamable HTTP to a guest server's process  |
 //! | [`auth`]          | API keys and the tenants they name                                 |
 //! | [`guard`]         | the checks every request passes before a face sees it              |
+//! | [`request_id`]    | the request id, and the span every request's log lines carry        |
 //! | [`error`]         | the JSON error shape, and engine errors as HTTP and JSON-RPC codes |
 //! | [`extract`]       | request extractors whose rejections use the error shape            |
 //! | [`metrics`]       | `GET /metrics`                                                     |
 //! | [`openapi`]       | the OpenAPI document and the `/docs` page                          |
+//! | [`probes`]        | `GET /ready`, the readiness probe                                  |
 //!
 //! The faces import the shared pieces, never each other; only [`server`] knows them all.
 
@@ -24,5 +26,7 @@ pub mod guest_proxy;
 pub mod listener;
 pub mod metrics;
 pub mod openapi;
+pub mod probes;
+pub mod request_id;
 pub mod rest;
 pub mod server;

@@ -4,6 +4,7 @@
 //! | module      | what it holds                                                          |
 //! |-------------|------------------------------------------------------------------------|
 //! | [`config`]  | settings, every one a CLI flag and a `KERNELBOX_*` variable            |
+//! | [`logging`] | the log formats: text, or one JSON object a line                       |
 //! | [`egress`]  | egress policies: what a sandbox may reach, and narrowing them          |
 //! | [`kernel`]  | the protocol client for kernels: Jupyter messaging                     |
 //! | [`guest`]   | the protocol client for guest servers: JSON-RPC over a process's stdio |
@@ -22,4 +23,5 @@ pub mod engine;
 pub mod guest;
 pub mod http;
 pub mod kernel;
+pub mod logging;
 pub mod mcp;

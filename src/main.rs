@@ -45,13 +45,13 @@ async fn main_exec(cli: Cli) -> anyhow::Result<()> {
         Command::Image {
             command: ImageCommand::Build(args),
         } => {
-            init_logging(&args.log);
+            kernelbox::logging::init(&args.log);
             kernelbox::backend::docker::image::build(&args.image, args.offline).await?;
             eprintln!("kernelbox: image {} is ready", args.image);
             Ok(())
         }
         Command::Serve(args) => {
-            init_logging(&args.engine.log);
+            kernelbox::logging::init(&args.engine.log);
             let connections = args.connection_limits()?;
             let http = HttpConfig {
                 keys: Arc::new(ApiKeys::new(&args.api_key)),
@@ -79,7 +79,7 @@ async fn main_exec(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Stdio(args) => {
-            init_logging(&args.engine.log);
+            kernelbox::logging::init(&args.engine.log);
             let destroy_on_exit = args.engine.destroy_on_exit;
             let engine = start_engine(args.engine, "stdio").await?;
             let shutdown_timeout = engine.config().shutdown_timeout;
@@ -125,26 +125,6 @@ async fn start_engine(args: EngineArgs, mode: &str) -> anyhow::Result<Arc<Engine
     engine.spawn_reaper();
     engine.spawn_liveness();
     Ok(engine)
-}
-
-/// Logs go to stderr only: stdout is the MCP stdio channel.
-fn init_logging(filter: &str) {
-    // The zeromq crate reports every reconnect attempt to a kernel that is going away (a
-    // destroyed sandbox, a restarting kernel) as a warning; the engine reports what matters.
-    let directives = if filter.contains("zeromq") {
-        filter.to_string()
-    } else {
-        format!("{filter},zeromq=error")
-    };
-    let filter = tracing_subscriber::EnvFilter::try_new(&directives)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,zeromq=error"));
-    // Colours only for a person at a terminal: captured logs (Claude Desktop, CI, files) get
-    // plain text.
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
 }
 
 /// Resolves on ctrl-c or SIGTERM. The handlers are installed when this is called, not when the

@@ -21,6 +21,7 @@ use super::history::{ExecutionHistory, ExecutionRecord};
 use super::labels;
 use super::metrics::EngineMetrics;
 use super::quota::{Live, Quota, SpoolBudget};
+use super::readiness::{Readiness, ReadinessCache};
 use super::sandbox::{KernelLink, Sandbox, SandboxInfo};
 use super::tenant::Tenant;
 use super::validate;
@@ -104,6 +105,8 @@ pub struct Engine {
     /// Every task the engine spawns: awaited (or given up on) at shutdown.
     pub(super) tasks: TaskTracker,
     pub(super) shutdown: CancellationToken,
+    /// The last readiness answer ([`Engine::readiness`]).
+    pub(super) readiness: ReadinessCache,
 }
 
 impl Engine {
@@ -119,6 +122,7 @@ impl Engine {
             guests: GuestRegistry::default(),
             tasks: TaskTracker::new(),
             shutdown: CancellationToken::new(),
+            readiness: ReadinessCache::default(),
         })
     }
 
@@ -543,8 +547,23 @@ impl Engine {
     }
 
     /// Whether the container runtime answers.
+    /// Whether the engine can take new work: not shutting down, Docker reachable, the image
+    /// present with this build's version. Checked within 2 s; an answer is reused for 2 s.
+    pub async fn readiness(&self) -> Readiness {
+        self.readiness
+            .get(self.shutdown.is_cancelled(), async {
+                self.backend.ping().await?;
+                self.check_image().await
+            })
+            .await
+    }
+
+    /// Whether Docker answers a ping within 2 s (`/health`: a hung Docker must not hang it).
     pub async fn backend_reachable(&self) -> bool {
-        self.backend.ping().await.is_ok()
+        matches!(
+            tokio::time::timeout(Duration::from_secs(2), self.backend.ping()).await,
+            Ok(Ok(()))
+        )
     }
 
     /// Checks every idle sandbox's kernel heartbeat every few seconds until shutdown, so

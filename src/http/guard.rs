@@ -22,6 +22,7 @@ use utoipa_axum::router::UtoipaMethodRouter;
 use super::auth::ApiKeys;
 use super::error::{ApiError, GuardError};
 use super::extract::{AppState, JSON_BODY_LIMIT};
+use super::request_id::RequestSpan;
 
 /// Which `Host` and `Origin` values the server accepts.
 #[derive(Debug, Clone, Default)]
@@ -246,6 +247,9 @@ pub async fn require_api_key(
 ) -> Response {
     match keys.authenticate(request.headers()) {
         Ok(tenant) => {
+            if let Some(span) = request.extensions().get::<RequestSpan>() {
+                span.record_tenant(&tenant);
+            }
             request.extensions_mut().insert(tenant);
             next.run(request).await
         }

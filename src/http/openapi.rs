@@ -26,6 +26,7 @@ tenant and sees only its own containers. Errors share one shape: \
         (name = "commands", description = "Shell commands"),
         (name = "mcp", description = "Stdio MCP servers inside a container: register, list tools, call tools, and the MCP proxy (Streamable HTTP)"),
         (name = "metrics", description = "Prometheus metrics"),
+        (name = "probes", description = "Readiness, open without a key"),
     )
 )]
 struct ApiDoc;

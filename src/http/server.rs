@@ -4,6 +4,7 @@
 //! | path                                   | face                                           |
 //! |----------------------------------------|------------------------------------------------|
 //! | `/health`                              | liveness, open without a key                   |
+//! | `/ready`                               | readiness ([`super::probes`]), open too        |
 //! | `/mcp`                                 | MCP over Streamable HTTP ([`crate::mcp`])      |
 //! | `/containers/…`, `/executions/…`       | the REST face ([`super::rest`])                |
 //! | `/containers/{id}/mcp-proxy/{server}`  | the guest proxy face ([`super::guest_proxy`])  |
@@ -32,8 +33,9 @@ use super::error::ApiError;
 use super::extract::{AppState, JSON_BODY_LIMIT};
 use super::guard::{RequestPolicy, check_host_and_origin, require_api_key, require_json_body};
 use super::listener::{ConnectionLimits, Listener};
+use super::request_id::{REQUEST_ID_HEADER, request_context};
 use super::rest::execute::EXECUTION_ID_HEADER;
-use super::{guest_proxy, metrics, openapi, rest};
+use super::{guest_proxy, metrics, openapi, probes, rest};
 use crate::engine::Engine;
 use crate::mcp::session_owners::bind_sessions_to_tenants;
 use crate::mcp::transport::{HttpSettings, http_service, session_delete_no_content};
@@ -128,10 +130,12 @@ fn cors(origins: &[String]) -> Result<Option<CorsLayer>, ServerError> {
                 HeaderName::from_static(API_KEY_HEADER),
                 HeaderName::from_static(guest_proxy::SESSION_HEADER),
                 HeaderName::from_static("mcp-protocol-version"),
+                HeaderName::from_static(REQUEST_ID_HEADER),
             ])
             .expose_headers([
                 HeaderName::from_static(EXECUTION_ID_HEADER),
                 HeaderName::from_static(guest_proxy::SESSION_HEADER),
+                HeaderName::from_static(REQUEST_ID_HEADER),
             ]),
     ))
 }
@@ -145,25 +149,31 @@ pub struct Health {
     pub sandboxes: usize,
 }
 
-/// Every documented route (the REST face, the guest proxy face, `/metrics`) with its OpenAPI
-/// description, before auth and state.
-fn api() -> OpenApiRouter<AppState> {
+/// The documented routes behind the API key (the REST face, the guest proxy face, `/metrics`)
+/// with their OpenAPI descriptions, before auth and state.
+fn keyed_api() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(openapi::base())
         .merge(rest::routes())
         .merge(guest_proxy::routes())
         .routes(routes!(metrics::metrics))
 }
 
+/// The documented routes open without a key: `/ready`.
+fn open_api() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(probes::ready))
+}
+
 /// The OpenAPI document of the HTTP API.
 pub fn openapi_document() -> utoipa::openapi::OpenApi {
-    let (_, document) = api().split_for_parts();
+    let (_, document) = keyed_api().merge(open_api()).split_for_parts();
     openapi::finish(document)
 }
 
-/// The documented routes, `/openapi.json` and `/docs`, all behind the request guard.
+/// The documented routes, `/openapi.json` and `/docs`, the keyed ones behind the key.
 fn api_router(engine: Arc<Engine>, keys: Arc<ApiKeys>) -> Router {
-    let (routes, document) = api().split_for_parts();
-    let document = Arc::new(openapi::finish(document));
+    let (routes, _) = keyed_api().split_for_parts();
+    let (open_routes, _) = open_api().split_for_parts();
+    let document = Arc::new(openapi_document());
     routes
         .route(
             "/openapi.json",
@@ -174,6 +184,7 @@ fn api_router(engine: Arc<Engine>, keys: Arc<ApiKeys>) -> Router {
         )
         .route("/docs", get(openapi::docs_page))
         .route_layer(middleware::from_fn_with_state(keys, require_api_key))
+        .merge(open_routes)
         .layer(DefaultBodyLimit::max(JSON_BODY_LIMIT))
         // A span per request (method and URI, so the container id), seen with `--log tower_http=debug`.
         .layer(tower_http::trace::TraceLayer::new_for_http())
@@ -220,10 +231,12 @@ pub fn app(engine: Arc<Engine>, config: &HttpConfig) -> Result<Router, ServerErr
         &config.allowed_hosts,
         &config.cors_origins,
     ));
-    Ok(router.layer(middleware::from_fn_with_state(
-        policy,
-        check_host_and_origin,
-    )))
+    Ok(router
+        .layer(middleware::from_fn_with_state(
+            policy,
+            check_host_and_origin,
+        ))
+        .layer(middleware::from_fn(request_context)))
 }
 
 async fn health(State(engine): State<Arc<Engine>>) -> Json<Health> {
@@ -336,6 +349,7 @@ mod tests {
             "/containers/{id}/mcp/{server}",
             "/containers/{id}/mcp/{server}/{tool}",
             "/containers/{id}/mcp-proxy/{server}",
+            "/ready",
         ] {
             assert!(
                 paths.iter().any(|path| path.as_str() == expected),

@@ -2,6 +2,7 @@
 
 mod cli;
 mod common;
+mod compose;
 mod engine;
 mod faults;
 mod files_attack;
@@ -12,6 +13,8 @@ mod limits;
 mod mcp;
 mod mcp_sessions;
 mod net;
+mod ops;
+mod pip;
 mod proxy;
 mod quota;
 mod rest;

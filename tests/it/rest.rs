@@ -490,7 +490,10 @@ async fn the_whole_flow_over_http() {
 /// Every route of the OpenAPI document (plus the document and the docs page), with sample
 /// path parameters.
 fn every_route(id: &str) -> Vec<(reqwest::Method, String)> {
-    let document = kernelbox::http::server::openapi_document();
+    let mut document = kernelbox::http::server::openapi_document();
+    // The routes the document declares open (`security: [{}]`, the probes) are not keyed.
+    let open = open_routes();
+    document.paths.paths.retain(|path, _| !open.contains(path));
     let mut routes = vec![
         (reqwest::Method::GET, "/openapi.json".to_string()),
         (reqwest::Method::GET, "/docs".to_string()),
@@ -515,6 +518,25 @@ fn every_route(id: &str) -> Vec<(reqwest::Method, String)> {
     routes
 }
 
+/// The paths whose every operation the OpenAPI document declares open (an empty security
+/// requirement).
+fn open_routes() -> Vec<String> {
+    let document = serde_json::to_value(kernelbox::http::server::openapi_document())
+        .expect("document as JSON");
+    let paths = document["paths"].as_object().expect("paths");
+    paths
+        .iter()
+        .filter(|(_, item)| {
+            item.as_object().is_some_and(|operations| {
+                operations
+                    .values()
+                    .all(|operation| operation["security"] == serde_json::json!([{}]))
+            })
+        })
+        .map(|(path, _)| path.clone())
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn keys_guard_every_route_and_tenants_are_apart() {
     let Some(server) = RestServer::start("rest-auth", &["alpha-key", "beta-key"]).await else {
@@ -523,6 +545,10 @@ async fn keys_guard_every_route_and_tenants_are_apart() {
     // /health stays open.
     let health = server.get("/health").send().await.expect("health");
     assert_eq!(health.status(), StatusCode::OK);
+    // So does /ready, the one route the document declares open.
+    assert_eq!(open_routes(), vec!["/ready".to_string()]);
+    let ready = server.get("/ready").send().await.expect("ready");
+    assert_eq!(ready.status(), StatusCode::OK);
 
     // Without a key, or with a wrong one, every other route is 401 in the error shape.
     let routes = every_route("sbx_whatever");

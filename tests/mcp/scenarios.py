@@ -302,6 +302,21 @@ async def scenario_http_tenants(url: str, first_key: str, second_key: str) -> No
         result_line({"owned": owned})
 
 
+async def scenario_http_answer(url: str, key: str) -> None:
+    """One client with an API key: a session's code cell gives its value back."""
+    import httpx2
+    from mcp.client.streamable_http import streamable_http_client
+
+    http = httpx2.AsyncClient(headers={"x-api-key": key}, timeout=120)
+    async with Client(streamable_http_client(url, http_client=http), mode="legacy") as client:
+        created = await call(client, "create_session", {})
+        session = created.structured_content["session_id"]
+        answer = await call(client, "execute_code", {"code": "print(6*7)", "session_id": session})
+        check(not answer.is_error, f"execute_code failed: {text_of(answer)}")
+        await call(client, "close_session", {"session_id": session})
+        result_line({"stdout": answer.structured_content["stdout"], "session": session})
+
+
 async def scenario_http_stateless(url: str) -> None:
     async with Client(url) as client:
         check(client.protocol_version >= "2026-07-28", f"stateless protocol: {client.protocol_version}")
@@ -425,6 +440,8 @@ def main() -> None:
         anyio.run(scenario_http_legacy, rest[0])
     elif scenario == "http-stateless":
         anyio.run(scenario_http_stateless, rest[0])
+    elif scenario == "http-answer":
+        anyio.run(scenario_http_answer, rest[0], rest[1])
     elif scenario == "http-tenants":
         anyio.run(scenario_http_tenants, rest[0], rest[1], rest[2])
     elif scenario == "proxy":
