@@ -188,6 +188,10 @@ impl Sandbox {
         &self.tenant
     }
 
+    pub fn tag(&self) -> Option<&str> {
+        self.tag.as_deref()
+    }
+
     pub fn info(&self) -> SandboxInfo {
         let last_used_at = self
             .last_used

@@ -11,6 +11,7 @@ mod isolation;
 mod limits;
 mod mcp;
 mod mcp_sessions;
+mod mcp_state;
 mod net;
 mod proxy;
 mod quota;
