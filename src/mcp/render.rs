@@ -11,6 +11,7 @@ use super::handler::{Made, Target, ToolFailure};
 use super::resources;
 use crate::engine::commands::CommandResult;
 use crate::engine::execution::{ExecutionOutcome, OutputKind};
+use crate::engine::sandbox::RunningInfo;
 use crate::engine::{EngineError, ExecEvent, ExecutionResult, FileEntry, FileKind, SandboxInfo};
 
 /// Base64 characters of images sent inline per result; images past this budget become resource
@@ -366,6 +367,26 @@ pub(crate) fn listing(target: &Target, entries: &[FileEntry]) -> CallToolResult 
     with_structured(
         CallToolResult::success(vec![ContentBlock::text(with_session_note(target, &text))]),
         json!({ "session_id": target.id, "session_idle_timeout_secs": target.idle_timeout.as_secs(), "entries": entries }),
+    )
+}
+
+/// The answer of `interrupt`: what it stopped, if anything.
+pub(crate) fn interrupted(target: &Target, stopped: Option<&RunningInfo>) -> CallToolResult {
+    let text = match stopped {
+        Some(running) => format!("Stopped {running}. The kernel's state is kept."),
+        None => "Nothing was running.".to_string(),
+    };
+    with_structured(
+        CallToolResult::success(vec![ContentBlock::text(with_session_note(target, &text))]),
+        json!({
+            "session_id": target.id,
+            "session_idle_timeout_secs": target.idle_timeout.as_secs(),
+            "interrupted": stopped.map(|running| json!({
+                "execution_id": running.execution_id,
+                "code": running.code_start,
+                "ran_for_secs": running.elapsed.as_secs_f64(),
+            })),
+        }),
     )
 }
 

@@ -36,9 +36,15 @@ Python exception gives an error result with the traceback. The working directory
 Each call has a time limit (default 120 s, raise it with timeout_secs); on timeout the code is \
 interrupted and, if it does not stop, the kernel is restarted (variables lost, files kept). \
 Output past a few MiB is truncated. With a progress token, output streams as progress \
-notifications while the code runs.";
+notifications while the code runs. If a call answers that the session is busy, call interrupt to \
+stop the running code (state kept).";
 const RESTART_KERNEL: &str = "Restart the Python kernel of a session: variables and imports are \
 cleared, files in /workspace and installed packages are kept. Also stops code that is stuck.";
+const INTERRUPT: &str = "Stop the Python code running in a session (like Ctrl-C in a notebook) \
+and keep its state: variables, imports and files stay. Use it when execute_code answers that the \
+session is busy, for example after your client gave up waiting on a long call. Returns what was \
+stopped, or says nothing was running. Shell commands (run_command, install_packages) end at \
+their own time limit.";
 const RUN_COMMAND: &str = "Run a shell command (bash -c) in the sandbox as the unprivileged user \
 `sandbox`, in /workspace unless cwd says otherwise. Returns stdout, stderr and the exit code; a \
 non-zero exit code is reported as an error result. Has a time limit like execute_code.";
@@ -403,6 +409,24 @@ impl KernelboxMcp {
                 &target,
                 "The kernel was restarted: variables and imports are cleared; files and installed packages are kept.",
             ),
+            Err(failure) => render::failure(&failure),
+        })
+    }
+
+    #[tool(description = INTERRUPT)]
+    async fn interrupt(
+        &self,
+        Parameters(args): Parameters<SessionOnlyArgs>,
+        context: RequestContext<RoleServer>,
+    ) -> ToolResult {
+        let outcome = async {
+            let target = self.target(args.session_id.as_deref(), &context).await?;
+            let stopped = self.engine.interrupt(&target.id, &target.tenant).await?;
+            Ok::<_, ToolFailure>((target, stopped))
+        }
+        .await;
+        Ok(match outcome {
+            Ok((target, stopped)) => render::interrupted(&target, stopped.as_ref()),
             Err(failure) => render::failure(&failure),
         })
     }

@@ -128,6 +128,132 @@ async fn every_schema_passes_strict_conversion_and_null_arguments_work() {
         return;
     };
     let facts = scenario(&["strict-schemas", &server.url("/mcp")]).await;
-    assert_eq!(facts["tools"].as_array().map(Vec::len), Some(11), "{facts}");
+    assert_eq!(facts["tools"].as_array().map(Vec::len), Some(12), "{facts}");
     assert!(!container_exists(facts["created"].as_str().expect("id")));
+}
+
+/// The result of JSON-RPC request `id` in an MCP answer (a JSON body or an SSE stream).
+fn rpc_result(body: &str, id: u64) -> Value {
+    let messages = body
+        .lines()
+        .filter_map(|line| line.strip_prefix("data:"))
+        .map(str::trim)
+        .chain(std::iter::once(body.trim()));
+    messages
+        .filter_map(|message| serde_json::from_str::<Value>(message).ok())
+        .find(|message| message["id"] == id && message.get("result").is_some())
+        .map(|message| message["result"].clone())
+        .unwrap_or_else(|| panic!("no result for {id} in {body}"))
+}
+
+fn tool_call(id: u64, name: &str, arguments: Value) -> Value {
+    serde_json::json!({
+        "jsonrpc": "2.0", "id": id, "method": "tools/call",
+        "params": {"name": name, "arguments": arguments}
+    })
+}
+
+/// A client that gives up waiting on a long call and sends no cancel (as mcp 1.x SDK clients
+/// do on their read timeout): its next call is told the session is busy, with what runs, for
+/// how long and how to stop it; `interrupt` stops the code within a second, the state is kept.
+#[tokio::test(flavor = "multi_thread")]
+async fn interrupt_stops_code_a_client_abandoned_and_keeps_state() {
+    use futures::StreamExt;
+
+    let Some(server) = TestServer::start("mcp-state-interrupt", &["alice"]).await else {
+        return;
+    };
+    let session = crate::mcp_sessions::open_session(&server, "alice").await;
+    let post = |body: Value| crate::mcp_sessions::mcp_post(&server, "alice", Some(&session), &body);
+    let text = |result: &Value| {
+        result["content"][0]["text"]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
+    };
+
+    let kept = post(tool_call(
+        2,
+        "execute_code",
+        serde_json::json!({"code": "kept = 42"}),
+    ))
+    .send()
+    .await
+    .expect("kept");
+    let kept = rpc_result(&kept.text().await.expect("body"), 2);
+    assert_eq!(kept["isError"], false, "{kept}");
+
+    // The long call: read until it has started printing, then hang up without a cancel.
+    let code = "import time\nwhile True:\n    print('spin', flush=True)\n    time.sleep(0.05)";
+    let spinning = post(crate::mcp_sessions::execute(3, code))
+        .send()
+        .await
+        .expect("spin");
+    let mut stream = spinning.bytes_stream();
+    let mut seen = String::new();
+    while !seen.contains("spin") {
+        let chunk = tokio::time::timeout(Duration::from_secs(60), stream.next())
+            .await
+            .expect("progress within a minute")
+            .expect("the stream goes on")
+            .expect("chunk");
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    drop(stream);
+
+    let busy = post(tool_call(
+        4,
+        "execute_code",
+        serde_json::json!({"code": "print(kept)"}),
+    ))
+    .send()
+    .await
+    .expect("busy");
+    let busy = rpc_result(&busy.text().await.expect("body"), 4);
+    assert_eq!(busy["isError"], true, "{busy}");
+    assert_eq!(busy["structuredContent"]["error"]["code"], "busy", "{busy}");
+    let message = text(&busy);
+    for says in ["import time", "running for", "interrupt"] {
+        assert!(
+            message.contains(says),
+            "the busy error does not say {says:?}: {message}"
+        );
+    }
+
+    let started = std::time::Instant::now();
+    let stopped = post(tool_call(5, "interrupt", serde_json::json!({})))
+        .send()
+        .await
+        .expect("interrupt");
+    let stopped = rpc_result(&stopped.text().await.expect("body"), 5);
+    let took = started.elapsed();
+    assert_eq!(stopped["isError"], false, "{stopped}");
+    assert!(
+        stopped["structuredContent"]["interrupted"]["execution_id"]
+            .as_str()
+            .is_some_and(|id| id.starts_with("exe_")),
+        "{stopped}"
+    );
+    eprintln!("interrupt answered in {took:?}");
+    assert!(took < Duration::from_secs(1), "interrupt took {took:?}");
+
+    let after = post(tool_call(
+        6,
+        "execute_code",
+        serde_json::json!({"code": "print(kept)"}),
+    ))
+    .send()
+    .await
+    .expect("after");
+    let after = rpc_result(&after.text().await.expect("body"), 6);
+    assert_eq!(after["structuredContent"]["stdout"], "42\n", "{after}");
+    let nothing = post(tool_call(7, "interrupt", serde_json::json!({})))
+        .send()
+        .await
+        .expect("interrupt");
+    let nothing = rpc_result(&nothing.text().await.expect("body"), 7);
+    assert!(
+        nothing["structuredContent"]["interrupted"].is_null(),
+        "{nothing}"
+    );
 }

@@ -33,6 +33,7 @@ from mcp.client.stdio import StdioServerParameters
 
 EXPECTED_TOOLS = {
     "execute_code",
+    "interrupt",
     "restart_kernel",
     "run_command",
     "install_packages",
@@ -249,6 +250,7 @@ async def scenario_http_legacy(url: str) -> None:
     async with Client(url, mode="legacy") as first, Client(url, mode="legacy") as second:
         check(first.protocol_version < "2026-07-28", f"legacy protocol: {first.protocol_version}")
         a = await call(first, "execute_code", {"code": "owner = 'first'\nprint(owner)"})
+        check(not a.is_error, f"first call: {text_of(a)}")
         b = await call(second, "execute_code", {"code": "print(globals().get('owner'))"})
         check(a.structured_content["stdout"] == "first\n", "first client")
         check(b.structured_content["stdout"] == "first\n", "the second client does not see the tenant's default")
@@ -317,6 +319,7 @@ async def scenario_http_stateless(url: str) -> None:
         check(client.protocol_version >= "2026-07-28", f"stateless protocol: {client.protocol_version}")
         await check_tools(client)
         first = await call(client, "execute_code", {"code": "value = 7\nprint(value)"})
+        check(not first.is_error, f"first call: {text_of(first)}")
         session_id = first.structured_content["session_id"]
         check(session_id.startswith("sbx_"), f"no session id: {first.structured_content}")
         check(session_id in text_of(first), "the id is not in the text")
@@ -559,7 +562,7 @@ async def scenario_strict_schemas(url: str) -> None:
         "delete_file": {"path": "strict.txt"},
     }
     order = [
-        "create_session", "execute_code", "restart_kernel", "run_command", "install_packages",
+        "create_session", "execute_code", "interrupt", "restart_kernel", "run_command", "install_packages",
         "write_file", "read_file", "list_files", "delete_file", "list_sessions", "close_session",
     ]
     async with Client(url) as client:
