@@ -63,7 +63,8 @@ itself): names, kinds, sizes and modification times.";
 const DELETE_FILE: &str = "Delete a file or a directory (recursively) in the sandbox's /workspace.";
 const CREATE_SESSION: &str = "Create a new sandbox session (its own container and kernel) and \
 return its session_id; pass that id to the other tools to use it. Sessions are isolated from \
-each other. Close it with close_session when done; idle sessions are removed automatically. \
+each other and from your default sandbox, which calls without a session_id share. You need this \
+only for isolation or parallel work. Close it with close_session when done; idle sessions are removed automatically. \
 `network` can restrict what the session's code may reach (only these domains and addresses); it \
 can only narrow the server's network policy, never open anything the server does not allow.";
 const LIST_SESSIONS: &str = "List the sandbox sessions you can use, with their status (running, \
