@@ -9,6 +9,7 @@
 //! | [`resources`]   | sessions, files and large outputs as readable resources          |
 //! | [`transport`]   | the stdio loop and the Streamable HTTP service                   |
 //! | [`session_owners`] | which tenant opened each HTTP session; others get 404 for it  |
+//! | [`tasks`]       | MCP Tasks for the long tools: `tasks/get`, `tasks/cancel`       |
 //!
 //! **Which sandbox a call uses**: the one its `session_id` names; without one, over HTTP (either
 //! protocol era, any number of MCP sessions), the tenant's default sandbox, which the engine keeps
@@ -19,6 +20,7 @@ pub mod handler;
 mod render;
 mod resources;
 pub mod session_owners;
+mod tasks;
 pub mod tools;
 pub mod transport;
 

@@ -4,7 +4,9 @@
 use std::sync::Arc;
 
 use rmcp::handler::server::router::tool::ToolRouter;
+use rmcp::handler::server::tool::ToolCallContext;
 use rmcp::model::{
+    CallToolRequestParams, CallToolResponse, CancelTaskParams, GetTaskParams, GetTaskResult,
     Implementation, ListResourceTemplatesResult, ListResourcesResult, PaginatedRequestParams,
     ReadResourceRequestParams, ReadResourceResponse, ServerCapabilities, ServerConfig,
 };
@@ -67,6 +69,8 @@ pub struct KernelboxMcp {
     pub(crate) engine: Arc<Engine>,
     pub(crate) connection: Arc<ConnectionSandbox>,
     pub(crate) tool_router: ToolRouter<Self>,
+    /// The server's MCP tasks (shared by every HTTP request).
+    pub(crate) tasks: Arc<Tasks>,
 }
 
 impl KernelboxMcp {
@@ -159,6 +163,14 @@ impl KernelboxMcp {
     }
 }
 
+/// The MCP tasks of one server (all HTTP requests share it; a stdio connection has its own),
+/// and the tenant each belongs to. What they do is in `tasks`.
+#[derive(Default)]
+pub(crate) struct Tasks {
+    pub(crate) manager: rmcp::task_manager::TaskManager,
+    pub(crate) owners: dashmap::DashMap<String, Tenant>,
+}
+
 /// A resolved sandbox for one call.
 pub(crate) struct Target {
     pub(crate) id: String,
@@ -219,6 +231,7 @@ impl ServerHandler for KernelboxMcp {
             ServerCapabilities::builder()
                 .enable_tools()
                 .enable_resources()
+                .enable_tasks()
                 .build(),
         )
         .with_server_info(
@@ -226,6 +239,34 @@ impl ServerHandler for KernelboxMcp {
                 .with_title("kernelbox Python sandboxes"),
         )
         .with_instructions(INSTRUCTIONS)
+    }
+
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        if self.wants_task(&request, &context) {
+            return self.call_as_task(request, context);
+        }
+        let call = ToolCallContext::new(self, request, context);
+        self.tool_router.call(call).await
+    }
+
+    async fn get_task(
+        &self,
+        request: GetTaskParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<GetTaskResult, ErrorData> {
+        self.task_status(&request, &context)
+    }
+
+    async fn cancel_task(
+        &self,
+        request: CancelTaskParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        self.cancel_task_of(&request, &context)
     }
 
     async fn list_resources(

@@ -37,7 +37,7 @@ Each call has a time limit (default 120 s, raise it with timeout_secs); on timeo
 interrupted and, if it does not stop, the kernel is restarted (variables lost, files kept). \
 Output past a few MiB is truncated. With a progress token, output streams as progress \
 notifications while the code runs. If a call answers that the session is busy, call interrupt to \
-stop the running code (state kept).";
+stop the running code (state kept). Clients that declare MCP Tasks get a task to poll.";
 const RESTART_KERNEL: &str = "Restart the Python kernel of a session: variables and imports are \
 cleared, files in /workspace and installed packages are kept. Also stops code that is stuck.";
 const INTERRUPT: &str = "Stop the Python code running in a session (like Ctrl-C in a notebook) \
@@ -317,9 +317,16 @@ pub struct CloseSessionArgs {
 type ToolResult = Result<CallToolResult, ErrorData>;
 
 impl KernelboxMcp {
-    /// A handler for one connection (stdio), legacy HTTP session or stateless HTTP request.
+    /// A handler for one connection (stdio), with its own task table.
     pub fn new(engine: Arc<Engine>) -> Self {
+        Self::with_tasks(engine, super::tasks::new_tasks())
+    }
+
+    /// A handler for one legacy HTTP session or stateless HTTP request, sharing the server's
+    /// task table.
+    pub(crate) fn with_tasks(engine: Arc<Engine>, tasks: Arc<super::handler::Tasks>) -> Self {
         Self {
+            tasks,
             connection: Arc::new(ConnectionSandbox {
                 engine: engine.clone(),
                 default: tokio::sync::Mutex::new(None),

@@ -257,3 +257,216 @@ async fn interrupt_stops_code_a_client_abandoned_and_keeps_state() {
         "{nothing}"
     );
 }
+
+/// One stateless (2026-07-28) JSON-RPC request over raw HTTP, as a client that declares the
+/// tasks extension sends it (no client library here has a tasks API): its answer's `result`.
+async fn modern_request(
+    server: &TestServer,
+    id: u64,
+    method: &str,
+    name: &str,
+    params: Value,
+) -> Value {
+    let answer = modern_answer(server, "alice", id, method, name, params).await;
+    assert!(answer.get("error").is_none(), "{method}: {answer}");
+    answer["result"].clone()
+}
+
+/// The whole JSON-RPC answer to one such request, made with `key`.
+async fn modern_answer(
+    server: &TestServer,
+    key: &str,
+    id: u64,
+    method: &str,
+    name: &str,
+    params: Value,
+) -> Value {
+    let mut params = params;
+    params["_meta"] = serde_json::json!({
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientInfo": {"name": "raw-tasks-client", "version": "1"},
+        "io.modelcontextprotocol/clientCapabilities": {
+            "extensions": {"io.modelcontextprotocol/tasks": {}}
+        },
+    });
+    let body = serde_json::json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
+    let response = server
+        .post("/mcp")
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", "2026-07-28")
+        .header("mcp-method", method)
+        .header("mcp-name", name)
+        .header("x-api-key", key)
+        .json(&body)
+        .send()
+        .await
+        .expect("request");
+    let text = response.text().await.expect("body");
+    text.lines()
+        .filter_map(|line| line.strip_prefix("data:"))
+        .map(str::trim)
+        .chain(std::iter::once(text.trim()))
+        .filter_map(|message| serde_json::from_str::<Value>(message).ok())
+        .find(|message| message["id"] == id)
+        .unwrap_or_else(|| panic!("no answer to {method}: {text}"))
+}
+
+/// Polls `tasks/get` until the task leaves `working`; returns its last state and the statuses
+/// seen.
+async fn wait_for_task(
+    server: &TestServer,
+    task_id: &str,
+    within: Duration,
+) -> (Value, Vec<String>) {
+    let deadline = std::time::Instant::now() + within;
+    let mut seen = Vec::new();
+    let mut id = 1000;
+    loop {
+        id += 1;
+        let state = modern_request(
+            server,
+            id,
+            "tasks/get",
+            task_id,
+            serde_json::json!({"taskId": task_id}),
+        )
+        .await;
+        let status = state["status"].as_str().unwrap_or("").to_string();
+        if seen.last() != Some(&status) {
+            seen.push(status.clone());
+        }
+        if status != "working" {
+            return (state, seen);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "task {task_id} still working: {seen:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn long_calls_run_as_tasks_for_clients_that_declare_them() {
+    let Some(server) = TestServer::start("mcp-state-tasks", &["alice", "bob"]).await else {
+        return;
+    };
+    let warm = modern_request(
+        &server,
+        1,
+        "tools/call",
+        "execute_code",
+        serde_json::json!({"name": "execute_code", "arguments": {"code": "kept = 7"}}),
+    )
+    .await;
+    // The default sandbox exists before the timed part; the first call already is a task.
+    let warm_id = warm["taskId"].as_str().expect("a task").to_string();
+    let (warm, _) = wait_for_task(&server, &warm_id, Duration::from_secs(120)).await;
+    assert_eq!(warm["status"], "completed", "{warm}");
+
+    let code = "import time\nfor i in range(5):\n    time.sleep(1)\nprint('slept', kept)";
+    let created = modern_request(
+        &server,
+        2,
+        "tools/call",
+        "execute_code",
+        serde_json::json!({"name": "execute_code", "arguments": {"code": code}}),
+    )
+    .await;
+    assert_eq!(created["resultType"], "task", "{created}");
+    assert_eq!(created["status"], "working", "{created}");
+    let task_id = created["taskId"].as_str().expect("task id").to_string();
+    // Another tenant holding the id can neither read nor cancel the task: for it the id is
+    // unknown, exactly as one that never existed.
+    let unknown = modern_answer(
+        &server,
+        "bob",
+        90,
+        "tasks/get",
+        "no-such-task",
+        serde_json::json!({"taskId": "no-such-task"}),
+    )
+    .await;
+    assert!(unknown["error"]["message"].is_string(), "{unknown}");
+    for method in ["tasks/get", "tasks/cancel"] {
+        let foreign = modern_answer(
+            &server,
+            "bob",
+            91,
+            method,
+            &task_id,
+            serde_json::json!({"taskId": task_id}),
+        )
+        .await;
+        assert!(
+            foreign.get("result").is_none(),
+            "{method} by another tenant: {foreign}"
+        );
+        assert_eq!(
+            foreign["error"]["message"], unknown["error"]["message"],
+            "{foreign}"
+        );
+    }
+    let (done, seen) = wait_for_task(&server, &task_id, Duration::from_secs(60)).await;
+    assert_eq!(seen, ["working", "completed"], "{done}");
+    let output = done.to_string();
+    assert!(output.contains("slept 7"), "{done}");
+    eprintln!("completed task: {done}");
+
+    // tasks/cancel on a `while True` task interrupts the kernel within a second.
+    let spin = modern_request(
+        &server,
+        3,
+        "tools/call",
+        "execute_code",
+        serde_json::json!({"name": "execute_code", "arguments": {"code": "while True:\n    pass"}}),
+    )
+    .await;
+    let spin_id = spin["taskId"].as_str().expect("task id").to_string();
+    let started = std::time::Instant::now();
+    modern_request(
+        &server,
+        4,
+        "tasks/cancel",
+        &spin_id,
+        serde_json::json!({"taskId": spin_id}),
+    )
+    .await;
+    let (cancelled, _) = wait_for_task(&server, &spin_id, Duration::from_secs(10)).await;
+    let took = started.elapsed();
+    eprintln!("tasks/cancel settled in {took:?}");
+    assert_eq!(cancelled["status"], "cancelled", "{cancelled}");
+    assert!(took < Duration::from_secs(1), "cancel took {took:?}");
+    let next = modern_request(
+        &server,
+        6,
+        "tools/call",
+        "execute_code",
+        serde_json::json!({"name": "execute_code", "arguments": {"code": "print(kept)"}}),
+    )
+    .await;
+    let next_id = next["taskId"].as_str().expect("task id").to_string();
+    let (next, _) = wait_for_task(&server, &next_id, Duration::from_secs(60)).await;
+    let interrupted_within = started.elapsed();
+    eprintln!("the next execution completed {interrupted_within:?} after tasks/cancel");
+    assert_eq!(next["status"], "completed", "{next}");
+    assert!(
+        interrupted_within < Duration::from_secs(1),
+        "the kernel ran on for {interrupted_within:?} after tasks/cancel"
+    );
+    assert!(
+        next.to_string().contains("7\\n"),
+        "the kernel lost its state: {next}"
+    );
+    let after = modern_request(
+        &server,
+        5,
+        "tools/call",
+        "run_command",
+        serde_json::json!({"name": "run_command", "arguments": {"command": "echo after"}}),
+    )
+    .await;
+    let after_id = after["taskId"].as_str().expect("task id").to_string();
+    let (after, _) = wait_for_task(&server, &after_id, Duration::from_secs(60)).await;
+    assert!(after.to_string().contains("after"), "{after}");
+}
