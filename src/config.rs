@@ -33,6 +33,8 @@ impl EnvVars {
     pub const ALLOWED_IMAGES: &'static str = "KERNELBOX_ALLOWED_IMAGES";
     /// Sandboxes idle longer than this many seconds are destroyed.
     pub const MAX_IDLE_SECS: &'static str = "KERNELBOX_MAX_IDLE_SECS";
+    /// A tenant's default sandbox (calls that name none) idle longer than this is destroyed.
+    pub const DEFAULT_SANDBOX_IDLE_SECS: &'static str = "KERNELBOX_DEFAULT_SANDBOX_IDLE_SECS";
     /// How often the idle reaper runs, in seconds.
     pub const CLEANUP_INTERVAL_SECS: &'static str = "KERNELBOX_CLEANUP_INTERVAL_SECS";
     /// Allowed browser origins (comma-separated) for CORS and `/mcp` Origin checks.
@@ -266,6 +268,9 @@ pub struct EngineArgs {
     pub allowed_images: Vec<String>,
     #[arg(long, env = EnvVars::MAX_IDLE_SECS, default_value_t = 3600)]
     pub max_idle_secs: u64,
+    /// A tenant's default sandbox idle this long is destroyed (at most `--max-idle-secs`).
+    #[arg(long, env = EnvVars::DEFAULT_SANDBOX_IDLE_SECS, default_value_t = 900)]
+    pub default_sandbox_idle_secs: u64,
     #[arg(long, env = EnvVars::CLEANUP_INTERVAL_SECS, default_value_t = 60)]
     pub cleanup_interval_secs: u64,
     #[arg(long, env = EnvVars::MAX_SANDBOXES, default_value_t = 32)]
@@ -450,6 +455,8 @@ pub struct EngineConfig {
     pub exec_timeout: Duration,
     pub max_exec_timeout: Duration,
     pub max_idle: Duration,
+    /// How long a tenant's default sandbox may idle (never longer than `max_idle`).
+    pub default_sandbox_idle: Duration,
     pub cleanup_interval: Duration,
     pub max_sandboxes: usize,
     pub max_sandboxes_per_tenant: usize,
@@ -578,6 +585,13 @@ impl EngineArgs {
             exec_timeout: Duration::from_secs(exec_timeout),
             max_exec_timeout: Duration::from_secs(max_exec_timeout),
             max_idle: Duration::from_secs(positive(self.max_idle_secs, "--max-idle-secs")?),
+            default_sandbox_idle: Duration::from_secs(
+                positive(
+                    self.default_sandbox_idle_secs,
+                    "--default-sandbox-idle-secs",
+                )?
+                .min(self.max_idle_secs),
+            ),
             cleanup_interval: Duration::from_secs(positive(
                 self.cleanup_interval_secs,
                 "--cleanup-interval-secs",

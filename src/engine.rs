@@ -6,6 +6,7 @@
 //! | [`lifecycle`]      | the [`Engine`]: the sandbox table, create, destroy, reattach, reaper |
 //! | [`sandbox`]        | one sandbox: its container, its kernel connection, its exec lock    |
 //! | [`tenant`]         | [`Tenant`]: who a call acts for                                     |
+//! | [`defaults`]       | each tenant's default sandbox, for calls that name none             |
 //! | [`execution`]      | what an execution is: requests, events, results, outcomes           |
 //! | [`executor`]       | running code: event stream, timeouts, cancellation, interrupts      |
 //! | [`collector`]      | an execution's output under its caps                                |
@@ -28,6 +29,7 @@
 
 pub mod collector;
 pub mod commands;
+pub mod defaults;
 pub mod error;
 pub mod execution;
 pub mod executor;

@@ -9,17 +9,18 @@
 //! | [`resources`]   | sessions, files and large outputs as readable resources          |
 //! | [`transport`]   | the stdio loop and the Streamable HTTP service                   |
 //! | [`session_owners`] | which tenant opened each HTTP session; others get 404 for it  |
+//! | [`tasks`]       | MCP Tasks for the long tools: `tasks/get`, `tasks/cancel`       |
 //!
-//! **Which sandbox a call uses** (DESIGN decision 3): a stdio connection, and an HTTP client on a
-//! protocol revision with the initialize handshake (2024-11-05 to 2025-11-25), get a default
-//! sandbox bound to their connection: created on first use, destroyed when the connection ends.
-//! HTTP clients on 2026-07-28 are stateless: a call without `session_id` creates a sandbox and
-//! returns its id. Every tool also takes an explicit `session_id`.
+//! **Which sandbox a call uses**: the one its `session_id` names; without one, over HTTP (either
+//! protocol era, any number of MCP sessions), the tenant's default sandbox, which the engine keeps
+//! until it idles (`engine::defaults`); over stdio, a default sandbox bound to the connection:
+//! created on first use, destroyed when the connection ends.
 
 pub mod handler;
 mod render;
 mod resources;
 pub mod session_owners;
+mod tasks;
 pub mod tools;
 pub mod transport;
 

@@ -19,8 +19,10 @@ pub enum EngineError {
     NotFound { id: String },
     #[error("no execution with id {id} (only recent executions are kept)")]
     ExecutionNotFound { id: String },
-    #[error("sandbox {id} is busy with another execution; wait for it to finish or cancel it")]
-    Busy { id: String },
+    #[error(
+        "sandbox {id} is busy: {running}; wait for it to finish, or stop it with the interrupt tool (its state is kept)"
+    )]
+    Busy { id: String, running: String },
     #[error(
         "the server's limit of {limit} live sandboxes (--max-sandboxes) is reached; close one first"
     )]

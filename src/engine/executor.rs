@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use tokio::sync::OwnedMutexGuard;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::collector::Collector;
@@ -26,7 +27,7 @@ use super::execution::{
 };
 use super::history::ExecutionRecord;
 use super::lifecycle::Engine;
-use super::sandbox::Sandbox;
+use super::sandbox::{Running, RunningInfo, Sandbox};
 use super::tenant::Tenant;
 use super::validate;
 use crate::backend::Backend;
@@ -57,10 +58,16 @@ impl Engine {
             self.config.exec_timeout,
             self.config.max_exec_timeout,
         )?;
-        let guard = sandbox
-            .acquire_exec()
-            .await
-            .ok_or_else(|| EngineError::Busy { id: id.to_string() })?;
+        let Some(guard) = sandbox.acquire_exec().await else {
+            let running = sandbox.running().map_or_else(
+                || "another call holds it".to_string(),
+                |running| running.to_string(),
+            );
+            return Err(EngineError::Busy {
+                id: id.to_string(),
+                running,
+            });
+        };
         sandbox.touch();
         let kernel = sandbox.kernel(self.config.kernel_ready_timeout).await?;
         let execution = kernel
@@ -69,7 +76,14 @@ impl Engine {
             .map_err(EngineError::Kernel)?;
         let execution_id = format!("exe_{}", uuid::Uuid::new_v4().simple());
         let (events, receiver) = mpsc::channel(EVENT_BUFFER);
-        sandbox.set_running(Some(events.downgrade()));
+        let stop = CancellationToken::new();
+        sandbox.set_running(Some(Running {
+            events: events.downgrade(),
+            stop: stop.clone(),
+            execution_id: execution_id.clone(),
+            code_start: code_start(&request.code),
+            started: Instant::now(),
+        }));
         let started_at = Utc::now();
         self.history.started(ExecutionRecord {
             execution_id: execution_id.clone(),
@@ -93,6 +107,7 @@ impl Engine {
             execution_id: execution_id.clone(),
             started_at,
             started: Instant::now(),
+            stop,
         };
         let span = tracing::info_span!("execute", sandbox_id = %id, execution_id = %execution_id);
         self.tasks.spawn(run.drive(guard).instrument(span));
@@ -100,6 +115,33 @@ impl Engine {
             execution_id,
             events: receiver,
         })
+    }
+
+    /// Stops the execution running in a sandbox, keeping the kernel's state: the kernel is
+    /// interrupted (and restarted only if it ignores that, as on a timeout). Returns what was
+    /// running, once it has stopped, or `None` when nothing ran.
+    pub async fn interrupt(
+        &self,
+        id: &str,
+        tenant: &Tenant,
+    ) -> Result<Option<RunningInfo>, EngineError> {
+        let sandbox = self.use_sandbox(id, tenant)?;
+        let Some(running) = sandbox.interrupt_running() else {
+            return Ok(None);
+        };
+        // The execution's task interrupts the kernel and ends; its lock is free then.
+        let stopped = tokio::time::timeout(
+            INTERRUPT_GRACE * 2 + self.config.kernel_ready_timeout,
+            sandbox.exec_lock.clone().lock_owned(),
+        )
+        .await;
+        if stopped.is_err() {
+            return Err(EngineError::Busy {
+                id: id.to_string(),
+                running: format!("{running}, which did not stop after the interrupt"),
+            });
+        }
+        Ok(Some(running))
     }
 
     /// Restarts a sandbox's kernel: variables are lost, files stay. A restart is the way out of
@@ -125,6 +167,8 @@ enum Stop {
     },
     Timeout,
     Cancelled,
+    /// [`Engine::interrupt`] asked it to stop.
+    Interrupted,
     KernelDied,
 }
 
@@ -140,6 +184,8 @@ struct Run {
     execution_id: String,
     started_at: DateTime<Utc>,
     started: Instant,
+    /// Cancelled by [`Engine::interrupt`].
+    stop: CancellationToken,
 }
 
 impl Run {
@@ -173,6 +219,11 @@ impl Run {
             }
             Stop::Cancelled => {
                 let kernel_restarted = self.interrupt(backend.as_ref(), ready_within).await;
+                ExecutionOutcome::Cancelled { kernel_restarted }
+            }
+            Stop::Interrupted => {
+                let kernel_restarted = self.interrupt(backend.as_ref(), ready_within).await;
+                self.collector.error = Some(interrupted_error(kernel_restarted));
                 ExecutionOutcome::Cancelled { kernel_restarted }
             }
             Stop::KernelDied => match self.kernel.close_reason() {
@@ -232,6 +283,7 @@ impl Run {
                 _ = self.events.closed() => return Stop::Cancelled,
                 _ = tokio::time::sleep_until(deadline) => return Stop::Timeout,
                 _ = self.sandbox.cancelled() => return Stop::Cancelled,
+                _ = self.stop.cancelled() => return Stop::Interrupted,
                 next = self.execution.next() => next,
             };
             let event = match next {
@@ -314,6 +366,32 @@ fn timeout_error(timeout: Duration, kernel_restarted: bool) -> PythonError {
         ),
         traceback: Vec::new(),
     }
+}
+
+fn interrupted_error(kernel_restarted: bool) -> PythonError {
+    let what = if kernel_restarted {
+        "the kernel did not respond and was restarted: variables and imports are lost (files are kept)"
+    } else {
+        "its state is kept"
+    };
+    PythonError {
+        ename: "KeyboardInterrupt".into(),
+        evalue: format!("the execution was stopped by an interrupt request; {what}"),
+        traceback: Vec::new(),
+    }
+}
+
+/// The first line of `code`, at most 60 characters, for messages about what runs.
+fn code_start(code: &str) -> String {
+    let line = code
+        .lines()
+        .find(|line| !line.trim().is_empty())
+        .unwrap_or("");
+    let mut start: String = line.trim().chars().take(60).collect();
+    if start.len() < line.trim().len() || code.trim().lines().nth(1).is_some() {
+        start.push_str(" …");
+    }
+    start
 }
 
 fn aborted_error() -> PythonError {

@@ -102,6 +102,9 @@ pub struct Engine {
     pub(super) history: ExecutionHistory,
     pub(super) metrics: EngineMetrics,
     pub(super) guests: GuestRegistry,
+    /// Held while a tenant's default sandbox is looked up or made, so concurrent calls that
+    /// name no sandbox make one, not several.
+    pub(super) default_locks: DashMap<Tenant, Arc<tokio::sync::Mutex<()>>>,
     /// Every task the engine spawns: awaited (or given up on) at shutdown.
     pub(super) tasks: TaskTracker,
     pub(super) shutdown: CancellationToken,
@@ -120,6 +123,7 @@ impl Engine {
             history: ExecutionHistory::new(HISTORY_ENTRIES, HISTORY_BYTES),
             metrics: EngineMetrics::new(),
             guests: GuestRegistry::default(),
+            default_locks: DashMap::new(),
             tasks: TaskTracker::new(),
             shutdown: CancellationToken::new(),
             readiness: ReadinessCache::default(),
@@ -294,6 +298,14 @@ impl Engine {
         created
     }
 
+    /// Every live sandbox, of every tenant: for the engine's own housekeeping.
+    pub(super) fn all_sandboxes(&self) -> Vec<Arc<Sandbox>> {
+        self.sandboxes
+            .iter()
+            .map(|entry| entry.value().clone())
+            .collect()
+    }
+
     /// Live sandboxes, all and `tenant`'s.
     fn live(&self, tenant: &Tenant) -> Live {
         let mut live = Live::default();
@@ -418,7 +430,7 @@ impl Engine {
 
     /// Removes a sandbox whoever owns it: for the engine's own housekeeping (idle reaping,
     /// shutdown, a closed connection's default sandbox).
-    async fn remove(&self, id: &str) -> Result<(), EngineError> {
+    pub(super) async fn remove(&self, id: &str) -> Result<(), EngineError> {
         let Some((_, sandbox)) = self.sandboxes.remove(id) else {
             return Err(EngineError::NotFound { id: id.to_string() });
         };
@@ -503,13 +515,15 @@ impl Engine {
         Ok(())
     }
 
-    /// Destroys sandboxes idle longer than the configured maximum. Returns their ids.
+    /// Destroys sandboxes idle longer than their limit ([`Engine::idle_limit`]). Returns their
+    /// ids.
     pub async fn reap_idle(&self) -> Vec<String> {
         let idle: Vec<String> = self
             .sandboxes
             .iter()
             .filter(|entry| {
-                !entry.value().is_busy() && entry.value().idle_for() > self.config.max_idle
+                let sandbox = entry.value();
+                !sandbox.is_busy() && sandbox.idle_for() > self.idle_limit(sandbox)
             })
             .map(|entry| entry.key().clone())
             .collect();

@@ -101,6 +101,36 @@ pub struct SandboxInfo {
     pub image: String,
 }
 
+/// The execution a sandbox runs.
+pub(crate) struct Running {
+    pub(crate) events: tokio::sync::mpsc::WeakSender<ExecEvent>,
+    pub(crate) stop: CancellationToken,
+    pub(crate) execution_id: String,
+    /// The first line of its code, shortened.
+    pub(crate) code_start: String,
+    pub(crate) started: Instant,
+}
+
+/// What a sandbox runs, as errors and the interrupt tool describe it.
+#[derive(Debug, Clone)]
+pub struct RunningInfo {
+    pub execution_id: String,
+    pub code_start: String,
+    pub elapsed: Duration,
+}
+
+impl std::fmt::Display for RunningInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "execution {} ({:?}), running for {:.1} s",
+            self.execution_id,
+            self.code_start,
+            self.elapsed.as_secs_f64()
+        )
+    }
+}
+
 pub struct Sandbox {
     id: String,
     container_id: String,
@@ -125,8 +155,9 @@ pub struct Sandbox {
     /// The running execution is being stopped (timeout, cancel, dead kernel): a new request
     /// waits for it instead of being refused as busy.
     winding_down: AtomicBool,
-    /// The running execution's event channel, without keeping it open.
-    running: Mutex<Option<tokio::sync::mpsc::WeakSender<ExecEvent>>>,
+    /// The running execution: its event channel (without keeping it open), what it runs, and
+    /// the token that interrupts it.
+    running: Mutex<Option<Running>>,
     /// The kernel was reachable at the last check.
     alive: AtomicBool,
     /// The container's OOM-kill count when last read.
@@ -188,6 +219,10 @@ impl Sandbox {
         &self.tenant
     }
 
+    pub fn tag(&self) -> Option<&str> {
+        self.tag.as_deref()
+    }
+
     pub fn info(&self) -> SandboxInfo {
         let last_used_at = self
             .last_used
@@ -244,9 +279,9 @@ impl Sandbox {
 
     /// Registers the running execution's event channel: once its consumer is gone, the
     /// execution is winding down even before its task notices.
-    pub(crate) fn set_running(&self, events: Option<tokio::sync::mpsc::WeakSender<ExecEvent>>) {
+    pub(crate) fn set_running(&self, execution: Option<Running>) {
         if let Ok(mut running) = self.running.lock() {
-            *running = events;
+            *running = execution;
         }
     }
 
@@ -254,8 +289,34 @@ impl Sandbox {
         self.running
             .lock()
             .ok()
-            .and_then(|running| running.as_ref().and_then(|events| events.upgrade()))
+            .and_then(|running| {
+                running
+                    .as_ref()
+                    .and_then(|running| running.events.upgrade())
+            })
             .is_some_and(|events| events.is_closed())
+    }
+
+    /// What the running execution runs, and for how long it has: `None` when nothing runs.
+    pub(crate) fn running(&self) -> Option<RunningInfo> {
+        let running = self.running.lock().ok()?;
+        running.as_ref().map(|running| RunningInfo {
+            execution_id: running.execution_id.clone(),
+            code_start: running.code_start.clone(),
+            elapsed: running.started.elapsed(),
+        })
+    }
+
+    /// Asks the running execution to stop (its kernel is interrupted, its state kept). Returns
+    /// what was running.
+    pub(crate) fn interrupt_running(&self) -> Option<RunningInfo> {
+        let info = self.running();
+        if let Ok(running) = self.running.lock()
+            && let Some(running) = running.as_ref()
+        {
+            running.stop.cancel();
+        }
+        info
     }
 
     pub(crate) fn set_winding_down(&self, winding_down: bool) {

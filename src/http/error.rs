@@ -285,7 +285,10 @@ mod tests {
         let not_found = ApiError::from(EngineError::NotFound { id: "sbx_x".into() });
         assert_eq!(not_found.status, StatusCode::NOT_FOUND);
         assert_eq!(not_found.code, "not_found");
-        let busy = ApiError::from(EngineError::Busy { id: "sbx_x".into() });
+        let busy = ApiError::from(EngineError::Busy {
+            id: "sbx_x".into(),
+            running: "execution exe_x".into(),
+        });
         assert_eq!(busy.status, StatusCode::CONFLICT);
         let denied = ApiError::from(EngineError::PermissionDenied {
             path: "secret".into(),

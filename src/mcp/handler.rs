@@ -4,7 +4,9 @@
 use std::sync::Arc;
 
 use rmcp::handler::server::router::tool::ToolRouter;
+use rmcp::handler::server::tool::ToolCallContext;
 use rmcp::model::{
+    CallToolRequestParams, CallToolResponse, CancelTaskParams, GetTaskParams, GetTaskResult,
     Implementation, ListResourceTemplatesResult, ListResourcesResult, PaginatedRequestParams,
     ReadResourceRequestParams, ReadResourceResponse, ServerCapabilities, ServerConfig,
 };
@@ -19,8 +21,9 @@ pub(crate) const INSTRUCTIONS: &str = "kernelbox runs Python in sandboxes: each 
 stateful IPython kernel (Python 3.11; numpy, pandas, matplotlib and pillow preinstalled). Variables, \
 imports and files persist between calls in the same session. Use execute_code to run Python (plots \
 come back as images), run_command for shell commands, install_packages for pip packages, and the \
-file tools to move files in and out of /workspace. Without a session_id your calls share one \
-default sandbox per connection; create_session makes more.";
+file tools to move files in and out of /workspace. Calls without a session_id share your default \
+sandbox (over HTTP: one per API key, kept across connections until it idles; over stdio: one per \
+connection); create_session makes an isolated one whose session_id you pass to every tool.";
 
 /// Failures of a tool call, shown to the model as an `isError` result.
 #[derive(Debug, thiserror::Error)]
@@ -59,12 +62,15 @@ impl From<EngineError> for ToolFailure {
 }
 
 /// The MCP server. One value per connection (stdio), per legacy HTTP session, or per stateless
-/// HTTP request; clones share the connection's default sandbox.
+/// HTTP request; clones share the connection's default sandbox (used over stdio only: HTTP
+/// calls use the tenant's default sandbox, which the engine keeps).
 #[derive(Clone)]
 pub struct KernelboxMcp {
     pub(crate) engine: Arc<Engine>,
     pub(crate) connection: Arc<ConnectionSandbox>,
     pub(crate) tool_router: ToolRouter<Self>,
+    /// The server's MCP tasks (shared by every HTTP request).
+    pub(crate) tasks: Arc<Tasks>,
 }
 
 impl KernelboxMcp {
@@ -79,7 +85,8 @@ impl KernelboxMcp {
         }
     }
 
-    /// The sandbox a call runs in, and whether the call created it.
+    /// The sandbox a call runs in: the one named, else (over HTTP, in either protocol era) the
+    /// tenant's default sandbox, else (stdio) the connection's default sandbox.
     pub(crate) async fn target(
         &self,
         session_id: Option<&str>,
@@ -87,30 +94,32 @@ impl KernelboxMcp {
     ) -> Result<Target, ToolFailure> {
         let tenant = tenant(context);
         if let Some(id) = session_id.filter(|id| !id.is_empty()) {
-            self.engine.get(id, &tenant)?;
+            let sandbox = self.engine.get(id, &tenant)?;
             return Ok(Target {
                 id: id.to_string(),
-                created: false,
+                made: None,
+                idle_timeout: self.engine.idle_limit(&sandbox),
                 tenant,
             });
         }
-        if is_stateless(context) {
-            let info = self
-                .create_sandbox(&tenant, Default::default(), None, None)
-                .await?;
+        if over_http(context) {
+            let default = self.engine.default_sandbox(&tenant).await?;
             return Ok(Target {
-                id: info.id,
-                created: true,
+                id: default.info.id,
+                made: default.created.then_some(Made::TenantDefault),
+                idle_timeout: self.engine.config().default_sandbox_idle,
                 tenant,
             });
         }
+        let idle_timeout = self.engine.config().max_idle;
         let mut default = self.connection.default.lock().await;
         if let Some((id, _)) = default.as_ref()
             && self.engine.get(id, &tenant).is_ok()
         {
             return Ok(Target {
                 id: id.clone(),
-                created: false,
+                made: None,
+                idle_timeout,
                 tenant,
             });
         }
@@ -120,7 +129,8 @@ impl KernelboxMcp {
         *default = Some((info.id.clone(), tenant.clone()));
         Ok(Target {
             id: info.id,
-            created: false,
+            made: Some(Made::ConnectionDefault),
+            idle_timeout,
             tenant,
         })
     }
@@ -153,12 +163,32 @@ impl KernelboxMcp {
     }
 }
 
+/// The MCP tasks of one server (all HTTP requests share it; a stdio connection has its own),
+/// and the tenant each belongs to. What they do is in `tasks`.
+#[derive(Default)]
+pub(crate) struct Tasks {
+    pub(crate) manager: rmcp::task_manager::TaskManager,
+    pub(crate) owners: dashmap::DashMap<String, Tenant>,
+}
+
 /// A resolved sandbox for one call.
 pub(crate) struct Target {
     pub(crate) id: String,
-    /// A stateless call created this sandbox: the result must tell the id.
-    pub(crate) created: bool,
+    /// Which default sandbox this call made, if it made one: the result tells its id and rule.
+    pub(crate) made: Option<Made>,
+    /// The sandbox is destroyed after idling this long: the result says so.
+    pub(crate) idle_timeout: std::time::Duration,
     pub(crate) tenant: Tenant,
+}
+
+/// The kind of default sandbox a call made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Made {
+    /// The tenant's default sandbox (HTTP): shared by every call of the tenant without a
+    /// `session_id`, on any connection.
+    TenantDefault,
+    /// The stdio connection's default sandbox: it ends with the connection.
+    ConnectionDefault,
 }
 
 /// The default sandbox of one connection (its id, and the tenant it was made for); destroyed
@@ -186,16 +216,12 @@ pub(crate) fn tenant(context: &RequestContext<RoleServer>) -> Tenant {
         .unwrap_or(Tenant::Local)
 }
 
-/// A stateless call: HTTP on a revision without the initialize handshake (2026-07-28 on).
-fn is_stateless(context: &RequestContext<RoleServer>) -> bool {
-    let over_http = context
+/// A call over HTTP (`/mcp`), in either protocol era; otherwise stdio.
+fn over_http(context: &RequestContext<RoleServer>) -> bool {
+    context
         .extensions
         .get::<axum::http::request::Parts>()
-        .is_some();
-    over_http
-        && context
-            .protocol_version()
-            .is_some_and(|version| !version.has_initialize())
+        .is_some()
 }
 
 #[tool_handler(router = self.tool_router)]
@@ -205,6 +231,7 @@ impl ServerHandler for KernelboxMcp {
             ServerCapabilities::builder()
                 .enable_tools()
                 .enable_resources()
+                .enable_tasks()
                 .build(),
         )
         .with_server_info(
@@ -212,6 +239,34 @@ impl ServerHandler for KernelboxMcp {
                 .with_title("kernelbox Python sandboxes"),
         )
         .with_instructions(INSTRUCTIONS)
+    }
+
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        if self.wants_task(&request, &context) {
+            return self.call_as_task(request, context);
+        }
+        let call = ToolCallContext::new(self, request, context);
+        self.tool_router.call(call).await
+    }
+
+    async fn get_task(
+        &self,
+        request: GetTaskParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<GetTaskResult, ErrorData> {
+        self.task_status(&request, &context)
+    }
+
+    async fn cancel_task(
+        &self,
+        request: CancelTaskParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        self.cancel_task_of(&request, &context)
     }
 
     async fn list_resources(

@@ -7,10 +7,11 @@ use base64::Engine as _;
 use rmcp::model::{CallToolResult, ContentBlock, Resource};
 use serde_json::{Value, json};
 
-use super::handler::{Target, ToolFailure};
+use super::handler::{Made, Target, ToolFailure};
 use super::resources;
 use crate::engine::commands::CommandResult;
 use crate::engine::execution::{ExecutionOutcome, OutputKind};
+use crate::engine::sandbox::RunningInfo;
 use crate::engine::{EngineError, ExecEvent, ExecutionResult, FileEntry, FileKind, SandboxInfo};
 
 /// Base64 characters of images sent inline per result; images past this budget become resource
@@ -59,19 +60,25 @@ pub(crate) fn failure(failure: &ToolFailure) -> CallToolResult {
 pub(crate) fn message(target: &Target, text: &str) -> CallToolResult {
     with_structured(
         CallToolResult::success(vec![ContentBlock::text(with_session_note(target, text))]),
-        json!({ "session_id": target.id, "message": text }),
+        json!({ "session_id": target.id, "session_idle_timeout_secs": target.idle_timeout.as_secs(), "message": text }),
     )
 }
 
-/// Tells a stateless client which session a call created.
+/// Tells a client which default sandbox a call made, and for how long its id stays valid.
 fn with_session_note(target: &Target, text: &str) -> String {
-    if target.created {
-        format!(
-            "[session_id: {} (new session; pass it as session_id to keep using it)]\n{text}",
+    let idle = target.idle_timeout.as_secs();
+    match target.made {
+        Some(Made::TenantDefault) => format!(
+            "[session_id: {} (your new default sandbox: every call without a session_id uses it, \
+             on any connection; it is kept until it has been idle for {idle} s)]\n{text}",
             target.id
-        )
-    } else {
-        text.to_string()
+        ),
+        Some(Made::ConnectionDefault) => format!(
+            "[session_id: {} (this connection's default sandbox: calls without a session_id use \
+             it until the connection ends)]\n{text}",
+            target.id
+        ),
+        None => text.to_string(),
     }
 }
 
@@ -188,7 +195,7 @@ pub(crate) fn execution(result: &ExecutionResult, target: &Target) -> CallToolRe
     let mut blocks = vec![ContentBlock::text(text)];
     blocks.extend(content);
     let structured = json!({
-        "session_id": target.id,
+        "session_id": target.id, "session_idle_timeout_secs": target.idle_timeout.as_secs(),
         "execution_id": result.execution_id,
         "status": result.outcome.status(),
         "execution_count": result.execution_count,
@@ -268,7 +275,7 @@ pub(crate) fn command(result: &CommandResult, target: &Target) -> CallToolResult
         text.push_str(&format!("[exit code {}]", result.exit_code));
     }
     let structured = json!({
-        "session_id": target.id,
+        "session_id": target.id, "session_idle_timeout_secs": target.idle_timeout.as_secs(),
         "stdout": stdout,
         "stderr": stderr,
         "exit_code": result.exit_code,
@@ -324,7 +331,7 @@ pub(crate) fn file(target: &Target, path: &str, content: Vec<u8>) -> CallToolRes
     };
     with_structured(
         CallToolResult::success(blocks),
-        json!({ "session_id": target.id, "path": path, "size": size, "encoding": encoding }),
+        json!({ "session_id": target.id, "session_idle_timeout_secs": target.idle_timeout.as_secs(), "path": path, "size": size, "encoding": encoding }),
     )
 }
 
@@ -359,18 +366,43 @@ pub(crate) fn listing(target: &Target, entries: &[FileEntry]) -> CallToolResult 
     }
     with_structured(
         CallToolResult::success(vec![ContentBlock::text(with_session_note(target, &text))]),
-        json!({ "session_id": target.id, "entries": entries }),
+        json!({ "session_id": target.id, "session_idle_timeout_secs": target.idle_timeout.as_secs(), "entries": entries }),
+    )
+}
+
+/// The answer of `interrupt`: what it stopped, if anything.
+pub(crate) fn interrupted(target: &Target, stopped: Option<&RunningInfo>) -> CallToolResult {
+    let text = match stopped {
+        Some(running) => format!("Stopped {running}. The kernel's state is kept."),
+        None => "Nothing was running.".to_string(),
+    };
+    with_structured(
+        CallToolResult::success(vec![ContentBlock::text(with_session_note(target, &text))]),
+        json!({
+            "session_id": target.id,
+            "session_idle_timeout_secs": target.idle_timeout.as_secs(),
+            "interrupted": stopped.map(|running| json!({
+                "execution_id": running.execution_id,
+                "code": running.code_start,
+                "ran_for_secs": running.elapsed.as_secs_f64(),
+            })),
+        }),
     )
 }
 
 /// A new session.
-pub(crate) fn session_created(info: &SandboxInfo) -> CallToolResult {
+pub(crate) fn session_created(
+    info: &SandboxInfo,
+    idle_timeout: std::time::Duration,
+) -> CallToolResult {
+    let idle = idle_timeout.as_secs();
     with_structured(
         CallToolResult::success(vec![ContentBlock::text(format!(
-            "Created session {}. Pass session_id \"{}\" to the other tools to use it.",
+            "Created session {}. Pass session_id \"{}\" to the other tools to use it; it is kept \
+             until you close it or it has been idle for {idle} s.",
             info.id, info.id
         ))]),
-        json!({ "session_id": info.id, "session": info }),
+        json!({ "session_id": info.id, "session_idle_timeout_secs": idle, "session": info }),
     )
 }
 

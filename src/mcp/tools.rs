@@ -36,9 +36,15 @@ Python exception gives an error result with the traceback. The working directory
 Each call has a time limit (default 120 s, raise it with timeout_secs); on timeout the code is \
 interrupted and, if it does not stop, the kernel is restarted (variables lost, files kept). \
 Output past a few MiB is truncated. With a progress token, output streams as progress \
-notifications while the code runs.";
+notifications while the code runs. If a call answers that the session is busy, call interrupt to \
+stop the running code (state kept). Clients that declare MCP Tasks get a task to poll.";
 const RESTART_KERNEL: &str = "Restart the Python kernel of a session: variables and imports are \
 cleared, files in /workspace and installed packages are kept. Also stops code that is stuck.";
+const INTERRUPT: &str = "Stop the Python code running in a session (like Ctrl-C in a notebook) \
+and keep its state: variables, imports and files stay. Use it when execute_code answers that the \
+session is busy, for example after your client gave up waiting on a long call. Returns what was \
+stopped, or says nothing was running. Shell commands (run_command, install_packages) end at \
+their own time limit.";
 const RUN_COMMAND: &str = "Run a shell command (bash -c) in the sandbox as the unprivileged user \
 `sandbox`, in /workspace unless cwd says otherwise. Returns stdout, stderr and the exit code; a \
 non-zero exit code is reported as an error result. Has a time limit like execute_code.";
@@ -57,68 +63,80 @@ itself): names, kinds, sizes and modification times.";
 const DELETE_FILE: &str = "Delete a file or a directory (recursively) in the sandbox's /workspace.";
 const CREATE_SESSION: &str = "Create a new sandbox session (its own container and kernel) and \
 return its session_id; pass that id to the other tools to use it. Sessions are isolated from \
-each other. Close it with close_session when done; idle sessions are removed automatically. \
+each other and from your default sandbox, which calls without a session_id share. You need this \
+only for isolation or parallel work. Close it with close_session when done; idle sessions are removed automatically. \
 `network` can restrict what the session's code may reach (only these domains and addresses); it \
 can only narrow the server's network policy, never open anything the server does not allow.";
 const LIST_SESSIONS: &str = "List the sandbox sessions you can use, with their status (running, \
 busy, restarting, dead) and when they were created and last used.";
 const CLOSE_SESSION: &str = "Close a sandbox session: its container, kernel and files are removed.";
 
-/// `session_id` as the stateless revision routes it: mirrored into the `Mcp-Param-Session-Id`
-/// header so gateways can route by sandbox without parsing the body.
-#[derive(Debug, Default, Deserialize, JsonSchema)]
-pub struct SessionArg {
-    /// The sandbox session to use. Optional: without it the connection's default session is used
-    /// (created on first use), or, for stateless HTTP clients, a new session is created and its
-    /// id returned.
-    // Typed as a plain string in the schema: `x-mcp-header` may only annotate a property whose
-    // `type` is a single primitive, and the field is optional through `default` anyway.
-    #[serde(default)]
-    #[schemars(with = "String", extend("x-mcp-header" = "Session-Id"))]
+// Every schema here passes strict function calling (OpenAI strict mode, Gemini's and
+// Anthropic's validators): every object is closed (`deny_unknown_fields` gives
+// `additionalProperties: false`), every optional argument is nullable (`Option`, null accepted)
+// with no `default`, and no integer carries a `format`. `session_id` carries no `x-mcp-header`:
+// the 2026-07-28 clients (the official Python SDK, rmcp) drop a tool whose annotated property has
+// any `type` but one primitive, so a nullable `session_id` cannot carry it.
+
+/// `session_id`, as every sandbox tool documents it.
+const SESSION_ID_DOC: &str = "The sandbox session to use, from create_session (or from an \
+earlier result). Optional: null or absent uses your default sandbox (over HTTP: one per API key, \
+shared by all your connections and kept until it idles; over stdio: one per connection).";
+
+fn session_id_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({ "type": ["string", "null"], "description": SESSION_ID_DOC })
+}
+
+/// A nullable number of seconds, without the `format` schemars gives `u64`.
+fn timeout_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": ["integer", "null"],
+        "description": "Time limit in seconds (null: 120; the server caps it)."
+    })
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExecuteCodeArgs {
+    /// Python source to run, like a notebook cell. The last expression's value is returned.
+    pub code: String,
+    #[schemars(schema_with = "timeout_schema")]
+    pub timeout_secs: Option<u64>,
+    #[schemars(schema_with = "session_id_schema")]
     pub session_id: Option<String>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
-pub struct ExecuteCodeArgs {
-    /// Python source to run, like a notebook cell. The last expression's value is returned.
-    pub code: String,
-    /// Time limit in seconds (default 120; the server caps it).
-    #[serde(default)]
-    pub timeout_secs: Option<u64>,
-    #[serde(flatten)]
-    pub session: SessionArg,
+#[serde(deny_unknown_fields)]
+pub struct SessionOnlyArgs {
+    #[schemars(schema_with = "session_id_schema")]
+    pub session_id: Option<String>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
-pub struct RestartKernelArgs {
-    #[serde(flatten)]
-    pub session: SessionArg,
-}
-
-#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct RunCommandArgs {
     /// The command line, run by `bash -c`.
     pub command: String,
-    /// Working directory: relative to /workspace, or absolute.
-    #[serde(default)]
+    /// Working directory: relative to /workspace, or absolute (null: /workspace).
     pub cwd: Option<String>,
-    /// Time limit in seconds (default 120; the server caps it).
-    #[serde(default)]
+    #[schemars(schema_with = "timeout_schema")]
     pub timeout_secs: Option<u64>,
-    #[serde(flatten)]
-    pub session: SessionArg,
+    #[schemars(schema_with = "session_id_schema")]
+    pub session_id: Option<String>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct InstallPackagesArgs {
     /// pip requirements, e.g. ["requests", "polars==1.9.0"].
     pub packages: Vec<String>,
-    #[serde(flatten)]
-    pub session: SessionArg,
+    #[schemars(schema_with = "session_id_schema")]
+    pub session_id: Option<String>,
 }
 
 /// How `content` is encoded.
-#[derive(Debug, Default, Clone, Copy, Deserialize, JsonSchema)]
+#[derive(Debug, Default, Clone, Copy, Deserialize)]
 pub enum FileEncoding {
     #[default]
     #[serde(rename = "utf-8")]
@@ -127,67 +145,170 @@ pub enum FileEncoding {
     Base64,
 }
 
+fn encoding_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": ["string", "null"],
+        "enum": ["utf-8", "base64", null],
+        "description": "How content is encoded: \"utf-8\" (null means this) or \"base64\"."
+    })
+}
+
 #[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct WriteFileArgs {
     /// Where to write, relative to /workspace or absolute inside it.
     pub path: String,
     /// The file's content: text, or base64 when `encoding` is "base64".
     pub content: String,
-    /// "utf-8" (default) or "base64".
-    #[serde(default)]
-    pub encoding: FileEncoding,
-    #[serde(flatten)]
-    pub session: SessionArg,
+    #[schemars(schema_with = "encoding_schema")]
+    pub encoding: Option<FileEncoding>,
+    #[schemars(schema_with = "session_id_schema")]
+    pub session_id: Option<String>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct PathArgs {
     /// A path relative to /workspace, or absolute inside it.
     pub path: String,
-    #[serde(flatten)]
-    pub session: SessionArg,
+    #[schemars(schema_with = "session_id_schema")]
+    pub session_id: Option<String>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct ListFilesArgs {
-    /// The directory to list (default: /workspace).
-    #[serde(default)]
+    /// The directory to list (null: /workspace).
     pub path: Option<String>,
-    #[serde(flatten)]
-    pub session: SessionArg,
+    #[schemars(schema_with = "session_id_schema")]
+    pub session_id: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct CreateSessionArgs {
-    /// Environment variables for the kernel and commands of the new session.
-    #[serde(default)]
-    pub env: HashMap<String, String>,
-    /// The image to run (default: the server's); the server only runs images its operator
-    /// allows.
-    #[serde(default)]
+    /// Environment variables for the kernel and commands of the new session, as a list of
+    /// {name, value} (an object of names to values is accepted too).
+    #[schemars(schema_with = "env_schema")]
+    pub env: Option<EnvArg>,
+    /// The image to run (null: the server's); the server only runs images its operator allows.
     pub image: Option<String>,
-    /// Limit what the session's code may reach on the network. This can only narrow the
-    /// server's own policy, never widen it: naming an address or domain the server does not
-    /// allow is an error.
-    #[serde(default)]
+    #[schemars(schema_with = "network_schema")]
     pub network: Option<NetworkArgs>,
 }
 
-/// An egress allow-list for a new session.
-#[derive(Debug, Default, Deserialize, JsonSchema)]
-pub struct NetworkArgs {
-    /// Domains the session may reach (each with its subdomains), e.g. ["pypi.org"].
-    #[serde(default)]
-    pub allowed_domains: Vec<String>,
-    /// IP addresses or CIDRs the session may reach, e.g. ["93.184.215.14"].
-    #[serde(default)]
-    pub allowed_ips: Vec<String>,
+/// Environment variables: the strict-schema list of pairs, or the map REST takes.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum EnvArg {
+    List(Vec<EnvVar>),
+    Map(HashMap<String, String>),
 }
 
-#[derive(Debug, Default, Deserialize, JsonSchema)]
+/// One environment variable.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnvVar {
+    pub name: String,
+    pub value: String,
+}
+
+fn env_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": ["array", "null"],
+        "description": "Environment variables for the kernel and commands of the new session, e.g. [{\"name\": \"GREETING\", \"value\": \"hi\"}].",
+        "items": {
+            "type": "object",
+            "properties": {
+                "name": { "type": "string", "description": "Letters, digits and _, not starting with a digit." },
+                "value": { "type": "string" }
+            },
+            "required": ["name", "value"],
+            "additionalProperties": false
+        }
+    })
+}
+
+impl EnvArg {
+    /// The variables by name; a name given twice is an error (the engine validates the rest,
+    /// as it does for REST).
+    fn into_map(self) -> Result<HashMap<String, String>, ToolFailure> {
+        match self {
+            EnvArg::Map(map) => Ok(map),
+            EnvArg::List(list) => {
+                let mut map = HashMap::with_capacity(list.len());
+                for EnvVar { name, value } in list {
+                    if map.contains_key(&name) {
+                        return Err(ToolFailure::InvalidArgument {
+                            field: "env",
+                            reason: format!("{name:?} is given twice"),
+                        });
+                    }
+                    map.insert(name, value);
+                }
+                Ok(map)
+            }
+        }
+    }
+}
+
+/// `network`, inline (strict converters refuse a `$ref` they did not validate).
+fn network_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let list = |what: &str| {
+        serde_json::json!({
+            "type": ["array", "null"],
+            "items": { "type": "string" },
+            "description": what,
+        })
+    };
+    schemars::json_schema!({
+        "description": "Limit what the session's code may reach on the network (null: the server's policy). This can only narrow the server's own policy, never widen it: naming an address or domain the server does not allow is an error.",
+        "anyOf": [
+            {
+                "type": "object",
+                "properties": {
+                    "allowed_domains": list("Domains the session may reach (each with its subdomains), e.g. [\"pypi.org\"]; null: none."),
+                    "allowed_ips": list("IP addresses or CIDRs the session may reach, e.g. [\"93.184.215.14\"]; null: none."),
+                },
+                "additionalProperties": false
+            },
+            { "type": "null" }
+        ]
+    })
+}
+
+/// An egress allow-list for a new session.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkArgs {
+    /// Domains the session may reach (each with its subdomains), e.g. ["pypi.org"]; null: none.
+    pub allowed_domains: Option<Vec<String>>,
+    /// IP addresses or CIDRs the session may reach, e.g. ["93.184.215.14"]; null: none.
+    pub allowed_ips: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ListSessionsArgs {}
 
+impl JsonSchema for ListSessionsArgs {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "ListSessionsArgs".into()
+    }
+
+    /// An object with no properties, closed (schemars leaves `properties` out, which strict
+    /// converters refuse).
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "object",
+            "properties": {},
+            "additionalProperties": false
+        })
+    }
+}
+
 #[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct CloseSessionArgs {
     /// The session to close.
     pub session_id: String,
@@ -196,9 +317,16 @@ pub struct CloseSessionArgs {
 type ToolResult = Result<CallToolResult, ErrorData>;
 
 impl KernelboxMcp {
-    /// A handler for one connection (stdio), legacy HTTP session or stateless HTTP request.
+    /// A handler for one connection (stdio), with its own task table.
     pub fn new(engine: Arc<Engine>) -> Self {
+        Self::with_tasks(engine, super::tasks::new_tasks())
+    }
+
+    /// A handler for one legacy HTTP session or stateless HTTP request, sharing the server's
+    /// task table.
+    pub(crate) fn with_tasks(engine: Arc<Engine>, tasks: Arc<super::handler::Tasks>) -> Self {
         Self {
+            tasks,
             connection: Arc::new(ConnectionSandbox {
                 engine: engine.clone(),
                 default: tokio::sync::Mutex::new(None),
@@ -217,10 +345,7 @@ impl KernelboxMcp {
         Parameters(args): Parameters<ExecuteCodeArgs>,
         context: RequestContext<RoleServer>,
     ) -> ToolResult {
-        let target = match self
-            .target(args.session.session_id.as_deref(), &context)
-            .await
-        {
+        let target = match self.target(args.session_id.as_deref(), &context).await {
             Ok(target) => target,
             Err(failure) => return Ok(render::failure(&failure)),
         };
@@ -276,13 +401,11 @@ impl KernelboxMcp {
     #[tool(description = RESTART_KERNEL)]
     async fn restart_kernel(
         &self,
-        Parameters(args): Parameters<RestartKernelArgs>,
+        Parameters(args): Parameters<SessionOnlyArgs>,
         context: RequestContext<RoleServer>,
     ) -> ToolResult {
         let outcome = async {
-            let target = self
-                .target(args.session.session_id.as_deref(), &context)
-                .await?;
+            let target = self.target(args.session_id.as_deref(), &context).await?;
             self.engine
                 .restart_kernel(&target.id, &target.tenant)
                 .await?;
@@ -298,6 +421,24 @@ impl KernelboxMcp {
         })
     }
 
+    #[tool(description = INTERRUPT)]
+    async fn interrupt(
+        &self,
+        Parameters(args): Parameters<SessionOnlyArgs>,
+        context: RequestContext<RoleServer>,
+    ) -> ToolResult {
+        let outcome = async {
+            let target = self.target(args.session_id.as_deref(), &context).await?;
+            let stopped = self.engine.interrupt(&target.id, &target.tenant).await?;
+            Ok::<_, ToolFailure>((target, stopped))
+        }
+        .await;
+        Ok(match outcome {
+            Ok((target, stopped)) => render::interrupted(&target, stopped.as_ref()),
+            Err(failure) => render::failure(&failure),
+        })
+    }
+
     #[tool(description = RUN_COMMAND)]
     async fn run_command(
         &self,
@@ -305,9 +446,7 @@ impl KernelboxMcp {
         context: RequestContext<RoleServer>,
     ) -> ToolResult {
         let outcome = async {
-            let target = self
-                .target(args.session.session_id.as_deref(), &context)
-                .await?;
+            let target = self.target(args.session_id.as_deref(), &context).await?;
             let request = CommandRequest {
                 command: args.command,
                 cwd: args.cwd,
@@ -334,9 +473,7 @@ impl KernelboxMcp {
         context: RequestContext<RoleServer>,
     ) -> ToolResult {
         let outcome = async {
-            let target = self
-                .target(args.session.session_id.as_deref(), &context)
-                .await?;
+            let target = self.target(args.session_id.as_deref(), &context).await?;
             let result = self
                 .engine
                 .install_packages(&target.id, &target.tenant, &args.packages)
@@ -357,7 +494,7 @@ impl KernelboxMcp {
         context: RequestContext<RoleServer>,
     ) -> ToolResult {
         let outcome = async {
-            let content = match args.encoding {
+            let content = match args.encoding.unwrap_or_default() {
                 FileEncoding::Utf8 => bytes::Bytes::from(args.content),
                 FileEncoding::Base64 => base64::engine::general_purpose::STANDARD
                     .decode(args.content.trim())
@@ -368,9 +505,7 @@ impl KernelboxMcp {
                     })?,
             };
             let size = content.len();
-            let target = self
-                .target(args.session.session_id.as_deref(), &context)
-                .await?;
+            let target = self.target(args.session_id.as_deref(), &context).await?;
             let path = self
                 .engine
                 .write_file(&target.id, &target.tenant, &args.path, content)
@@ -393,9 +528,7 @@ impl KernelboxMcp {
         context: RequestContext<RoleServer>,
     ) -> ToolResult {
         let outcome = async {
-            let target = self
-                .target(args.session.session_id.as_deref(), &context)
-                .await?;
+            let target = self.target(args.session_id.as_deref(), &context).await?;
             let content = self
                 .engine
                 .read_file(&target.id, &target.tenant, &args.path, READ_LIMIT)
@@ -416,9 +549,7 @@ impl KernelboxMcp {
         context: RequestContext<RoleServer>,
     ) -> ToolResult {
         let outcome = async {
-            let target = self
-                .target(args.session.session_id.as_deref(), &context)
-                .await?;
+            let target = self.target(args.session_id.as_deref(), &context).await?;
             let path = args.path.unwrap_or_default();
             let entries = self
                 .engine
@@ -440,9 +571,7 @@ impl KernelboxMcp {
         context: RequestContext<RoleServer>,
     ) -> ToolResult {
         let outcome = async {
-            let target = self
-                .target(args.session.session_id.as_deref(), &context)
-                .await?;
+            let target = self.target(args.session_id.as_deref(), &context).await?;
             self.engine
                 .delete_path(&target.id, &target.tenant, &args.path)
                 .await?;
@@ -465,15 +594,23 @@ impl KernelboxMcp {
             let network = args
                 .network
                 .map(|network| {
-                    AllowList::parse(&network.allowed_domains, &network.allowed_ips)
-                        .map(EgressRequest::Narrow)
+                    AllowList::parse(
+                        &network.allowed_domains.unwrap_or_default(),
+                        &network.allowed_ips.unwrap_or_default(),
+                    )
+                    .map(EgressRequest::Narrow)
                 })
                 .transpose()?;
-            self.create_sandbox(&tenant(&context), args.env, args.image, network)
+            let env = args
+                .env
+                .map(EnvArg::into_map)
+                .transpose()?
+                .unwrap_or_default();
+            self.create_sandbox(&tenant(&context), env, args.image, network)
                 .await
         };
         Ok(match created.await {
-            Ok(info) => render::session_created(&info),
+            Ok(info) => render::session_created(&info, self.engine.config().max_idle),
             Err(failure) => render::failure(&failure),
         })
     }
@@ -538,4 +675,131 @@ impl Progress {
 
 fn far_future() -> Instant {
     Instant::now() + Duration::from_secs(86_400)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::Value;
+
+    use super::*;
+
+    /// Checks one schema position against the strict-mode rules; returns what breaks them.
+    fn strict_violations(path: &str, schema: &Value, out: &mut Vec<String>) {
+        let Some(object) = schema.as_object() else {
+            return;
+        };
+        if object.contains_key("default") {
+            out.push(format!("{path}: has a default"));
+        }
+        if object.contains_key("format") {
+            out.push(format!("{path}: has a format"));
+        }
+        let is_object = object.get("type").is_some_and(|kind| {
+            kind == "object"
+                || kind
+                    .as_array()
+                    .is_some_and(|kinds| kinds.contains(&"object".into()))
+        });
+        if is_object {
+            if object.get("additionalProperties") != Some(&Value::Bool(false)) {
+                out.push(format!("{path}: not closed"));
+            }
+            let properties = object.get("properties").and_then(Value::as_object);
+            let Some(properties) = properties else {
+                out.push(format!("{path}: no properties"));
+                return;
+            };
+            let required: Vec<&str> = object
+                .get("required")
+                .and_then(Value::as_array)
+                .map(|names| names.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
+            for (name, property) in properties {
+                let nullable = property["type"]
+                    .as_array()
+                    .is_some_and(|kinds| kinds.contains(&Value::String("null".into())))
+                    || property["anyOf"]
+                        .as_array()
+                        .is_some_and(|options| options.iter().any(|o| o["type"] == "null"));
+                if !required.contains(&name.as_str()) && !nullable {
+                    out.push(format!("{path}.{name}: optional but not nullable"));
+                }
+                strict_violations(&format!("{path}.{name}"), property, out);
+            }
+        }
+        if let Some(items) = object.get("items") {
+            strict_violations(&format!("{path}[]"), items, out);
+        }
+        for key in ["anyOf", "oneOf", "allOf"] {
+            for option in object
+                .get(key)
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                strict_violations(&format!("{path}|{key}"), option, out);
+            }
+        }
+        for definition in object
+            .get("$defs")
+            .and_then(Value::as_object)
+            .into_iter()
+            .flatten()
+        {
+            strict_violations(&format!("$defs.{}", definition.0), definition.1, out);
+        }
+    }
+
+    #[test]
+    fn every_tool_schema_is_strict() {
+        let mut violations = Vec::new();
+        for tool in KernelboxMcp::tool_router().list_all() {
+            let schema = Value::Object((*tool.input_schema).clone());
+            strict_violations(&tool.name, &schema, &mut violations);
+        }
+        assert!(violations.is_empty(), "{violations:#?}");
+    }
+
+    #[test]
+    fn null_is_accepted_for_every_optional_argument() {
+        let args: WriteFileArgs = serde_json::from_value(serde_json::json!({
+            "path": "a", "content": "b", "encoding": null, "session_id": null
+        }))
+        .expect("nulls");
+        assert!(args.encoding.is_none() && args.session_id.is_none());
+        let args: CreateSessionArgs = serde_json::from_value(serde_json::json!({
+            "env": null, "image": null, "network": {"allowed_domains": null, "allowed_ips": null}
+        }))
+        .expect("nulls");
+        assert!(args.env.is_none());
+    }
+
+    #[test]
+    fn env_is_a_list_of_pairs_or_a_map() {
+        let listed: CreateSessionArgs = serde_json::from_value(serde_json::json!({
+            "env": [{"name": "A", "value": "1"}]
+        }))
+        .expect("list");
+        let mapped: CreateSessionArgs =
+            serde_json::from_value(serde_json::json!({"env": {"A": "1"}})).expect("map");
+        for args in [listed, mapped] {
+            let env = args.env.expect("env").into_map().expect("valid");
+            assert_eq!(env.get("A").map(String::as_str), Some("1"));
+        }
+        let twice: CreateSessionArgs = serde_json::from_value(serde_json::json!({
+            "env": [{"name": "A", "value": "1"}, {"name": "A", "value": "2"}]
+        }))
+        .expect("list");
+        assert!(twice.env.expect("env").into_map().is_err());
+    }
+
+    #[test]
+    fn unknown_arguments_are_refused() {
+        assert!(
+            serde_json::from_value::<ExecuteCodeArgs>(
+                serde_json::json!({"code": "1", "sesion_id": "x"})
+            )
+            .is_err()
+        );
+    }
 }

@@ -92,8 +92,9 @@ pub fn http_service(
         // `Host` and `Origin` are checked for every route by the HTTP guard, `/mcp` included.
         .disable_allowed_origins()
         .disable_allowed_hosts();
+    let tasks = super::tasks::new_tasks();
     let service = StreamableHttpService::new(
-        move || Ok(KernelboxMcp::new(engine.clone())),
+        move || Ok(KernelboxMcp::with_tasks(engine.clone(), tasks.clone())),
         sessions,
         config,
     );

@@ -160,14 +160,16 @@ pub(crate) fn remove_instance_containers(instance: &str) {
     }
 }
 
-/// A Python with the official MCP SDK, in a venv under the target directory, made once per test
-/// process (`pip install` needs PyPI).
+/// A Python with the official MCP SDK, fastmcp and openai-agents, in a venv under the target
+/// directory, made once per test process (`pip install` needs PyPI).
 pub(crate) fn python_with_mcp() -> std::path::PathBuf {
     static PYTHON: OnceLock<Result<std::path::PathBuf, String>> = OnceLock::new();
     let python = PYTHON.get_or_init(|| {
         let venv = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("mcp-venv");
         let python = venv.join("bin").join("python");
-        let marker = venv.join(format!("mcp-{MCP_SDK_VERSION}.installed"));
+        let marker = venv.join(format!(
+            "mcp-{MCP_SDK_VERSION}-fastmcp-{FASTMCP_VERSION}-agents-{OPENAI_AGENTS_VERSION}.installed"
+        ));
         if marker.exists() {
             return Ok(python);
         }
@@ -184,8 +186,12 @@ pub(crate) fn python_with_mcp() -> std::path::PathBuf {
                 ))
             }
         };
-        eprintln!("test setup: installing the MCP Python SDK {MCP_SDK_VERSION} into {venv:?}");
-        run(Command::new("python3").arg("-m").arg("venv").arg(&venv))?;
+        eprintln!(
+            "test setup: installing mcp {MCP_SDK_VERSION}, fastmcp {FASTMCP_VERSION} and openai-agents {OPENAI_AGENTS_VERSION} into {venv:?}"
+        );
+        if !python.exists() {
+            run(Command::new("python3").arg("-m").arg("venv").arg(&venv))?;
+        }
         run(Command::new(&python).args([
             "-m",
             "pip",
@@ -193,6 +199,8 @@ pub(crate) fn python_with_mcp() -> std::path::PathBuf {
             "--quiet",
             "--disable-pip-version-check",
             &format!("mcp=={MCP_SDK_VERSION}"),
+            &format!("fastmcp=={FASTMCP_VERSION}"),
+            &format!("openai-agents=={OPENAI_AGENTS_VERSION}"),
         ]))?;
         std::fs::write(&marker, b"").map_err(|error| error.to_string())?;
         Ok(python)
@@ -205,6 +213,10 @@ pub(crate) fn python_with_mcp() -> std::path::PathBuf {
 
 /// The official MCP Python SDK release the end-to-end tests drive kernelbox with.
 pub(crate) const MCP_SDK_VERSION: &str = "2.3.0";
+/// fastmcp's release whose `Client` the tests drive kernelbox with, in its default mode.
+pub(crate) const FASTMCP_VERSION: &str = "4.1.6";
+/// openai-agents' release whose strict schema conversion the tool schemas must pass.
+pub(crate) const OPENAI_AGENTS_VERSION: &str = "0.24.0";
 
 /// The sandbox ids of an instance's containers, as Docker lists them (each sandbox once, however
 /// many containers it has).

@@ -12,6 +12,7 @@ mod isolation;
 mod limits;
 mod mcp;
 mod mcp_sessions;
+mod mcp_state;
 mod net;
 mod ops;
 mod pip;

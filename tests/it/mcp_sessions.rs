@@ -13,7 +13,7 @@ use crate::common::TestServer;
 const PROTOCOL: &str = "2025-06-18";
 const SECRET: &str = "alice-secret-7f3a";
 
-fn mcp_post(
+pub(crate) fn mcp_post(
     server: &TestServer,
     key: &str,
     session: Option<&str>,
@@ -32,7 +32,7 @@ fn mcp_post(
 }
 
 /// Opens a legacy session for `key` and returns its id.
-async fn open_session(server: &TestServer, key: &str) -> String {
+pub(crate) async fn open_session(server: &TestServer, key: &str) -> String {
     let initialize = json!({
         "jsonrpc": "2.0", "id": 1, "method": "initialize",
         "params": {"protocolVersion": PROTOCOL, "capabilities": {},
@@ -59,7 +59,7 @@ async fn open_session(server: &TestServer, key: &str) -> String {
     session
 }
 
-fn execute(id: u64, code: &str) -> Value {
+pub(crate) fn execute(id: u64, code: &str) -> Value {
     json!({
         "jsonrpc": "2.0", "id": id, "method": "tools/call",
         "params": {"name": "execute_code", "arguments": {"code": code},

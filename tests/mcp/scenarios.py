@@ -1,4 +1,5 @@
-"""End-to-end MCP scenarios against kernelbox, driven by the official MCP Python SDK.
+"""End-to-end MCP scenarios against kernelbox, driven by the official MCP Python SDK (and, where
+named, fastmcp's Client and openai-agents' strict schema conversion).
 
 The Rust tests in tests/it/mcp.rs start the server (or hand over the stdio command) and run one
 scenario each:
@@ -10,6 +11,10 @@ scenario each:
     python scenarios.py http-tenants <url> <key> <other key>
     python scenarios.py proxy <mode> <url>      (mcp-server-time behind the MCP proxy)
     python scenarios.py bad-input <url>         (the error codes of three bad inputs)
+    python scenarios.py fastmcp-state <url> <key> <calls>   (fastmcp, no session_id)
+    python scenarios.py session-per-call <url>  (a new MCP session for every call)
+    python scenarios.py strict-schemas <url>    (openai-agents' strict conversion, null arguments)
+    python scenarios.py tenants-many-calls <url> <calls> <extra key> <keys...>
 
 A scenario asserts as it goes and exits non-zero on the first failure. It prints one line
 `RESULT <json>` with facts the Rust side checks against Docker (sandbox ids, timings).
@@ -28,6 +33,7 @@ from mcp.client.stdio import StdioServerParameters
 
 EXPECTED_TOOLS = {
     "execute_code",
+    "interrupt",
     "restart_kernel",
     "run_command",
     "install_packages",
@@ -69,7 +75,9 @@ async def check_tools(client: Client) -> None:
     execute = next(tool for tool in listed.tools if tool.name == "execute_code")
     properties = execute.input_schema["properties"]
     check("code" in properties and "code" in execute.input_schema.get("required", []), "code is required")
-    check(properties["session_id"].get("x-mcp-header") == "Session-Id", f"session_id header: {properties['session_id']}")
+    # Nullable, with no default and no x-mcp-header (clients drop a tool whose annotated
+    # property is not of one primitive type).
+    check(properties["session_id"] == {"type": ["string", "null"], "description": properties["session_id"]["description"]}, f"session_id: {properties['session_id']}")
 
 
 async def check_execution_basics(client: Client) -> str:
@@ -238,21 +246,25 @@ async def scenario_stress(count: int, command: list[str]) -> None:
 
 
 async def scenario_http_legacy(url: str) -> None:
+    """Two legacy clients of one tenant share its default sandbox; create_session isolates."""
     async with Client(url, mode="legacy") as first, Client(url, mode="legacy") as second:
         check(first.protocol_version < "2026-07-28", f"legacy protocol: {first.protocol_version}")
         a = await call(first, "execute_code", {"code": "owner = 'first'\nprint(owner)"})
+        check(not a.is_error, f"first call: {text_of(a)}")
         b = await call(second, "execute_code", {"code": "print(globals().get('owner'))"})
         check(a.structured_content["stdout"] == "first\n", "first client")
-        check(b.structured_content["stdout"] == "None\n", "the second client sees the first's state")
-        first_id = a.structured_content["session_id"]
-        second_id = b.structured_content["session_id"]
-        check(first_id != second_id, "two clients share a sandbox")
-        again = await call(first, "execute_code", {"code": "print(owner)"})
-        check(again.structured_content["session_id"] == first_id, "the first client's session changed")
+        check(b.structured_content["stdout"] == "first\n", "the second client does not see the tenant's default")
+        default_id = a.structured_content["session_id"]
+        check(b.structured_content["session_id"] == default_id, "two default sandboxes for one tenant")
+        created = await call(second, "create_session", {})
+        isolated = created.structured_content["session_id"]
+        c = await call(second, "execute_code", {"code": "print(globals().get('owner'))", "session_id": isolated})
+        check(c.structured_content["stdout"] == "None\n", "create_session is not isolated")
         await check_cancellation(first)
         beats = await check_keepalive(second)
-        result_line({"first": first_id, "second": second_id, "keepalives": beats})
-        # Leaving the context managers ends both MCP sessions (HTTP DELETE).
+        result_line({"default": default_id, "isolated": isolated, "keepalives": beats})
+        # Leaving the context managers ends both MCP sessions (HTTP DELETE); the default
+        # sandbox stays.
 
 
 async def check_keepalive(client: Client) -> int:
@@ -322,6 +334,7 @@ async def scenario_http_stateless(url: str) -> None:
         check(client.protocol_version >= "2026-07-28", f"stateless protocol: {client.protocol_version}")
         await check_tools(client)
         first = await call(client, "execute_code", {"code": "value = 7\nprint(value)"})
+        check(not first.is_error, f"first call: {text_of(first)}")
         session_id = first.structured_content["session_id"]
         check(session_id.startswith("sbx_"), f"no session id: {first.structured_content}")
         check(session_id in text_of(first), "the id is not in the text")
@@ -329,9 +342,13 @@ async def scenario_http_stateless(url: str) -> None:
         check(again.structured_content["stdout"] == "42\n", f"state not kept: {again.structured_content}")
         other = await call(client, "execute_code", {"code": "print(globals().get('value'))"})
         other_id = other.structured_content["session_id"]
-        check(other_id != session_id and other.structured_content["stdout"] == "None\n", "no new session")
+        check(other_id == session_id and other.structured_content["stdout"] == "7\n", "the default sandbox changed")
+        check(session_id not in text_of(other), "the default's note repeated")
+        check(other.structured_content["session_idle_timeout_secs"] > 0, "no idle timeout")
+        other_created = await call(client, "create_session", {})
+        other_id = other_created.structured_content["session_id"]
 
-        created = await call(client, "create_session", {"env": {"GREETING": "hi"}})
+        created = await call(client, "create_session", {"env": [{"name": "GREETING", "value": "hi"}]})
         created_id = created.structured_content["session_id"]
         env = await call(client, "run_command", {"command": "echo $GREETING", "session_id": created_id})
         check(env.structured_content["stdout"] == "hi\n", f"env: {env.structured_content}")
@@ -430,6 +447,176 @@ async def scenario_proxy(mode: str, url: str) -> None:
         result_line({"protocol": client.protocol_version, "tools": names, "datetime": structured["datetime"]})
 
 
+def fastmcp_client(url: str, key: str | None = None):
+    """fastmcp's Client in its default mode (it negotiates 2026-07-28 over HTTP)."""
+    from fastmcp import Client as FastClient
+    from fastmcp.client.transports import StreamableHttpTransport
+
+    headers = {"x-api-key": key} if key else {}
+    return FastClient(StreamableHttpTransport(url, headers=headers), timeout=120)
+
+
+async def fast_call(client, name: str, arguments: dict):
+    return await client.call_tool(name, arguments, raise_on_error=False)
+
+
+async def scenario_fastmcp_state(url: str, key: str, calls: int) -> None:
+    """Unchanged client code, no session_id: state and files persist, one default sandbox."""
+    async with fastmcp_client(url, key) as client:
+        check(client.protocol_version >= "2026-07-28", f"fastmcp negotiated {client.protocol_version}")
+        first = await fast_call(client, "execute_code", {"code": "x = 21"})
+        check(not first.is_error, f"x = 21: {text_of(first)}")
+        second = await fast_call(client, "execute_code", {"code": "print(x*2)"})
+        check(second.structured_content["stdout"] == "42\n", f"print(x*2): {text_of(second)}")
+        wrote = await fast_call(client, "write_file", {"path": "kept.txt", "content": "written before"})
+        check(not wrote.is_error, text_of(wrote))
+        read = await fast_call(client, "read_file", {"path": "kept.txt"})
+        check(text_of(read) == "written before", f"read_file: {text_of(read)!r}")
+        ids = {first.structured_content["session_id"], second.structured_content["session_id"]}
+        started = time.monotonic()
+        for i in range(calls):
+            result = await fast_call(client, "execute_code", {"code": "n = globals().get('n', 0) + 1\nprint(n)"})
+            check(result.structured_content["stdout"] == f"{i + 1}\n", f"call {i}: {text_of(result)}")
+            ids.add(result.structured_content["session_id"])
+        elapsed = time.monotonic() - started
+        listed = await fast_call(client, "list_sessions", {})
+        defaults = [s for s in listed.structured_content["sessions"] if s.get("tag") == "default"]
+        result_line(
+            {
+                "protocol": client.protocol_version,
+                "ids": sorted(ids),
+                "default_sessions": len(defaults),
+                "idle_timeout_secs": second.structured_content["session_idle_timeout_secs"],
+                "per_call_ms": elapsed / max(calls, 1) * 1000,
+            }
+        )
+
+
+async def scenario_session_per_call(url: str) -> None:
+    """A client that opens a new MCP session for every call keeps its state, with or without
+    passing the returned session_id back: the SDK in both modes, and fastmcp."""
+
+    def opener(kind: str):
+        if kind == "fastmcp":
+            return fastmcp_client(url)
+        return Client(url, mode=kind)
+
+    facts = {}
+    for kind in ("legacy", "auto", "fastmcp"):
+        name = f"v_{kind}"
+
+        async def one_call(arguments: dict):
+            # Each session lists the tools first, as a client offering them to a model does: on
+            # 2026-07-28 that is how a client learns to mirror session_id into its header.
+            async with opener(kind) as client:
+                await client.list_tools()
+                if kind == "fastmcp":
+                    return await fast_call(client, "execute_code", arguments)
+                return await call(client, "execute_code", arguments)
+
+        first = await one_call({"code": f"{name} = 5"})
+        check(not first.is_error, f"{kind}: {text_of(first)}")
+        session_id = first.structured_content["session_id"]
+        without = await one_call({"code": f"print({name} * 2)"})
+        check(without.structured_content["stdout"] == "10\n", f"{kind} without the id: {text_of(without)}")
+        passed = await one_call({"code": f"print({name} * 3)", "session_id": session_id})
+        check(passed.structured_content["stdout"] == "15\n", f"{kind} with the id: {text_of(passed)}")
+        facts[kind] = session_id
+    result_line(facts)
+
+
+async def scenario_tenants_many_calls(url: str, calls: int, extra_key: str, *keys: str) -> None:
+    """Several tenants make many calls without session_id at once; none may be refused. Then a
+    tenant more makes one call while the server's cap is full of the others' default sandboxes."""
+    refused: dict[str, list[str]] = {key: [] for key in keys}
+    ids: dict[str, set[str]] = {key: set() for key in keys}
+
+    async def tenant(key: str) -> None:
+        async with fastmcp_client(url, key) as client:
+            for i in range(calls):
+                result = await fast_call(client, "execute_code", {"code": f"print({i})"})
+                if result.is_error or result.structured_content.get("stdout") != f"{i}\n":
+                    refused[key].append(f"call {i}: {text_of(result)}")
+                else:
+                    ids[key].add(result.structured_content["session_id"])
+
+    started = time.monotonic()
+    async with anyio.create_task_group() as group:
+        for key in keys:
+            group.start_soon(tenant, key)
+    elapsed = time.monotonic() - started
+    check(all(not errors for errors in refused.values()), f"refused calls: {refused}")
+    async with fastmcp_client(url, extra_key) as client:
+        late = await fast_call(client, "execute_code", {"code": "print('late')"})
+        check(not late.is_error and late.structured_content["stdout"] == "late\n", f"the extra tenant: {text_of(late)}")
+    result_line(
+        {
+            "calls": calls * len(keys),
+            "seconds": elapsed,
+            "ids": {key: sorted(found) for key, found in ids.items()},
+            "extra": late.structured_content["session_id"],
+        }
+    )
+
+
+async def scenario_strict_schemas(url: str) -> None:
+    """Every tool's input schema passes openai-agents' strict conversion exactly as its MCP
+    integration calls it (no fallback to non-strict), and a call that sets every optional
+    argument to null, as a strict-mode model does, succeeds."""
+    import copy
+
+    from agents.strict_schema import ensure_strict_json_schema
+
+    required_values = {
+        "execute_code": {"code": "print(6*7)"},
+        "run_command": {"command": "echo ok"},
+        # Already installed: pip answers without the package index.
+        "install_packages": {"packages": ["pip"]},
+        "write_file": {"path": "strict.txt", "content": "strict"},
+        "read_file": {"path": "strict.txt"},
+        "delete_file": {"path": "strict.txt"},
+    }
+    order = [
+        "create_session", "execute_code", "interrupt", "restart_kernel", "run_command", "install_packages",
+        "write_file", "read_file", "list_files", "delete_file", "list_sessions", "close_session",
+    ]
+    async with Client(url) as client:
+        listed = await client.list_tools()
+        strict = {}
+        for tool in listed.tools:
+            schema = copy.deepcopy(tool.input_schema)
+            # What openai-agents 0.24's MCPUtil.to_function_tool does before converting.
+            if "properties" not in schema:
+                schema["properties"] = {}
+            strict[tool.name] = ensure_strict_json_schema(copy.deepcopy(schema), _reject_open_objects=schema != {})
+            originally_required = set(tool.input_schema.get("required", []))
+            check(
+                set(strict[tool.name]["required"]) == set(strict[tool.name]["properties"]),
+                f"{tool.name}: strict schema does not require every property",
+            )
+            for name, prop in strict[tool.name]["properties"].items():
+                if name not in originally_required:
+                    kinds = prop.get("type")
+                    nullable = (isinstance(kinds, list) and "null" in kinds) or any(
+                        option.get("type") == "null" for option in prop.get("anyOf", [])
+                    )
+                    check(nullable, f"{tool.name}.{name} became a required non-null value: {prop}")
+        check(set(strict) == set(order), f"tools: {sorted(strict)}")
+        created_id = None
+        outcomes = {}
+        for name in order:
+            arguments = {prop: None for prop in strict[name]["properties"]}
+            arguments.update(required_values.get(name, {}))
+            if name == "close_session":
+                arguments["session_id"] = created_id
+            result = await call(client, name, arguments)
+            check(not result.is_error, f"{name} with every optional argument null: {text_of(result)}")
+            if name == "create_session":
+                created_id = result.structured_content["session_id"]
+            outcomes[name] = "ok"
+        result_line({"tools": sorted(strict), "calls": outcomes, "created": created_id})
+
+
 def main() -> None:
     scenario, *rest = sys.argv[1:]
     if scenario == "stdio":
@@ -446,6 +633,14 @@ def main() -> None:
         anyio.run(scenario_http_tenants, rest[0], rest[1], rest[2])
     elif scenario == "proxy":
         anyio.run(scenario_proxy, rest[0], rest[1])
+    elif scenario == "fastmcp-state":
+        anyio.run(scenario_fastmcp_state, rest[0], rest[1], int(rest[2]))
+    elif scenario == "session-per-call":
+        anyio.run(scenario_session_per_call, rest[0])
+    elif scenario == "tenants-many-calls":
+        anyio.run(scenario_tenants_many_calls, rest[0], int(rest[1]), rest[2], *rest[3:])
+    elif scenario == "strict-schemas":
+        anyio.run(scenario_strict_schemas, rest[0])
     elif scenario == "bad-input":
         anyio.run(scenario_bad_input, rest[0])
     else:
