@@ -150,9 +150,12 @@ async fn save_upload(
             }),
         ));
     }
-    Err(ApiError::invalid(format!(
-        "the multipart body has no `{FILE_FIELD}` part"
-    )))
+    Err(no_file_part())
+}
+
+/// A multipart body without the `file` part that an upload needs.
+fn no_file_part() -> ApiError {
+    ApiError::invalid(format!("the multipart body has no `{FILE_FIELD}` part"))
 }
 
 /// Upload a file into `/workspace` (multipart, field `file`; saved under its filename).
@@ -290,7 +293,6 @@ pub(crate) async fn delete_file(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// The request body as a tar stream: gunzipped unless it is declared `application/x-tar`.
 /// The archive of a directory upload, as a tar stream. A raw body is a tar.gz, or a plain tar when
 /// sent as `application/x-tar`. A `multipart/form-data` body (what `curl -F file=@tree.tar.gz`
 /// sends) carries it in its `file` part, gzip or plain: the part's own type is whatever the
@@ -310,9 +312,7 @@ async fn tar_upload(request: Request) -> Result<ByteStream, ApiError> {
                 return Ok(gunzip_if_gzip(Box::pin(part.map_err(io::Error::other))).await);
             }
         }
-        return Err(ApiError::invalid(format!(
-            "the multipart body has no `{FILE_FIELD}` part"
-        )));
+        return Err(no_file_part());
     }
     let body: ByteStream = Box::pin(body.map_err(io::Error::other));
     if content_type
