@@ -103,6 +103,8 @@ impl EnvVars {
     pub const GUEST_REQUEST_TIMEOUT_SECS: &'static str = "KERNELBOX_GUEST_REQUEST_TIMEOUT_SECS";
     /// Seconds from SIGINT/SIGTERM to exit, at most.
     pub const SHUTDOWN_TIMEOUT_SECS: &'static str = "KERNELBOX_SHUTDOWN_TIMEOUT_SECS";
+    pub const MAX_CONCURRENT_STARTS: &'static str = "KERNELBOX_MAX_CONCURRENT_STARTS";
+    pub const START_QUEUE_TIMEOUT_SECS: &'static str = "KERNELBOX_START_QUEUE_TIMEOUT_SECS";
     /// How the server reaches kernels: `auto`, `direct` or `exec`.
     pub const KERNEL_CHANNEL: &'static str = "KERNELBOX_KERNEL_CHANNEL";
 }
@@ -346,6 +348,14 @@ pub struct EngineArgs {
     pub destroy_on_exit: bool,
     /// Seconds from SIGINT/SIGTERM to exit, at most: executions are interrupted, guest MCP
     /// servers stopped (killed when they do not exit) and connections drained within it.
+    /// Sandboxes that may be starting at once, from container start until the kernel answers;
+    /// further creates wait their turn in arrival order. Default: the number of CPUs.
+    #[arg(long, env = EnvVars::MAX_CONCURRENT_STARTS)]
+    pub max_concurrent_starts: Option<usize>,
+    /// How long a create may wait for its turn to start before it is refused (503
+    /// `start_queue_timeout`).
+    #[arg(long, env = EnvVars::START_QUEUE_TIMEOUT_SECS, default_value_t = 120)]
+    pub start_queue_timeout_secs: u64,
     #[arg(long, env = EnvVars::SHUTDOWN_TIMEOUT_SECS, default_value_t = 10)]
     pub shutdown_timeout_secs: u64,
     /// Seconds a guest MCP server may take to answer one request, through the proxy or the tool
@@ -478,6 +488,10 @@ pub struct EngineConfig {
     pub network: String,
     /// How long a new kernel has to answer.
     pub kernel_ready_timeout: Duration,
+    /// Sandboxes that may be starting at once.
+    pub max_concurrent_starts: usize,
+    /// How long a create waits for its turn to start.
+    pub start_queue_timeout: Duration,
     /// How long a guest server may take to answer one proxied request.
     pub guest_request_timeout: Duration,
     /// How long stopping may take, from the signal to exit.
@@ -621,6 +635,20 @@ impl EngineArgs {
             dns: self.dns,
             network: self.network,
             kernel_ready_timeout: Duration::from_secs(60),
+            max_concurrent_starts: match self.max_concurrent_starts {
+                Some(0) => {
+                    return Err(ConfigError::Invalid {
+                        option: "--max-concurrent-starts",
+                        requirement: "greater than 0",
+                    });
+                }
+                Some(starts) => starts,
+                None => std::thread::available_parallelism().map_or(1, usize::from),
+            },
+            start_queue_timeout: Duration::from_secs(positive(
+                self.start_queue_timeout_secs,
+                "--start-queue-timeout-secs",
+            )?),
             guest_request_timeout: Duration::from_secs(positive(
                 self.guest_request_timeout_secs,
                 "--guest-request-timeout-secs",

@@ -27,6 +27,7 @@
 //!
 //! This file only names the parts; each part imports its siblings directly, never this file.
 
+pub mod admission;
 pub mod collector;
 pub mod commands;
 pub mod defaults;
@@ -50,6 +51,7 @@ pub mod sandbox;
 pub mod tenant;
 pub mod validate;
 
+pub use admission::StartQueueState;
 pub use error::{EngineError, GuestServerError};
 pub use execution::{
     ExecEvent, ExecuteRequest, ExecutionOutcome, ExecutionResult, ExecutionStream, Output,

@@ -34,7 +34,7 @@ use bollard::errors::Error as DockerError;
 use bollard::exec::{StartExecOptions, StartExecResults};
 use bollard::models::{ContainerCreateBody, ContainerInspectResponse, ExecConfig, HostConfig};
 use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, InspectNetworkOptions, ListContainersOptionsBuilder,
+    CreateContainerOptionsBuilder, ListContainersOptionsBuilder, ListNetworksOptionsBuilder,
     RemoveContainerOptionsBuilder, RestartContainerOptionsBuilder,
 };
 use bytes::Bytes;
@@ -240,34 +240,71 @@ impl DockerBackend {
         })
     }
 
-    /// Creates the sandboxes' network when it is missing.
+    /// Creates the sandboxes' network when it is missing. Docker's check for a taken name is
+    /// not atomic: servers (or test processes) starting at the same moment can each create a
+    /// network of that name, after which every lookup by name is ambiguous. So after creating,
+    /// the networks of that name are listed again, and all but the oldest (the same one for
+    /// every racer) are removed when they are kernelbox's own and unused.
     async fn ensure_network(&self) -> Result<(), BackendError> {
         let name = &self.network.network;
-        match self
-            .docker
-            .inspect_network(name, None::<InspectNetworkOptions>)
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(DockerError::DockerResponseServerError {
-                status_code: 404, ..
-            }) => match self
+        let mut found = self.networks_named(name).await?;
+        if found.is_empty() {
+            match self
                 .docker
                 .create_network(network::network_request(name))
                 .await
             {
-                Ok(_) => {
-                    tracing::info!(network = %name, "created the sandboxes' network");
-                    Ok(())
-                }
+                Ok(_) => tracing::info!(network = %name, "created the sandboxes' network"),
                 // Created by another process at the same moment.
                 Err(DockerError::DockerResponseServerError {
                     status_code: 409, ..
-                }) => Ok(()),
-                Err(error) => Err(classify("network create", "network", error)),
-            },
-            Err(error) => Err(classify("network inspect", "network", error)),
+                }) => {}
+                Err(error) => return Err(classify("network create", "network", error)),
+            }
+            found = self.networks_named(name).await?;
         }
+        found.sort_by(|a, b| (&a.created, &a.id).cmp(&(&b.created, &b.id)));
+        for duplicate in found.iter().skip(1) {
+            let ours = duplicate
+                .labels
+                .as_ref()
+                .is_some_and(|labels| labels.contains_key(network::MANAGED_LABEL));
+            let Some(id) = duplicate.id.as_deref().filter(|_| ours) else {
+                continue;
+            };
+            match self.docker.remove_network(id).await {
+                Ok(()) => {
+                    tracing::info!(network = %name, %id, "removed a duplicate of the sandboxes' network")
+                }
+                Err(DockerError::DockerResponseServerError {
+                    status_code: 404, ..
+                }) => {}
+                Err(error) => {
+                    tracing::warn!(network = %name, %id, %error, "cannot remove a duplicate of the sandboxes' network")
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The networks named exactly `name` (Docker's name filter also matches substrings).
+    async fn networks_named(
+        &self,
+        name: &str,
+    ) -> Result<Vec<bollard::models::Network>, BackendError> {
+        let filters = HashMap::from([("name".to_string(), vec![name.to_string()])]);
+        let options = ListNetworksOptionsBuilder::default()
+            .filters(&filters)
+            .build();
+        let networks = self
+            .docker
+            .list_networks(Some(options))
+            .await
+            .map_err(|error| classify("network list", "network", error))?;
+        Ok(networks
+            .into_iter()
+            .filter(|network| network.name.as_deref() == Some(name))
+            .collect())
     }
 
     /// Creates a container; an image that is not there is [`BackendError::ImageMissing`].

@@ -31,6 +31,12 @@ pub enum EngineError {
         "your quota of {limit} live sandboxes (--max-sandboxes-per-tenant) is reached; close one first"
     )]
     TenantQuotaReached { limit: usize },
+    #[error(
+        "no sandbox could start within {secs} s: the server starts at most {starts} at once (--max-concurrent-starts) and others were ahead; try again"
+    )]
+    StartQueueTimeout { secs: u64, starts: usize },
+    #[error("the caller stopped waiting before the sandbox's turn to start came")]
+    StartAbandoned,
     #[error("invalid {field}: {reason}")]
     InvalidInput { field: &'static str, reason: String },
     #[error("path {path} is outside {WORKSPACE}")]
@@ -120,6 +126,8 @@ impl EngineError {
             E::CommandTimeout { .. } => "timeout",
             E::ImageMissing { .. } => "image_missing",
             E::ShuttingDown => "shutting_down",
+            E::StartQueueTimeout { .. } => "start_queue_timeout",
+            E::StartAbandoned => "start_abandoned",
             E::EgressWidening { .. } => "network_not_allowed",
             E::Kernel(_) | E::KernelQuarantined { .. } => "kernel_unavailable",
             E::UploadInterrupted(_) => "upload_interrupted",

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use super::admission::{NoTurn, StartQueue, StartQueueState, StartTurn};
 use super::error::EngineError;
 use super::firewall::{EgressRequest, Firewall};
 use super::guest_registry::GuestRegistry;
@@ -110,10 +111,13 @@ pub struct Engine {
     pub(super) shutdown: CancellationToken,
     /// The last readiness answer ([`Engine::readiness`]).
     pub(super) readiness: ReadinessCache,
+    /// Creates waiting for their turn to start a container.
+    starts: StartQueue,
 }
 
 impl Engine {
     pub fn new(backend: Arc<dyn Backend>, config: EngineConfig) -> Arc<Self> {
+        let starts = StartQueue::new(config.max_concurrent_starts, config.start_queue_timeout);
         Arc::new(Self {
             backend,
             quota: Quota::new(config.max_sandboxes, config.max_sandboxes_per_tenant),
@@ -127,6 +131,7 @@ impl Engine {
             tasks: TaskTracker::new(),
             shutdown: CancellationToken::new(),
             readiness: ReadinessCache::default(),
+            starts,
         })
     }
 
@@ -153,7 +158,11 @@ impl Engine {
 
     /// The metrics in the Prometheus text format (`GET /metrics`).
     pub fn metrics_text(&self) -> String {
-        self.metrics.render(self.sandboxes.len(), self.spool.held())
+        self.metrics.render(
+            self.sandboxes.len(),
+            self.spool.held(),
+            *self.starts.watch().borrow(),
+        )
     }
 
     /// Checks that the runtime answers and the default image exists at the version this build
@@ -197,8 +206,11 @@ impl Engine {
         })
     }
 
-    /// Creates a sandbox and waits until its kernel answers. The work runs in a task of its
-    /// own: a caller that goes away (a client hanging up) cannot leave a container behind that
+    /// Creates a sandbox and waits until its kernel answers. At most
+    /// `--max-concurrent-starts` sandboxes start at once; a create beyond them waits its turn
+    /// in arrival order, up to `--start-queue-timeout-secs`. A caller that goes away while it
+    /// waits takes nothing. Once its container starts, the work runs in a task of its own: a
+    /// caller that goes away then (a client hanging up) cannot leave a container behind that
     /// the table and the quotas do not know; the sandbox is finished, counted, and reaped idle
     /// like any other.
     pub async fn create(
@@ -206,13 +218,43 @@ impl Engine {
         request: CreateSandbox,
     ) -> Result<SandboxInfo, EngineError> {
         let engine = self.clone();
+        let caller = CancellationToken::new();
+        let _cancel_when_the_caller_leaves = caller.clone().drop_guard();
         self.tasks
-            .spawn(async move { engine.create_to_the_end(request).await })
+            .spawn(async move { engine.create_to_the_end(request, caller).await })
             .await
             .map_err(|_| EngineError::ShuttingDown)?
     }
 
-    async fn create_to_the_end(&self, request: CreateSandbox) -> Result<SandboxInfo, EngineError> {
+    /// Follows how many creates are starting and how many wait for their turn.
+    pub fn start_queue(&self) -> tokio::sync::watch::Receiver<StartQueueState> {
+        self.starts.watch()
+    }
+
+    /// Waits for a turn to start a container; `caller` is cancelled when the caller left.
+    async fn start_turn(&self, caller: &CancellationToken) -> Result<StartTurn, EngineError> {
+        tokio::select! {
+            biased;
+            turn = self.starts.turn() => turn.map_err(|refused| match refused {
+                NoTurn::TimedOut => {
+                    tracing::warn!("no turn to start a sandbox before the queue deadline");
+                    EngineError::StartQueueTimeout {
+                        secs: self.starts.wait_limit().as_secs(),
+                        starts: self.config.max_concurrent_starts,
+                    }
+                }
+                NoTurn::Closed => EngineError::ShuttingDown,
+            }),
+            () = caller.cancelled() => Err(EngineError::StartAbandoned),
+            () = self.shutdown.cancelled() => Err(EngineError::ShuttingDown),
+        }
+    }
+
+    async fn create_to_the_end(
+        &self,
+        request: CreateSandbox,
+        caller: CancellationToken,
+    ) -> Result<SandboxInfo, EngineError> {
         if self.shutdown.is_cancelled() {
             return Err(EngineError::ShuttingDown);
         }
@@ -241,6 +283,7 @@ impl Engine {
         let slot = self
             .quota
             .take(&request.tenant, |tenant| self.live(tenant))?;
+        let turn = self.start_turn(&caller).await?;
         let id = new_sandbox_id();
         let span = tracing::info_span!("sandbox", sandbox_id = %id);
         let started = std::time::Instant::now();
@@ -279,6 +322,8 @@ impl Engine {
                 let _ = self.backend.destroy(&container.container_id).await;
                 return Err(error);
             }
+            // Started: the next create may start while this one finishes.
+            drop(turn);
             tracing::info!(
                 elapsed_ms = started.elapsed().as_millis() as u64,
                 "sandbox ready"
@@ -628,6 +673,7 @@ impl Engine {
         deadline: tokio::time::Instant,
     ) -> bool {
         self.shutdown.cancel();
+        self.starts.close();
         for entry in self.sandboxes.iter() {
             entry.value().cancel();
         }

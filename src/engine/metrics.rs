@@ -14,6 +14,7 @@ use prometheus_client::registry::Registry;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use super::admission::StartQueueState;
 use super::execution::ExecutionOutcome;
 use crate::kernel::KernelCounters;
 
@@ -39,6 +40,8 @@ pub struct EngineMetrics {
     registry: Registry,
     live_sandboxes: Gauge,
     spooled_bytes: Gauge,
+    starts_in_progress: Gauge,
+    starts_waiting: Gauge,
     executions: Family<OutcomeLabels, Counter>,
     execution_seconds: Histogram,
     creations: Family<ResultLabels, Counter>,
@@ -63,6 +66,18 @@ impl EngineMetrics {
             "upload_spool_bytes",
             "Bytes that uploads in progress hold in temporary files",
             spooled_bytes.clone(),
+        );
+        let starts_in_progress = Gauge::default();
+        registry.register(
+            "sandbox_starts_in_progress",
+            "Sandboxes starting now, from container start until the kernel answers (at most --max-concurrent-starts)",
+            starts_in_progress.clone(),
+        );
+        let starts_waiting = Gauge::default();
+        registry.register(
+            "sandbox_starts_waiting",
+            "Creates waiting for their turn to start a sandbox",
+            starts_waiting.clone(),
         );
         let executions = Family::<OutcomeLabels, Counter>::default();
         let execution_seconds = Histogram::new(EXECUTION_BUCKETS);
@@ -108,6 +123,8 @@ impl EngineMetrics {
             registry,
             live_sandboxes,
             spooled_bytes,
+            starts_in_progress,
+            starts_waiting,
             executions,
             execution_seconds,
             creations,
@@ -145,8 +162,15 @@ impl EngineMetrics {
     }
 
     /// The text exposition, with `live` as the current number of sandboxes.
-    pub(crate) fn render(&self, live: usize, spooled_bytes: u64) -> String {
+    pub(crate) fn render(
+        &self,
+        live: usize,
+        spooled_bytes: u64,
+        starts: StartQueueState,
+    ) -> String {
         self.live_sandboxes.set(live as i64);
+        self.starts_in_progress.set(starts.starting as i64);
+        self.starts_waiting.set(starts.waiting as i64);
         self.spooled_bytes
             .set(i64::try_from(spooled_bytes).unwrap_or(i64::MAX));
         for (reason, counter) in [
@@ -182,7 +206,7 @@ mod tests {
             Duration::from_secs(2),
         );
         metrics.sandbox_created(Duration::from_millis(700));
-        let text = metrics.render(3, 0);
+        let text = metrics.render(3, 0, super::StartQueueState::default());
         assert!(text.contains("kernelbox_sandboxes 3"), "{text}");
         assert!(text.contains(r#"kernelbox_executions_total{outcome="completed"} 1"#));
         assert!(text.contains(r#"kernelbox_executions_total{outcome="kernel_died"} 1"#));

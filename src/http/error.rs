@@ -222,8 +222,13 @@ pub fn engine_status(error: &EngineError) -> StatusCode {
         "path_outside_workspace" | "upload_interrupted" => StatusCode::BAD_REQUEST,
         "too_large" => StatusCode::PAYLOAD_TOO_LARGE,
         "timeout" => StatusCode::GATEWAY_TIMEOUT,
-        "image_missing" | "shutting_down" | "docker_unreachable" | "kernel_unavailable"
-        | "spool_full" => StatusCode::SERVICE_UNAVAILABLE,
+        "image_missing"
+        | "shutting_down"
+        | "docker_unreachable"
+        | "kernel_unavailable"
+        | "spool_full"
+        | "start_queue_timeout"
+        | "start_abandoned" => StatusCode::SERVICE_UNAVAILABLE,
         "mcp_server_exited" | "mcp_server_invalid_response" => StatusCode::BAD_GATEWAY,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     }

@@ -332,6 +332,11 @@ impl TestServer {
         self._engine.instance()
     }
 
+    /// The engine behind the server, to watch its state.
+    pub(crate) fn engine(&self) -> &Arc<kernelbox::engine::Engine> {
+        &self._engine.engine
+    }
+
     pub(crate) fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }

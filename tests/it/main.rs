@@ -19,3 +19,4 @@ mod pip;
 mod proxy;
 mod quota;
 mod rest;
+mod starts;

@@ -26,7 +26,7 @@ pub const NETNS_OF_LABEL: &str = "io.kernelbox.netns-of";
 /// On a sandbox: the container id of its network sidecar.
 pub const SIDECAR_LABEL: &str = "io.kernelbox.network";
 /// On a network kernelbox created.
-const MANAGED_LABEL: &str = "io.kernelbox.managed";
+pub const MANAGED_LABEL: &str = "io.kernelbox.managed";
 /// The sidecar's memory: nftables, dnsmasq and a shell loop need a few MiB.
 const SIDECAR_MEMORY: i64 = 64 * 1024 * 1024;
 /// The sidecar's processes: tini, netd, dnsmasq, and an apply now and then.
