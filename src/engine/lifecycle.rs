@@ -10,10 +10,12 @@ use chrono::Utc;
 use dashmap::DashMap;
 use futures::StreamExt;
 use rand::RngCore;
+use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use super::create_progress::{CreateProgress, report};
 use super::error::EngineError;
 use super::firewall::{EgressRequest, Firewall};
 use super::guest_registry::GuestRegistry;
@@ -72,6 +74,8 @@ pub struct CreateSandbox {
     pub memory_mb: Option<u64>,
     pub cpus: Option<f64>,
     pub pids: Option<u64>,
+    /// pip requirements installed before the sandbox is handed out, under the package policy.
+    pub dependencies: Vec<String>,
 }
 
 impl CreateSandbox {
@@ -86,6 +90,7 @@ impl CreateSandbox {
             memory_mb: None,
             cpus: None,
             pids: None,
+            dependencies: Vec::new(),
         }
     }
 }
@@ -205,14 +210,28 @@ impl Engine {
         self: &Arc<Self>,
         request: CreateSandbox,
     ) -> Result<SandboxInfo, EngineError> {
+        self.create_reporting(request, None).await
+    }
+
+    /// [`Engine::create`], reporting its steps (the container, the kernel, installing the
+    /// dependencies) on `progress` as they happen.
+    pub async fn create_reporting(
+        self: &Arc<Self>,
+        request: CreateSandbox,
+        progress: Option<UnboundedSender<CreateProgress>>,
+    ) -> Result<SandboxInfo, EngineError> {
         let engine = self.clone();
         self.tasks
-            .spawn(async move { engine.create_to_the_end(request).await })
+            .spawn(async move { engine.create_to_the_end(request, progress).await })
             .await
             .map_err(|_| EngineError::ShuttingDown)?
     }
 
-    async fn create_to_the_end(&self, request: CreateSandbox) -> Result<SandboxInfo, EngineError> {
+    async fn create_to_the_end(
+        &self,
+        request: CreateSandbox,
+        progress: Option<UnboundedSender<CreateProgress>>,
+    ) -> Result<SandboxInfo, EngineError> {
         if self.shutdown.is_cancelled() {
             return Err(EngineError::ShuttingDown);
         }
@@ -231,6 +250,12 @@ impl Engine {
             "{OUTPUT_LIMIT_ENV}={}",
             self.config.output_limit_bytes
         ));
+        self.pip_index_env(&request.env, &mut env);
+        // Refused before any container starts.
+        let dependencies = match request.dependencies.as_slice() {
+            [] => None,
+            requested => Some(self.plan_install(requested)?),
+        };
         let image = self.image_for(&request)?;
         let firewall = self.firewall_for(request.network.as_ref())?;
         if image != self.config.image {
@@ -266,6 +291,7 @@ impl Engine {
                 egress_state: firewall.state(),
             };
             let container = self.backend.create(&spec).await?;
+            report(progress.as_ref(), CreateProgress::ContainerStarted);
             let Some(sandbox) =
                 Sandbox::from_container(&container, &image, self.kernel_link(), firewall)
             else {
@@ -276,6 +302,17 @@ impl Engine {
             let sandbox = Arc::new(sandbox);
             if let Err(error) = sandbox.kernel(self.config.kernel_ready_timeout).await {
                 tracing::warn!(%error, "kernel did not start; removing the container");
+                let _ = self.backend.destroy(&container.container_id).await;
+                return Err(error);
+            }
+            report(progress.as_ref(), CreateProgress::KernelReady);
+            if let Some(plan) = &dependencies
+                && let Err(error) = self
+                    .install_dependencies(&sandbox, plan, progress.as_ref())
+                    .await
+            {
+                tracing::warn!(%error, "dependencies did not install; removing the container");
+                sandbox.cancel();
                 let _ = self.backend.destroy(&container.container_id).await;
                 return Err(error);
             }
