@@ -298,7 +298,7 @@ impl PackagePolicy {
         }
         for rule in &self.block {
             if rule.specifiers.is_empty() {
-                lines.push(format!("{}===kernelbox-blocked", rule.name));
+                lines.push(format!("{}===blocked-by-package-policy", rule.name));
             } else if let Some(complement) = rule.complement() {
                 lines.push(format!("{}{complement}", rule.name));
             }
@@ -441,7 +441,7 @@ mod tests {
         assert_eq!(plan.requirements, strings(&["urllib3", "requests>=2"]));
         assert_eq!(
             plan.constraints,
-            strings(&["urllib3>=1.26.5", "evil===kernelbox-blocked"])
+            strings(&["urllib3>=1.26.5", "evil===blocked-by-package-policy"])
         );
         // A name blocked outright is refused whatever the version.
         assert!(matches!(

@@ -260,11 +260,9 @@ async fn rest_dependencies_and_installs_obey_the_package_policy() {
         body["exit_code"], 0,
         "kbblocked came in as a dependency: {body}"
     );
+    let output = format!("{}{}", body["stdout"], body["stderr"]);
     assert!(
-        body["stderr"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("kbblocked"),
+        output.contains("kbblocked===blocked-by-package-policy"),
         "{body}"
     );
     assert_eq!(
