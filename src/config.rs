@@ -815,6 +815,62 @@ mod tests {
     }
 
     #[test]
+    fn the_package_policy_comes_from_flags_and_a_file() {
+        let file = tempfile::NamedTempFile::new().expect("temp file");
+        std::fs::write(file.path(), "# vulnerable\nblock requests>=2.0,<2.31\n").expect("write");
+        let path = file.path().to_string_lossy().into_owned();
+        let cli = Cli::parse_from([
+            "kernelbox",
+            "stdio",
+            "--package-allow",
+            "numpy;requests; urllib3",
+            "--package-block",
+            "urllib3<1.26.5",
+            "--package-policy-file",
+            &path,
+            "--pip-index-url",
+            "http://index.kb.test:8000/simple/",
+        ]);
+        let Command::Stdio(args) = cli.command else {
+            unreachable!()
+        };
+        let config = args.engine.into_config("stdio").expect("valid");
+        let policy = &config.package_policy;
+        let plan = policy
+            .check(&["urllib3".to_string()])
+            .expect("urllib3 is allowed");
+        assert_eq!(plan.constraints, vec!["urllib3>=1.26.5".to_string()]);
+        let refused = policy
+            .check(&["requests==2.30.0".to_string()])
+            .expect_err("blocked by the file's rule");
+        assert!(
+            refused.to_string().contains("requests>=2.0,<2.31"),
+            "{refused}"
+        );
+        assert!(policy.check(&["pandas".to_string()]).is_err());
+        assert_eq!(
+            config.pip_index,
+            Some(PipIndex {
+                url: "http://index.kb.test:8000/simple/".into(),
+                trusted_host: Some("index.kb.test:8000".into()),
+            })
+        );
+        let defaults = EngineConfig::defaults("test");
+        assert!(defaults.package_policy.is_open() && defaults.pip_index.is_none());
+        for bad in [
+            ["--package-block", "urllib3 @ http://x"],
+            ["--pip-index-url", "ftp://x/simple"],
+            ["--package-policy-file", "/nonexistent/policy"],
+        ] {
+            let cli = Cli::parse_from(["kernelbox", "stdio", bad[0], bad[1]]);
+            let Command::Stdio(args) = cli.command else {
+                unreachable!()
+            };
+            assert!(args.engine.into_config("stdio").is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
     fn bad_values_are_named() {
         let cli = Cli::parse_from(["kernelbox", "stdio", "--cpus", "0"]);
         let Command::Stdio(args) = cli.command else {
