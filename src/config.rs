@@ -10,6 +10,7 @@ use ipnet::IpNet;
 use crate::backend::Limits;
 use crate::egress::{DomainName, EgressLayer, EgressPolicy, parse_cidr};
 use crate::http::listener::ConnectionLimits;
+use crate::packages::{PackagePolicy, PolicyError};
 
 /// Environment variable names, one per option.
 pub struct EnvVars;
@@ -107,6 +108,14 @@ impl EnvVars {
     pub const START_QUEUE_TIMEOUT_SECS: &'static str = "KERNELBOX_START_QUEUE_TIMEOUT_SECS";
     /// How the server reaches kernels: `auto`, `direct` or `exec`.
     pub const KERNEL_CHANNEL: &'static str = "KERNELBOX_KERNEL_CHANNEL";
+    /// Package allow list: requirement strings separated by `;` (only these may be installed).
+    pub const PACKAGE_ALLOW: &'static str = "KERNELBOX_PACKAGE_ALLOW";
+    /// Package block rules: requirement strings separated by `;` (`urllib3<1.26.5`).
+    pub const PACKAGE_BLOCK: &'static str = "KERNELBOX_PACKAGE_BLOCK";
+    /// A package policy file: `allow <rule>` and `block <rule>` lines.
+    pub const PACKAGE_POLICY_FILE: &'static str = "KERNELBOX_PACKAGE_POLICY_FILE";
+    /// The package index the server's installs use (pip `--index-url`), also given to sandboxes.
+    pub const PIP_INDEX_URL: &'static str = "KERNELBOX_PIP_INDEX_URL";
 }
 
 /// Command line.
@@ -371,6 +380,101 @@ pub struct EngineArgs {
     /// through a `docker exec` (any Docker, local or remote), `auto` uses `direct` where it works.
     #[arg(long, env = EnvVars::KERNEL_CHANNEL, value_enum, default_value_t = KernelChannelMode::Auto)]
     pub kernel_channel: KernelChannelMode,
+    #[command(flatten)]
+    pub packages: PackageArgs,
+}
+
+/// The package policy and index of the server's own installs (`install_packages`, creation
+/// `dependencies`).
+#[derive(Debug, Clone, Default, Args)]
+pub struct PackageArgs {
+    /// Only these packages may be installed: requirement strings (`numpy`, `numpy>=1.26`),
+    /// separated by `;` or given again. Names are compared PEP 503-normalized.
+    #[arg(long, env = EnvVars::PACKAGE_ALLOW, value_delimiter = ';')]
+    pub package_allow: Vec<String>,
+    /// Versions that may not be installed: requirement strings (`urllib3<1.26.5`, `evil`: every
+    /// version), separated by `;` or given again.
+    #[arg(long, env = EnvVars::PACKAGE_BLOCK, value_delimiter = ';')]
+    pub package_block: Vec<String>,
+    /// A file of package rules, one a line: `allow <rule>` or `block <rule>` (`#` comments),
+    /// added to `--package-allow` and `--package-block`.
+    #[arg(long, env = EnvVars::PACKAGE_POLICY_FILE)]
+    pub package_policy_file: Option<std::path::PathBuf>,
+    /// The package index the server's installs use (pip `--index-url`; an `http://` index is
+    /// also pip's `--trusted-host`). Sandboxes get it as `PIP_INDEX_URL` too. Default: pip's.
+    #[arg(long, env = EnvVars::PIP_INDEX_URL)]
+    pub pip_index_url: Option<String>,
+}
+
+impl PackageArgs {
+    /// The policy, with the file's rules read.
+    fn policy(&self) -> Result<PackagePolicy, ConfigError> {
+        let clean = |rules: &[String]| -> Vec<String> {
+            rules
+                .iter()
+                .map(|rule| rule.trim().to_string())
+                .filter(|rule| !rule.is_empty())
+                .collect()
+        };
+        let (mut allow, mut block) = (clean(&self.package_allow), clean(&self.package_block));
+        if let Some(path) = &self.package_policy_file {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::PolicyFile {
+                path: path.clone(),
+                source,
+            })?;
+            PackagePolicy::read_file(&text, &mut allow, &mut block)?;
+        }
+        Ok(PackagePolicy::parse(&allow, &block)?)
+    }
+
+    fn index(&self) -> Result<Option<PipIndex>, ConfigError> {
+        self.pip_index_url
+            .as_deref()
+            .map(str::trim)
+            .filter(|url| !url.is_empty())
+            .map(PipIndex::parse)
+            .transpose()
+    }
+}
+
+/// The package index the server's installs use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PipIndex {
+    /// pip's `--index-url`.
+    pub url: String,
+    /// The host pip is told to trust (`--trusted-host`) when the index is plain `http://`.
+    pub trusted_host: Option<String>,
+}
+
+impl PipIndex {
+    fn parse(text: &str) -> Result<Self, ConfigError> {
+        let invalid = ConfigError::Invalid {
+            option: "--pip-index-url",
+            requirement: "an http:// or https:// URL with a host",
+        };
+        let url = url::Url::parse(text).map_err(|_| invalid)?;
+        let host = url.host_str().ok_or(ConfigError::Invalid {
+            option: "--pip-index-url",
+            requirement: "an http:// or https:// URL with a host",
+        })?;
+        let trusted_host = match url.scheme() {
+            "https" => None,
+            "http" => Some(match url.port() {
+                Some(port) => format!("{host}:{port}"),
+                None => host.to_string(),
+            }),
+            _ => {
+                return Err(ConfigError::Invalid {
+                    option: "--pip-index-url",
+                    requirement: "an http:// or https:// URL with a host",
+                });
+            }
+        };
+        Ok(Self {
+            url: text.to_string(),
+            trusted_host,
+        })
+    }
 }
 
 /// How the server reaches a sandbox's kernel sockets.
@@ -445,6 +549,14 @@ pub enum ConfigError {
         option: &'static str,
         requirement: &'static str,
     },
+    #[error("invalid package policy: {0}")]
+    PackagePolicy(#[from] PolicyError),
+    #[error("cannot read the package policy file {path:?}")]
+    PolicyFile {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// A ceiling the operator does not set is this many times the default.
@@ -498,6 +610,10 @@ pub struct EngineConfig {
     pub shutdown_timeout: Duration,
     /// How the backend reaches kernels.
     pub kernel_channel: KernelChannelMode,
+    /// What the server's installs may install.
+    pub package_policy: PackagePolicy,
+    /// The package index of the server's installs (and the sandboxes' `PIP_INDEX_URL`).
+    pub pip_index: Option<PipIndex>,
 }
 
 impl EngineArgs {
@@ -658,6 +774,8 @@ impl EngineArgs {
                 "--shutdown-timeout-secs",
             )?),
             kernel_channel: self.kernel_channel,
+            package_policy: self.packages.policy()?,
+            pip_index: self.packages.index()?,
         })
     }
 }
@@ -721,6 +839,62 @@ mod tests {
             };
             let error = args.connection_limits().expect_err("0 is refused");
             assert!(error.to_string().contains(flag), "{error}");
+        }
+    }
+
+    #[test]
+    fn the_package_policy_comes_from_flags_and_a_file() {
+        let file = tempfile::NamedTempFile::new().expect("temp file");
+        std::fs::write(file.path(), "# vulnerable\nblock requests>=2.0,<2.31\n").expect("write");
+        let path = file.path().to_string_lossy().into_owned();
+        let cli = Cli::parse_from([
+            "kernelbox",
+            "stdio",
+            "--package-allow",
+            "numpy;requests; urllib3",
+            "--package-block",
+            "urllib3<1.26.5",
+            "--package-policy-file",
+            &path,
+            "--pip-index-url",
+            "http://index.kb.test:8000/simple/",
+        ]);
+        let Command::Stdio(args) = cli.command else {
+            unreachable!()
+        };
+        let config = args.engine.into_config("stdio").expect("valid");
+        let policy = &config.package_policy;
+        let plan = policy
+            .check(&["urllib3".to_string()])
+            .expect("urllib3 is allowed");
+        assert_eq!(plan.constraints, vec!["urllib3>=1.26.5".to_string()]);
+        let refused = policy
+            .check(&["requests==2.30.0".to_string()])
+            .expect_err("blocked by the file's rule");
+        assert!(
+            refused.to_string().contains("requests>=2.0,<2.31"),
+            "{refused}"
+        );
+        assert!(policy.check(&["pandas".to_string()]).is_err());
+        assert_eq!(
+            config.pip_index,
+            Some(PipIndex {
+                url: "http://index.kb.test:8000/simple/".into(),
+                trusted_host: Some("index.kb.test:8000".into()),
+            })
+        );
+        let defaults = EngineConfig::defaults("test");
+        assert!(defaults.package_policy.is_open() && defaults.pip_index.is_none());
+        for bad in [
+            ["--package-block", "urllib3 @ http://x"],
+            ["--pip-index-url", "ftp://x/simple"],
+            ["--package-policy-file", "/nonexistent/policy"],
+        ] {
+            let cli = Cli::parse_from(["kernelbox", "stdio", bad[0], bad[1]]);
+            let Command::Stdio(args) = cli.command else {
+                unreachable!()
+            };
+            assert!(args.engine.into_config("stdio").is_err(), "{bad:?}");
         }
     }
 

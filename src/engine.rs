@@ -16,6 +16,8 @@
 //! | [`network`]        | setting and reading a sandbox's firewall                            |
 //! | [`paths`]          | where user files live, and the lexical path policy                  |
 //! | [`commands`]       | shell commands and package installs                                 |
+//! | [`dependencies`]   | a new sandbox's dependencies, installed before it is handed out     |
+//! | [`create_progress`]| the steps a create reports as they happen                           |
 //! | [`guest_servers`]  | guest servers (stdio MCP servers in a sandbox): registrations, tools |
 //! | [`guest_sessions`] | proxy sessions to guest servers, and their idle expiry              |
 //! | [`guest_registry`] | the tables both of those share                                      |
@@ -30,7 +32,9 @@
 pub mod admission;
 pub mod collector;
 pub mod commands;
+pub mod create_progress;
 pub mod defaults;
+pub mod dependencies;
 pub mod error;
 pub mod execution;
 pub mod executor;
@@ -52,6 +56,7 @@ pub mod tenant;
 pub mod validate;
 
 pub use admission::StartQueueState;
+pub use create_progress::CreateProgress;
 pub use error::{EngineError, GuestServerError};
 pub use execution::{
     ExecEvent, ExecuteRequest, ExecutionOutcome, ExecutionResult, ExecutionStream, Output,

@@ -6,6 +6,7 @@
 //! | [`config`]  | settings, every one a CLI flag and a `KERNELBOX_*` variable            |
 //! | [`logging`] | the log formats: text, or one JSON object a line                       |
 //! | [`egress`]  | egress policies: what a sandbox may reach, and narrowing them          |
+//! | [`packages`]| the package policy: which Python packages installs may bring in        |
 //! | [`kernel`]  | the protocol client for kernels: Jupyter messaging                     |
 //! | [`guest`]   | the protocol client for guest servers: JSON-RPC over a process's stdio |
 //! | [`backend`] | where sandboxes run: the [`backend::Backend`] trait, and Docker        |
@@ -25,3 +26,4 @@ pub mod http;
 pub mod kernel;
 pub mod logging;
 pub mod mcp;
+pub mod packages;

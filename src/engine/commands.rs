@@ -12,6 +12,7 @@ use super::sandbox::Sandbox;
 use super::tenant::Tenant;
 use super::validate;
 use crate::backend::ExecSpec;
+use crate::packages::InstallPlan;
 
 /// How long `pip install` may take.
 const INSTALL_TIMEOUT: Duration = Duration::from_secs(600);
@@ -19,6 +20,8 @@ const INSTALL_TIMEOUT: Duration = Duration::from_secs(600);
 const MAX_PACKAGES: usize = 64;
 /// Exit status `timeout(1)` reports when it stopped the command.
 const TIMEOUT_EXIT: i64 = 124;
+/// Carries the constraints file's text to the shell that hands it to pip on its standard input.
+const CONSTRAINTS_ENV: &str = "KERNELBOX_PIP_CONSTRAINTS";
 /// Extra time the runtime gets beyond the command's own limit before we stop waiting.
 const EXEC_SLACK: Duration = Duration::from_secs(15);
 
@@ -83,7 +86,8 @@ impl Engine {
 
     /// Installs Python packages with pip as the sandbox user (into `~/.local`, which the kernel
     /// imports from without a restart). Each entry is a pip requirement (`pandas`,
-    /// `requests==2.32.3`) or a path to a wheel inside the sandbox.
+    /// `requests==2.32.3`), checked against the package policy, or, when the server has no
+    /// package policy, a path to a wheel inside the sandbox.
     pub async fn install_packages(
         &self,
         id: &str,
@@ -91,21 +95,77 @@ impl Engine {
         packages: &[String],
     ) -> Result<CommandResult, EngineError> {
         let sandbox = self.use_sandbox(id, tenant)?;
-        validate_packages(packages)?;
-        let mut argv: Vec<String> = [
-            "python3",
+        let plan = self.plan_install(packages)?;
+        self.pip_install(&sandbox, &plan).await
+    }
+
+    /// Checks a package list against the policy: what pip is to install, and under which
+    /// constraints. Nothing runs yet.
+    pub(super) fn plan_install(&self, packages: &[String]) -> Result<InstallPlan, EngineError> {
+        let invalid = |reason: String| EngineError::InvalidInput {
+            field: "packages",
+            reason,
+        };
+        if packages.is_empty() {
+            return Err(invalid("name at least one package".into()));
+        }
+        if packages.len() > MAX_PACKAGES {
+            return Err(invalid(format!("at most {MAX_PACKAGES} packages at once")));
+        }
+        let policy = &self.config.package_policy;
+        let (wheels, named): (Vec<String>, Vec<String>) = packages
+            .iter()
+            .cloned()
+            .partition(|package| policy.is_open() && is_wheel_path(package));
+        let mut plan = policy.check(&named)?;
+        plan.requirements.extend(wheels);
+        Ok(plan)
+    }
+
+    /// Runs `pip install` for a checked plan, as the sandbox user. pip runs `--isolated`: the
+    /// sandbox's own pip settings (its environment, `~/.config/pip`) cannot add options,
+    /// requirements or another index to what the policy admitted; the constraints come on its
+    /// standard input, never from a file sandbox code could change.
+    pub(super) async fn pip_install(
+        &self,
+        sandbox: &Sandbox,
+        plan: &InstallPlan,
+    ) -> Result<CommandResult, EngineError> {
+        let mut pip: Vec<String> = [
             "-m",
             "pip",
             "install",
+            "--isolated",
+            "--user",
             "--no-input",
             "--progress-bar",
             "off",
         ]
         .map(String::from)
         .to_vec();
-        argv.extend(packages.iter().cloned());
+        if let Some(index) = &self.config.pip_index {
+            pip.extend(["--index-url".to_string(), index.url.clone()]);
+            if let Some(host) = &index.trusted_host {
+                pip.extend(["--trusted-host".to_string(), host.clone()]);
+            }
+        }
+        let mut env = Vec::new();
+        let script = if plan.constraints.is_empty() {
+            r#"exec python3 "$@""#
+        } else {
+            pip.extend(["-c".to_string(), "/dev/stdin".to_string()]);
+            env.push(format!(
+                "{CONSTRAINTS_ENV}={}\n",
+                plan.constraints.join("\n")
+            ));
+            r#"exec python3 "$@" <<<"$KERNELBOX_PIP_CONSTRAINTS""#
+        };
+        pip.push("--".to_string());
+        pip.extend(plan.requirements.iter().cloned());
+        let mut argv: Vec<String> = ["bash", "-c", script, "pip"].map(String::from).to_vec();
+        argv.extend(pip);
         let timeout = INSTALL_TIMEOUT.min(self.config.max_exec_timeout);
-        self.run_limited(&sandbox, argv, WORKSPACE.to_string(), Vec::new(), timeout)
+        self.run_limited(sandbox, argv, WORKSPACE.to_string(), env, timeout)
             .await
     }
 
@@ -151,30 +211,12 @@ impl Engine {
     }
 }
 
-/// A package list pip can take as arguments: no options smuggled in, nothing empty.
-fn validate_packages(packages: &[String]) -> Result<(), EngineError> {
-    let invalid = |reason: String| EngineError::InvalidInput {
-        field: "packages",
-        reason,
-    };
-    if packages.is_empty() {
-        return Err(invalid("name at least one package".into()));
-    }
-    if packages.len() > MAX_PACKAGES {
-        return Err(invalid(format!("at most {MAX_PACKAGES} packages at once")));
-    }
-    for package in packages {
-        if package.is_empty()
-            || package.len() > 256
-            || package.starts_with('-')
-            || package.chars().any(|c| c.is_whitespace() || c.is_control())
-        {
-            return Err(invalid(format!(
-                "{package:?} is not a package requirement (like `pandas` or `requests==2.32.3`)"
-            )));
-        }
-    }
-    Ok(())
+/// An absolute or `./` path to a wheel file (accepted only without a package policy).
+fn is_wheel_path(package: &str) -> bool {
+    (package.starts_with('/') || package.starts_with("./"))
+        && package.ends_with(".whl")
+        && package.len() <= 4096
+        && !package.chars().any(|c| c.is_whitespace() || c.is_control())
 }
 
 #[cfg(test)]
@@ -182,14 +224,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn package_lists_cannot_carry_options() {
-        let list = |items: &[&str]| items.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        assert!(
-            validate_packages(&list(&["pandas", "requests==2.32.3", "/workspace/x.whl"])).is_ok()
-        );
-        assert!(validate_packages(&list(&[])).is_err());
-        assert!(validate_packages(&list(&["--index-url=http://evil"])).is_err());
-        assert!(validate_packages(&list(&["a b"])).is_err());
-        assert!(validate_packages(&list(&[""])).is_err());
+    fn only_plain_wheel_paths_pass_as_paths() {
+        assert!(is_wheel_path("/workspace/kbdemo-1.0-py3-none-any.whl"));
+        assert!(is_wheel_path("./dist/kbdemo-1.0-py3-none-any.whl"));
+        assert!(!is_wheel_path("--find-links=/x.whl"));
+        assert!(!is_wheel_path("/workspace/a b.whl"));
+        assert!(!is_wheel_path("/workspace/setup.py"));
+        assert!(!is_wheel_path("kbdemo @ file:///workspace/k.whl"));
     }
 }

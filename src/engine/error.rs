@@ -11,6 +11,7 @@ use serde_json::Value;
 use super::paths::{PathError, WORKSPACE};
 use crate::backend::BackendError;
 use crate::kernel::KernelError;
+use crate::packages::PackageRefusal;
 
 /// Engine failures.
 #[derive(Debug, thiserror::Error)]
@@ -84,6 +85,20 @@ pub enum EngineError {
     SpoolFull { limit: u64 },
     #[error(transparent)]
     GuestServer(#[from] GuestServerError),
+    /// The package policy refuses a requirement (or it is not one).
+    #[error(transparent)]
+    PackageRefused(#[from] PackageRefusal),
+    /// pip could not install a new sandbox's `dependencies`; the sandbox was removed.
+    #[error(
+        "could not install the dependencies {packages} (pip exited with {exit_code}); no sandbox was created. pip's last lines:\n{output}"
+    )]
+    DependencyInstallFailed {
+        /// The requirements pip's errors name, quoted (all requested ones when it names none).
+        packages: String,
+        exit_code: i64,
+        /// The end of pip's output.
+        output: String,
+    },
 }
 
 impl From<BackendError> for EngineError {
@@ -135,6 +150,9 @@ impl EngineError {
             E::Spool(_) => "internal",
             E::SpoolFull { .. } => "spool_full",
             E::GuestServer(error) => error.code(),
+            E::PackageRefused(PackageRefusal::NotARequirement { .. }) => "invalid_request",
+            E::PackageRefused(_) => "package_not_allowed",
+            E::DependencyInstallFailed { .. } => "dependency_install_failed",
         }
     }
 

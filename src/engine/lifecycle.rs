@@ -10,11 +10,13 @@ use chrono::Utc;
 use dashmap::DashMap;
 use futures::StreamExt;
 use rand::RngCore;
+use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use super::admission::{NoTurn, StartQueue, StartQueueState, StartTurn};
+use super::create_progress::{CreateProgress, report};
 use super::error::EngineError;
 use super::firewall::{EgressRequest, Firewall};
 use super::guest_registry::GuestRegistry;
@@ -73,6 +75,8 @@ pub struct CreateSandbox {
     pub memory_mb: Option<u64>,
     pub cpus: Option<f64>,
     pub pids: Option<u64>,
+    /// pip requirements installed before the sandbox is handed out, under the package policy.
+    pub dependencies: Vec<String>,
 }
 
 impl CreateSandbox {
@@ -87,6 +91,7 @@ impl CreateSandbox {
             memory_mb: None,
             cpus: None,
             pids: None,
+            dependencies: Vec::new(),
         }
     }
 }
@@ -217,11 +222,21 @@ impl Engine {
         self: &Arc<Self>,
         request: CreateSandbox,
     ) -> Result<SandboxInfo, EngineError> {
+        self.create_reporting(request, None).await
+    }
+
+    /// [`Engine::create`], reporting its steps (the container, the kernel, installing the
+    /// dependencies) on `progress` as they happen.
+    pub async fn create_reporting(
+        self: &Arc<Self>,
+        request: CreateSandbox,
+        progress: Option<UnboundedSender<CreateProgress>>,
+    ) -> Result<SandboxInfo, EngineError> {
         let engine = self.clone();
         let caller = CancellationToken::new();
         let _cancel_when_the_caller_leaves = caller.clone().drop_guard();
         self.tasks
-            .spawn(async move { engine.create_to_the_end(request, caller).await })
+            .spawn(async move { engine.create_to_the_end(request, caller, progress).await })
             .await
             .map_err(|_| EngineError::ShuttingDown)?
     }
@@ -254,6 +269,7 @@ impl Engine {
         &self,
         request: CreateSandbox,
         caller: CancellationToken,
+        progress: Option<UnboundedSender<CreateProgress>>,
     ) -> Result<SandboxInfo, EngineError> {
         if self.shutdown.is_cancelled() {
             return Err(EngineError::ShuttingDown);
@@ -273,6 +289,12 @@ impl Engine {
             "{OUTPUT_LIMIT_ENV}={}",
             self.config.output_limit_bytes
         ));
+        self.pip_index_env(&request.env, &mut env);
+        // Refused before any container starts.
+        let dependencies = match request.dependencies.as_slice() {
+            [] => None,
+            requested => Some(self.plan_install(requested)?),
+        };
         let image = self.image_for(&request)?;
         let firewall = self.firewall_for(request.network.as_ref())?;
         if image != self.config.image {
@@ -309,6 +331,7 @@ impl Engine {
                 egress_state: firewall.state(),
             };
             let container = self.backend.create(&spec).await?;
+            report(progress.as_ref(), CreateProgress::ContainerStarted);
             let Some(sandbox) =
                 Sandbox::from_container(&container, &image, self.kernel_link(), firewall)
             else {
@@ -324,6 +347,17 @@ impl Engine {
             }
             // Started: the next create may start while this one finishes.
             drop(turn);
+            report(progress.as_ref(), CreateProgress::KernelReady);
+            if let Some(plan) = &dependencies
+                && let Err(error) = self
+                    .install_dependencies(&sandbox, plan, progress.as_ref())
+                    .await
+            {
+                tracing::warn!(%error, "dependencies did not install; removing the container");
+                sandbox.cancel();
+                let _ = self.backend.destroy(&container.container_id).await;
+                return Err(error);
+            }
             tracing::info!(
                 elapsed_ms = started.elapsed().as_millis() as u64,
                 "sandbox ready"

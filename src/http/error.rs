@@ -211,9 +211,11 @@ pub fn engine_status(error: &EngineError) -> StatusCode {
             StatusCode::NOT_FOUND
         }
         "busy" | "is_a_directory" => StatusCode::CONFLICT,
-        "network_not_allowed" | "permission_denied" => StatusCode::FORBIDDEN,
+        "network_not_allowed" | "permission_denied" | "package_not_allowed" => {
+            StatusCode::FORBIDDEN
+        }
         "too_many_sandboxes" | "tenant_quota_reached" | "too_many" => StatusCode::TOO_MANY_REQUESTS,
-        "invalid_request" | "mcp_server_failed" | "mcp_error" => {
+        "invalid_request" | "mcp_server_failed" | "mcp_error" | "dependency_install_failed" => {
             if let EngineError::Backend(_) = error {
                 tracing::info!(error = %error, detail = ?error, "the container runtime refused a request");
             }

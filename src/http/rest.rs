@@ -7,7 +7,7 @@
 //! | [`firewall`]      | `POST/GET /containers/{id}/firewall`                                  |
 //! | [`execute`]       | `POST /containers/{id}/execute`, `…/execute/stream` (SSE), `GET /executions/{id}` |
 //! | [`files`]         | `POST/GET/DELETE /containers/{id}/files/{path}`, `POST/GET …/directories/{path}` |
-//! | [`commands`]      | `POST /containers/{id}/commands`                                      |
+//! | [`commands`]      | `POST /containers/{id}/commands`, `POST /containers/{id}/packages`    |
 //! | [`guest_servers`] | `PUT/GET /containers/{id}/mcp/{server}`, `POST …/mcp/{server}/{tool}` |
 //!
 //! The server ([`crate::http::server`]) puts every route behind the request guard; each key is a
@@ -48,6 +48,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(json(routes!(execute::execute_stream)))
         .routes(json(routes!(execute::execution)))
         .routes(json(routes!(commands::run)))
+        .routes(json(routes!(commands::install)))
         .routes(streamed(routes!(files::upload_to_workspace)))
         .routes(streamed(routes!(files::upload_file)))
         .routes(json(routes!(files::download_file, files::delete_file)))

@@ -22,7 +22,7 @@ use super::resources::READ_LIMIT;
 use crate::engine::ExecEvent;
 use crate::engine::ExecuteRequest;
 use crate::engine::commands::CommandRequest;
-use crate::engine::{AllowList, EgressRequest, Engine};
+use crate::engine::{AllowList, CreateSandbox, EgressRequest, Engine};
 
 /// A silent execution still sends a progress notification this often, so clients that reset
 /// their timeout on progress never give up on a long run.
@@ -50,8 +50,10 @@ const RUN_COMMAND: &str = "Run a shell command (bash -c) in the sandbox as the u
 non-zero exit code is reported as an error result. Has a time limit like execute_code.";
 const INSTALL_PACKAGES: &str = "Install Python packages with pip into the session (user site), \
 importable right away without a restart. Each entry is a pip requirement such as `requests` or \
-`scikit-learn==1.5.2`, or the path of a wheel inside the sandbox. Needs network access to the \
-package index unless you install a wheel file.";
+`scikit-learn==1.5.2` (no URLs or pip options), or, on a server without a package policy, the \
+path of a wheel inside the sandbox. The server's package policy may refuse a package or a \
+version: the error names the rule. Needs network access to the package index unless you install \
+a wheel file.";
 const WRITE_FILE: &str = "Write a file in the sandbox (parent directories are created). Paths are \
 relative to /workspace (or absolute inside it); nothing outside /workspace can be written. Use \
 encoding \"base64\" for binary content.";
@@ -66,7 +68,10 @@ return its session_id; pass that id to the other tools to use it. Sessions are i
 each other and from your default sandbox, which calls without a session_id share. You need this \
 only for isolation or parallel work. Close it with close_session when done; idle sessions are removed automatically. \
 `network` can restrict what the session's code may reach (only these domains and addresses); it \
-can only narrow the server's network policy, never open anything the server does not allow.";
+can only narrow the server's network policy, never open anything the server does not allow. \
+`dependencies` are pip requirements installed before the session is returned (with a progress \
+token, each step arrives as a progress notification); one the server's package policy refuses, \
+or one pip cannot install, fails the call and leaves no session behind.";
 const LIST_SESSIONS: &str = "List the sandbox sessions you can use, with their status (running, \
 busy, restarting, dead) and when they were created and last used.";
 const CLOSE_SESSION: &str = "Close a sandbox session: its container, kernel and files are removed.";
@@ -195,6 +200,9 @@ pub struct CreateSessionArgs {
     pub image: Option<String>,
     #[schemars(schema_with = "network_schema")]
     pub network: Option<NetworkArgs>,
+    /// pip requirements to install before the session is returned, e.g. ["numpy",
+    /// "pandas==2.2.3"] (null: none).
+    pub dependencies: Option<Vec<String>>,
 }
 
 /// Environment variables: the strict-schema list of pairs, or the map REST takes.
@@ -606,8 +614,15 @@ impl KernelboxMcp {
                 .map(EnvArg::into_map)
                 .transpose()?
                 .unwrap_or_default();
-            self.create_sandbox(&tenant(&context), env, args.image, network)
-                .await
+            let request = CreateSandbox {
+                tag: Some("mcp".into()),
+                env,
+                image: args.image,
+                network,
+                dependencies: args.dependencies.unwrap_or_default(),
+                ..CreateSandbox::new(tenant(&context))
+            };
+            self.create_with_progress(request, &context).await
         };
         Ok(match created.await {
             Ok(info) => render::session_created(&info, self.engine.config().max_idle),
@@ -638,6 +653,50 @@ impl KernelboxMcp {
                 Ok(render::closed(&args.session_id))
             }
             Err(error) => Ok(render::failure(&error.into())),
+        }
+    }
+}
+
+impl KernelboxMcp {
+    /// Creates a sandbox, sending its steps (and keep-alives while pip runs) as progress
+    /// notifications when the call carries a progress token.
+    async fn create_with_progress(
+        &self,
+        request: CreateSandbox,
+        context: &RequestContext<RoleServer>,
+    ) -> Result<crate::engine::SandboxInfo, ToolFailure> {
+        let mut progress = context
+            .meta
+            .get_progress_token()
+            .map(|token| Progress::new(context.peer.clone(), token));
+        let (steps, mut reported) = tokio::sync::mpsc::unbounded_channel();
+        let creating = self.engine.create_reporting(request, Some(steps));
+        tokio::pin!(creating);
+        loop {
+            let keepalive_at = progress
+                .as_ref()
+                .map_or_else(far_future, |progress| progress.last_sent + KEEPALIVE);
+            tokio::select! {
+                created = &mut creating => {
+                    // Steps reported just before the end still go out, in order.
+                    while let Ok(step) = reported.try_recv() {
+                        if let Some(progress) = progress.as_mut() {
+                            progress.send(Some(step.message())).await;
+                        }
+                    }
+                    return Ok(created?);
+                }
+                Some(step) = reported.recv() => {
+                    if let Some(progress) = progress.as_mut() {
+                        progress.send(Some(step.message())).await;
+                    }
+                }
+                _ = tokio::time::sleep_until(keepalive_at.into()) => {
+                    if let Some(progress) = progress.as_mut() {
+                        progress.send(None).await;
+                    }
+                }
+            }
         }
     }
 }

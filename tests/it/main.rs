@@ -15,6 +15,7 @@ mod mcp_sessions;
 mod mcp_state;
 mod net;
 mod ops;
+mod packages;
 mod pip;
 mod proxy;
 mod quota;

@@ -1,4 +1,5 @@
-//! Shell commands: `POST /containers/{id}/commands` runs `bash -c cmd` as the sandbox user.
+//! Shell commands: `POST /containers/{id}/commands` runs `bash -c cmd` as the sandbox user;
+//! `POST /containers/{id}/packages` runs pip for a package list the package policy admits.
 
 use std::collections::HashMap;
 
@@ -88,6 +89,46 @@ pub(crate) async fn run(
                 env,
             },
         )
+        .await?;
+    Ok(Json(result.into()))
+}
+
+/// Packages to install.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InstallPackages {
+    /// pip requirements (`requests`, `polars==1.9.0`), checked against the server's package
+    /// policy; without a policy, paths of wheel files inside the container too. No URLs, paths
+    /// or pip options.
+    pub packages: Vec<String>,
+}
+
+/// Install Python packages with pip as the sandbox user, into its user site (importable at once).
+/// A non-zero pip exit is a result, not an error.
+#[utoipa::path(
+    post,
+    path = "/containers/{id}/packages",
+    tag = "commands",
+    params(("id" = String, Path, description = "Container id")),
+    request_body = InstallPackages,
+    responses(
+        (status = 200, description = "pip ended", body = CommandOutput),
+        (status = 401, description = "Missing or wrong API key", body = ErrorBody),
+        (status = 403, description = "The package policy refuses a package; the message names the rule", body = ErrorBody),
+        (status = 404, description = "No such container", body = ErrorBody),
+        (status = 422, description = "Invalid body, or an entry that is not a package requirement", body = ErrorBody),
+        (status = 504, description = "The container runtime did not return in time", body = ErrorBody),
+        (status = 503, description = "Docker unreachable", body = ErrorBody),
+    )
+)]
+pub(crate) async fn install(
+    State(engine): State<AppState>,
+    Extension(tenant): Extension<Tenant>,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(request): ApiJson<InstallPackages>,
+) -> Result<Json<CommandOutput>, ApiError> {
+    let result = engine
+        .install_packages(&id, &tenant, &request.packages)
         .await?;
     Ok(Json(result.into()))
 }

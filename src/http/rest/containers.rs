@@ -43,6 +43,10 @@ pub struct CreateContainer {
     /// Process limit (default: the server's `--pids`; at most its `--max-pids`).
     #[schema(minimum = 64)]
     pub pids: Option<u64>,
+    /// pip requirements (`numpy`, `pandas==2.2.3`) installed before the container is handed
+    /// out, under the server's package policy: a refused one is 403 before any container starts,
+    /// a failed install 422 naming the package, and no container is left behind.
+    pub dependencies: Option<Vec<String>>,
 }
 
 /// What the container is doing.
@@ -91,7 +95,7 @@ pub struct ContainerList {
     pub containers: Vec<Container>,
 }
 
-/// Create a container and wait until its kernel answers.
+/// Create a container and wait until its kernel answers and its `dependencies` are installed.
 #[utoipa::path(
     post,
     path = "/containers",
@@ -100,8 +104,9 @@ pub struct ContainerList {
     responses(
         (status = 201, description = "Created; `Location` names it", body = Container),
         (status = 401, description = "Missing or wrong API key", body = ErrorBody),
+        (status = 403, description = "A dependency the package policy refuses", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
-        (status = 422, description = "Invalid options", body = ErrorBody),
+        (status = 422, description = "Invalid options, or a dependency pip could not install", body = ErrorBody),
         (status = 429, description = "Too many live containers", body = ErrorBody),
         (status = 503, description = "Docker unreachable or image missing", body = ErrorBody),
     )
@@ -133,6 +138,7 @@ pub(crate) async fn create(
             memory_mb: request.memory_mb,
             cpus: request.cpus,
             pids: request.pids,
+            dependencies: request.dependencies.unwrap_or_default(),
         })
         .await?;
     let location = format!("/containers/{}", info.id);
