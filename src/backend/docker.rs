@@ -670,7 +670,7 @@ impl Backend for DockerBackend {
             .to_vec();
         argv.append(&mut spec.argv);
         spec.argv = argv;
-        let (_, started) = self.start_exec(container_id, spec, true).await?;
+        let (exec_id, started) = self.start_exec(container_id, spec, true).await?;
         let StartExecResults::Attached { output, input } = started else {
             return Err(BackendError::NotAttached);
         };
@@ -722,10 +722,16 @@ impl Backend for DockerBackend {
             (!rest.is_empty()).then(|| Ok(ExecChunk::Stdout(Bytes::from(rest)))),
         ];
         let output = futures::stream::iter(replay.into_iter().flatten()).chain(output);
+        let docker = self.docker.clone();
+        let container_id = container_id.to_string();
+        let exit = async move {
+            exec_exit::exit_code(&docker, &container_id, &exec_id, EXEC_EXIT_TIMEOUT).await
+        };
         Ok(AttachedExec {
             pid,
             stdin: input,
             output: Box::pin(output),
+            exit: Box::pin(exit),
         })
     }
 
@@ -799,6 +805,21 @@ impl Backend for DockerBackend {
         self.exec(
             container_id,
             backend_command(&["/usr/bin/kill", "-KILL", "--", &group]),
+        )
+        .await
+        .map(drop)
+    }
+
+    async fn signal_process_group(
+        &self,
+        container_id: &str,
+        pgid: u32,
+        signal: &str,
+    ) -> Result<(), BackendError> {
+        let group = format!("-{pgid}");
+        self.exec(
+            container_id,
+            backend_command(&["/usr/bin/kill", "-s", signal, "--", &group]),
         )
         .await
         .map(drop)

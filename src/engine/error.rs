@@ -78,6 +78,8 @@ pub enum EngineError {
     SpoolFull { limit: u64 },
     #[error(transparent)]
     GuestServer(#[from] GuestServerError),
+    #[error(transparent)]
+    Process(#[from] super::processes::ProcessError),
 }
 
 impl From<BackendError> for EngineError {
@@ -127,6 +129,7 @@ impl EngineError {
             E::Spool(_) => "internal",
             E::SpoolFull { .. } => "spool_full",
             E::GuestServer(error) => error.code(),
+            E::Process(error) => error.code(),
         }
     }
 
