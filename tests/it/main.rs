@@ -16,6 +16,7 @@ mod mcp_state;
 mod net;
 mod ops;
 mod pip;
+mod processes;
 mod proxy;
 mod quota;
 mod rest;

@@ -300,11 +300,12 @@ fn sse_event(message: &ProcessMessage) -> Event {
         ProcessMessage::Error { .. } => "error",
     };
     let data = serde_json::to_string(message).unwrap_or_default();
-    let event = Event::default().event(name).data(data);
-    match message.next_seq() {
+    let event = Event::default().event(name);
+    let event = match message.next_seq() {
         Some(next) => event.id((next - 1).to_string()),
         None => event,
-    }
+    };
+    event.data(data)
 }
 
 /// The cursor a `Last-Event-ID` header asks to resume after.
