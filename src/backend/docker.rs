@@ -817,12 +817,19 @@ impl Backend for DockerBackend {
         signal: &str,
     ) -> Result<(), BackendError> {
         let group = format!("-{pgid}");
-        self.exec(
-            container_id,
-            backend_command(&["/usr/bin/kill", "-s", signal, "--", &group]),
-        )
-        .await
-        .map(drop)
+        // util-linux kill takes `-TERM -- -pgid` (`-s TERM --` it refuses).
+        let signal = format!("-{signal}");
+        let output = self
+            .exec(
+                container_id,
+                backend_command(&["/usr/bin/kill", &signal, "--", &group]),
+            )
+            .await?;
+        if output.exit_code != 0 {
+            // The group may have just exited: the caller reads the process's state, not this.
+            tracing::debug!(pgid, exit_code = output.exit_code, stderr = %String::from_utf8_lossy(&output.stderr), "kill found no process group");
+        }
+        Ok(())
     }
 
     async fn kill_kernel(&self, container_id: &str) -> Result<(), BackendError> {

@@ -653,11 +653,16 @@ async def scenario_processes(url: str) -> None:
         )
         killed = await call(client, "kill_process", {"process": "ticker", "signal": "SIGKILL"})
         check(not killed.is_error, f"kill_process: {text_of(killed)}")
-        ended = None
-        for _ in range(40):
-            ended = await call(client, "read_process_output", {"process": "ticker", "wait_secs": 1})
+        ended = killed
+        cursor = killed.structured_content["process"]["next_seq"]
+        for _ in range(10):
+            # Waits for output past the cursor or the exit, whichever comes first.
+            ended = await call(
+                client, "read_process_output", {"process": "ticker", "since": cursor, "wait_secs": 5}
+            )
             if ended.structured_content["process"]["state"] != "running":
                 break
+            cursor = ended.structured_content["next_seq"]
         process = ended.structured_content["process"]
         bad_signal = await call(client, "kill_process", {"process": "ticker", "signal": "SIGBOGUS"})
         unknown = await call(client, "read_process_output", {"process": "999"})
