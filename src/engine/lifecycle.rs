@@ -20,7 +20,7 @@ use super::guest_registry::GuestRegistry;
 use super::history::{ExecutionHistory, ExecutionRecord};
 use super::labels;
 use super::metrics::EngineMetrics;
-use super::processes::ProcessTable;
+use super::process_table::ProcessTable;
 use super::quota::{Live, Quota, SpoolBudget};
 use super::readiness::{Readiness, ReadinessCache};
 use super::sandbox::{KernelLink, Sandbox, SandboxInfo};
