@@ -97,6 +97,9 @@ pub struct AttachedExec {
     /// What the process prints. The stream ends when the process exits or its container goes
     /// away: that end is how a caller learns the process is gone.
     pub output: Pin<Box<dyn Stream<Item = Result<ExecChunk, BackendError>> + Send>>,
+    /// The process's exit code, to be awaited once `output` has ended. A process killed by a
+    /// signal reports `128 + signal`, as a shell does.
+    pub exit: Pin<Box<dyn Future<Output = Result<i64, BackendError>> + Send>>,
 }
 
 /// A process in a sandbox with its stdin and its output as streams, for bulk transfers in and
@@ -210,6 +213,14 @@ pub trait Backend: Send + Sync + 'static {
     ) -> Result<ChannelStream, BackendError>;
     /// Sends SIGKILL to a process group inside the container.
     async fn kill_process_group(&self, container_id: &str, pgid: u32) -> Result<(), BackendError>;
+    /// Sends `signal` (a name without `SIG`, like `TERM`, from the caller's validated list) to a
+    /// process group inside the container, with the sandbox user's rights only.
+    async fn signal_process_group(
+        &self,
+        container_id: &str,
+        pgid: u32,
+        signal: &str,
+    ) -> Result<(), BackendError>;
     /// Kills the sandbox's kernel process; the sandbox starts a fresh kernel on its own, keeping
     /// its files and installed packages.
     async fn kill_kernel(&self, container_id: &str) -> Result<(), BackendError>;

@@ -21,6 +21,8 @@
 //! | [`guest_servers`]  | guest servers (stdio MCP servers in a sandbox): registrations, tools |
 //! | [`guest_sessions`] | proxy sessions to guest servers, and their idle expiry              |
 //! | [`guest_registry`] | the tables both of those share                                      |
+//! | [`processes`]      | background processes: start, signal, stdin, read output            |
+//! | [`process_table`]  | their replay buffers, end states and per-sandbox tables             |
 //! | [`validate`]       | input checks every face shares                                      |
 //! | [`labels`]         | the container labels that let a restarted server reattach           |
 //! | [`metrics`]        | counters and histograms for `GET /metrics`                          |
@@ -49,6 +51,8 @@ pub mod lifecycle;
 pub mod metrics;
 pub mod network;
 pub mod paths;
+pub mod process_table;
+pub mod processes;
 mod quota;
 pub mod readiness;
 pub mod sandbox;

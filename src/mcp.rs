@@ -5,6 +5,7 @@
 //! |-----------------|------------------------------------------------------------------|
 //! | [`handler`]     | the handler: which sandbox a call uses, resources, server info   |
 //! | [`tools`]       | the tools, their documented arguments, and what each one calls   |
+//! | [`process_tools`] | the background-process tools (start, list, read output, kill)  |
 //! | [`render`]      | engine results as MCP content, `isError` and structured content  |
 //! | [`resources`]   | sessions, files and large outputs as readable resources          |
 //! | [`transport`]   | the stdio loop and the Streamable HTTP service                   |
@@ -17,6 +18,7 @@
 //! created on first use, destroyed when the connection ends.
 
 pub mod handler;
+pub mod process_tools;
 mod render;
 mod resources;
 pub mod session_owners;

@@ -707,7 +707,7 @@ impl Backend for DockerBackend {
             .to_vec();
         argv.append(&mut spec.argv);
         spec.argv = argv;
-        let (_, started) = self.start_exec(container_id, spec, true).await?;
+        let (exec_id, started) = self.start_exec(container_id, spec, true).await?;
         let StartExecResults::Attached { output, input } = started else {
             return Err(BackendError::NotAttached);
         };
@@ -759,10 +759,16 @@ impl Backend for DockerBackend {
             (!rest.is_empty()).then(|| Ok(ExecChunk::Stdout(Bytes::from(rest)))),
         ];
         let output = futures::stream::iter(replay.into_iter().flatten()).chain(output);
+        let docker = self.docker.clone();
+        let container_id = container_id.to_string();
+        let exit = async move {
+            exec_exit::exit_code(&docker, &container_id, &exec_id, EXEC_EXIT_TIMEOUT).await
+        };
         Ok(AttachedExec {
             pid,
             stdin: input,
             output: Box::pin(output),
+            exit: Box::pin(exit),
         })
     }
 
@@ -839,6 +845,28 @@ impl Backend for DockerBackend {
         )
         .await
         .map(drop)
+    }
+
+    async fn signal_process_group(
+        &self,
+        container_id: &str,
+        pgid: u32,
+        signal: &str,
+    ) -> Result<(), BackendError> {
+        let group = format!("-{pgid}");
+        // util-linux kill takes `-TERM -- -pgid` (`-s TERM --` it refuses).
+        let signal = format!("-{signal}");
+        let output = self
+            .exec(
+                container_id,
+                backend_command(&["/usr/bin/kill", &signal, "--", &group]),
+            )
+            .await?;
+        if output.exit_code != 0 {
+            // The group may have just exited: the caller reads the process's state, not this.
+            tracing::debug!(pgid, exit_code = output.exit_code, stderr = %String::from_utf8_lossy(&output.stderr), "kill found no process group");
+        }
+        Ok(())
     }
 
     async fn kill_kernel(&self, container_id: &str) -> Result<(), BackendError> {

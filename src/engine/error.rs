@@ -99,6 +99,8 @@ pub enum EngineError {
         /// The end of pip's output.
         output: String,
     },
+    #[error(transparent)]
+    Process(#[from] ProcessError),
 }
 
 impl From<BackendError> for EngineError {
@@ -153,6 +155,7 @@ impl EngineError {
             E::PackageRefused(PackageRefusal::NotARequirement { .. }) => "invalid_request",
             E::PackageRefused(_) => "package_not_allowed",
             E::DependencyInstallFailed { .. } => "dependency_install_failed",
+            E::Process(error) => error.code(),
         }
     }
 
@@ -251,5 +254,38 @@ pub enum HelperFailure {
 impl From<HelperFailure> for EngineError {
     fn from(failure: HelperFailure) -> Self {
         EngineError::FileHelper(failure)
+    }
+}
+
+/// Failures particular to background processes.
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    #[error("no process {key} in sandbox {sandbox_id} (list them with GET …/processes)")]
+    NotFound { sandbox_id: String, key: String },
+    #[error(
+        "sandbox {sandbox_id} already runs {limit} background processes; kill one or wait for one to end"
+    )]
+    TooMany { sandbox_id: String, limit: usize },
+    #[error("a running process already has the tag {tag:?}")]
+    TagTaken { tag: String },
+    #[error("process {pid} has ended")]
+    Ended { pid: u64 },
+    #[error("the stdin of process {pid} is closed")]
+    StdinClosed { pid: u64 },
+    #[error("process {pid} did not take its stdin within {waited:?}")]
+    StdinBlocked { pid: u64, waited: Duration },
+}
+
+impl ProcessError {
+    /// The stable code of this failure.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ProcessError::NotFound { .. } => "process_not_found",
+            ProcessError::TooMany { .. } => "too_many",
+            ProcessError::TagTaken { .. } => "tag_taken",
+            ProcessError::Ended { .. } => "process_ended",
+            ProcessError::StdinClosed { .. } => "stdin_closed",
+            ProcessError::StdinBlocked { .. } => "timeout",
+        }
     }
 }

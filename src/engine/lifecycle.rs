@@ -23,6 +23,7 @@ use super::guest_registry::GuestRegistry;
 use super::history::{ExecutionHistory, ExecutionRecord};
 use super::labels;
 use super::metrics::EngineMetrics;
+use super::process_table::ProcessTable;
 use super::quota::{Live, Quota, SpoolBudget};
 use super::readiness::{Readiness, ReadinessCache};
 use super::sandbox::{KernelLink, Sandbox, SandboxInfo};
@@ -108,6 +109,8 @@ pub struct Engine {
     pub(super) history: ExecutionHistory,
     pub(super) metrics: EngineMetrics,
     pub(super) guests: GuestRegistry,
+    /// Every sandbox's background processes.
+    pub(super) processes: ProcessTable,
     /// Held while a tenant's default sandbox is looked up or made, so concurrent calls that
     /// name no sandbox make one, not several.
     pub(super) default_locks: DashMap<Tenant, Arc<tokio::sync::Mutex<()>>>,
@@ -132,6 +135,7 @@ impl Engine {
             history: ExecutionHistory::new(HISTORY_ENTRIES, HISTORY_BYTES),
             metrics: EngineMetrics::new(),
             guests: GuestRegistry::default(),
+            processes: ProcessTable::default(),
             default_locks: DashMap::new(),
             tasks: TaskTracker::new(),
             shutdown: CancellationToken::new(),
@@ -514,6 +518,7 @@ impl Engine {
             return Err(EngineError::NotFound { id: id.to_string() });
         };
         self.guests.forget_sandbox(id);
+        self.processes.forget_sandbox(id);
         sandbox.cancel();
         self.backend.destroy(sandbox.container_id()).await?;
         tracing::info!(sandbox_id = %id, "sandbox destroyed");

@@ -207,10 +207,14 @@ impl From<EngineError> for ApiError {
 /// face uses.
 pub fn engine_status(error: &EngineError) -> StatusCode {
     match error.code() {
-        "not_found" | "path_not_found" | "mcp_server_not_found" | "session_not_found" => {
-            StatusCode::NOT_FOUND
+        "not_found"
+        | "path_not_found"
+        | "mcp_server_not_found"
+        | "session_not_found"
+        | "process_not_found" => StatusCode::NOT_FOUND,
+        "busy" | "is_a_directory" | "tag_taken" | "process_ended" | "stdin_closed" => {
+            StatusCode::CONFLICT
         }
-        "busy" | "is_a_directory" => StatusCode::CONFLICT,
         "network_not_allowed" | "permission_denied" | "package_not_allowed" => {
             StatusCode::FORBIDDEN
         }

@@ -15,8 +15,10 @@
 //! sends keep-alives or not. HTTP/1.1 only, as `axum::serve` served it here before (axum's
 //! `http2` feature was never enabled). hyper's own HTTP/1 connection is used rather than
 //! hyper-util's version-sniffing `auto` builder: the sniff reads the first bytes before hyper's
-//! header timer starts, so a client that sent nothing would sit there untimed. No route upgrades
-//! its connection (no WebSocket), so upgrades are not served.
+//! header timer starts, so a client that sent nothing would sit there untimed. Upgrades are
+//! served (a background process's WebSocket, `GET …/processes/{pid}/ws`): once a connection is
+//! upgraded it leaves this loop, its cap slot and its timers; the WebSocket handler bounds it
+//! (it ends with the process, its sandbox, or the server's shutdown).
 //!
 //! At shutdown the loop stops accepting, every connection is asked to finish its requests and
 //! close ([`Connections::drain`]); one with no request in flight (idle, or still sending a head)
@@ -285,7 +287,7 @@ async fn serve_connection(
         activity: activity.clone(),
         metrics: metrics.clone(),
     };
-    let connection = http.serve_connection(io, service);
+    let connection = http.serve_connection(io, service).with_upgrades();
     tokio::pin!(connection);
     let mut closing = false;
     let mut draining = false;

@@ -24,6 +24,7 @@ tenant and sees only its own containers. Errors share one shape: \
         (name = "execution", description = "Run Python code, with results or as Server-Sent Events"),
         (name = "files", description = "Files and directory trees under /workspace, streamed"),
         (name = "commands", description = "Shell commands"),
+        (name = "processes", description = "Background processes: start, list, signal, stdin, output over SSE and WebSocket"),
         (name = "mcp", description = "Stdio MCP servers inside a container: register, list tools, call tools, and the MCP proxy (Streamable HTTP)"),
         (name = "metrics", description = "Prometheus metrics"),
         (name = "probes", description = "Readiness, open without a key"),

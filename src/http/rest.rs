@@ -8,6 +8,7 @@
 //! | [`execute`]       | `POST /containers/{id}/execute`, `…/execute/stream` (SSE), `GET /executions/{id}` |
 //! | [`files`]         | `POST/GET/DELETE /containers/{id}/files/{path}`, `POST/GET …/directories/{path}` |
 //! | [`commands`]      | `POST /containers/{id}/commands`, `POST /containers/{id}/packages`    |
+//! | [`processes`]     | `POST/GET /containers/{id}/processes`, `GET …/{pid}`, `POST …/{pid}/kill|stdin`, `GET …/{pid}/events|ws` |
 //! | [`guest_servers`] | `PUT/GET /containers/{id}/mcp/{server}`, `POST …/mcp/{server}/{tool}` |
 //!
 //! The server ([`crate::http::server`]) puts every route behind the request guard; each key is a
@@ -19,6 +20,7 @@ pub mod execute;
 pub mod files;
 pub mod firewall;
 pub mod guest_servers;
+pub mod processes;
 
 use axum::extract::DefaultBodyLimit;
 use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouter};
@@ -62,4 +64,10 @@ pub fn routes() -> OpenApiRouter<AppState> {
             guest_servers::get_one
         )))
         .routes(json(routes!(guest_servers::call_tool)))
+        .routes(json(routes!(processes::start, processes::list)))
+        .routes(json(routes!(processes::get_one)))
+        .routes(json(routes!(processes::kill)))
+        .routes(json(routes!(processes::stdin)))
+        .routes(json(routes!(processes::events)))
+        .routes(json(routes!(processes::websocket)))
 }

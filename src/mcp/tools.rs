@@ -340,7 +340,7 @@ impl KernelboxMcp {
                 default: tokio::sync::Mutex::new(None),
             }),
             engine,
-            tool_router: Self::tool_router(),
+            tool_router: Self::tool_router() + Self::process_tool_router(),
         }
     }
 }
@@ -812,7 +812,8 @@ mod tests {
     #[test]
     fn every_tool_schema_is_strict() {
         let mut violations = Vec::new();
-        for tool in KernelboxMcp::tool_router().list_all() {
+        let tools = KernelboxMcp::tool_router() + KernelboxMcp::process_tool_router();
+        for tool in tools.list_all() {
             let schema = Value::Object((*tool.input_schema).clone());
             strict_violations(&tool.name, &schema, &mut violations);
         }

@@ -17,6 +17,7 @@ mod net;
 mod ops;
 mod packages;
 mod pip;
+mod processes;
 mod proxy;
 mod quota;
 mod rest;

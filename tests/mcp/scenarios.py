@@ -15,6 +15,7 @@ scenario each:
     python scenarios.py session-per-call <url>  (a new MCP session for every call)
     python scenarios.py strict-schemas <url>    (openai-agents' strict conversion, null arguments)
     python scenarios.py tenants-many-calls <url> <calls> <extra key> <keys...>
+    python scenarios.py processes <url>         (background processes: start, read, kill)
 
 A scenario asserts as it goes and exits non-zero on the first failure. It prints one line
 `RESULT <json>` with facts the Rust side checks against Docker (sandbox ids, timings).
@@ -44,6 +45,10 @@ EXPECTED_TOOLS = {
     "create_session",
     "list_sessions",
     "close_session",
+    "start_process",
+    "list_processes",
+    "read_process_output",
+    "kill_process",
 }
 
 
@@ -575,10 +580,14 @@ async def scenario_strict_schemas(url: str) -> None:
         "write_file": {"path": "strict.txt", "content": "strict"},
         "read_file": {"path": "strict.txt"},
         "delete_file": {"path": "strict.txt"},
+        "start_process": {"command": "sleep 60"},
+        "read_process_output": {"process": "1"},
+        "kill_process": {"process": "1"},
     }
     order = [
         "create_session", "execute_code", "interrupt", "restart_kernel", "run_command", "install_packages",
-        "write_file", "read_file", "list_files", "delete_file", "list_sessions", "close_session",
+        "write_file", "read_file", "list_files", "delete_file", "start_process", "list_processes",
+        "read_process_output", "kill_process", "list_sessions", "close_session",
     ]
     async with Client(url) as client:
         listed = await client.list_tools()
@@ -617,6 +626,63 @@ async def scenario_strict_schemas(url: str) -> None:
         result_line({"tools": sorted(strict), "calls": outcomes, "created": created_id})
 
 
+async def scenario_processes(url: str) -> None:
+    """A background loop started, its output read while it runs (waiting for it), killed by
+    tag; bad input is an error result naming the stable code."""
+    async with Client(url) as client:
+        started = await call(
+            client,
+            "start_process",
+            {"command": "for i in $(seq 1 300); do echo tick $i; sleep 0.1; done", "tag": "ticker"},
+        )
+        check(not started.is_error, f"start_process: {text_of(started)}")
+        pid = started.structured_content["process"]["pid"]
+        check(started.structured_content["process"]["state"] == "running", f"{started.structured_content}")
+        first = await call(client, "read_process_output", {"process": "ticker", "wait_secs": 20})
+        check("tick 1" in first.structured_content["stdout"], f"first read: {text_of(first)}")
+        cursor = first.structured_content["next_seq"]
+        newer = await call(
+            client, "read_process_output", {"process": str(pid), "since": cursor, "wait_secs": 20}
+        )
+        check(newer.structured_content["next_seq"] > cursor, f"no newer output: {newer.structured_content}")
+        check("tick 1\n" not in newer.structured_content["stdout"], "since repeated old output")
+        listed = await call(client, "list_processes", {})
+        check(
+            [p["tag"] for p in listed.structured_content["processes"]] == ["ticker"],
+            f"list_processes: {listed.structured_content}",
+        )
+        killed = await call(client, "kill_process", {"process": "ticker", "signal": "SIGKILL"})
+        check(not killed.is_error, f"kill_process: {text_of(killed)}")
+        ended = killed
+        cursor = killed.structured_content["process"]["next_seq"]
+        for _ in range(10):
+            # Waits for output past the cursor or the exit, whichever comes first.
+            ended = await call(
+                client, "read_process_output", {"process": "ticker", "since": cursor, "wait_secs": 5}
+            )
+            if ended.structured_content["process"]["state"] != "running":
+                break
+            cursor = ended.structured_content["next_seq"]
+        process = ended.structured_content["process"]
+        bad_signal = await call(client, "kill_process", {"process": "ticker", "signal": "SIGBOGUS"})
+        unknown = await call(client, "read_process_output", {"process": "999"})
+        escape = await call(client, "start_process", {"command": "pwd", "cwd": "../etc"})
+        too_long = await call(client, "read_process_output", {"process": "ticker", "wait_secs": 3600})
+        for result in (bad_signal, unknown, escape, too_long):
+            check(result.is_error is True, f"not an error: {text_of(result)}")
+        result_line(
+            {
+                "state": process["state"],
+                "signal": process["signal"],
+                "exit_code": process["exit_code"],
+                "bad_signal": bad_signal.structured_content["error"]["code"],
+                "unknown": unknown.structured_content["error"]["code"],
+                "escape": escape.structured_content["error"]["code"],
+                "too_long": too_long.structured_content["error"]["code"],
+            }
+        )
+
+
 def main() -> None:
     scenario, *rest = sys.argv[1:]
     if scenario == "stdio":
@@ -641,6 +707,8 @@ def main() -> None:
         anyio.run(scenario_tenants_many_calls, rest[0], int(rest[1]), rest[2], *rest[3:])
     elif scenario == "strict-schemas":
         anyio.run(scenario_strict_schemas, rest[0])
+    elif scenario == "processes":
+        anyio.run(scenario_processes, rest[0])
     elif scenario == "bad-input":
         anyio.run(scenario_bad_input, rest[0])
     else:
