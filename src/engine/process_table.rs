@@ -235,8 +235,19 @@ pub(super) struct Slice {
 }
 
 impl Log {
-    pub(super) fn push(&mut self, stream: OutputStream, data: Bytes) {
+    pub(super) fn push(&mut self, stream: OutputStream, mut data: Bytes) {
         self.output_bytes += data.len() as u64;
+        if data.len() > self.capacity {
+            // A read larger than the whole buffer (a fast writer, a slow reader): only its newest
+            // bytes fit. Its front becomes an event of its own, dropped at once, so that readers
+            // are told, and the newest output is kept whatever the size of the read.
+            let front = data.split_to(tail_start(&data, self.capacity));
+            self.append(stream, front);
+        }
+        self.append(stream, data);
+    }
+
+    fn append(&mut self, stream: OutputStream, data: Bytes) {
         self.kept_bytes += data.len();
         self.chunks.push_back(Chunk {
             seq: self.next_seq,
@@ -308,6 +319,16 @@ impl Log {
             ended,
         }
     }
+}
+
+/// Where the last `capacity` bytes of `data` start, moved forward past UTF-8 continuation bytes
+/// so that a character is not cut in two.
+fn tail_start(data: &[u8], capacity: usize) -> usize {
+    let mut start = data.len().saturating_sub(capacity);
+    while start < data.len() && data[start] & 0b1100_0000 == 0b1000_0000 {
+        start += 1;
+    }
+    start
 }
 
 pub(super) type Stdin = Pin<Box<dyn AsyncWrite + Send>>;
@@ -634,6 +655,36 @@ mod tests {
         // A reader past everything gets nothing more, and is told the process ended.
         let done = log.slice(3);
         assert!(done.ended && done.messages.is_empty());
+    }
+
+    #[test]
+    fn a_read_larger_than_the_buffer_keeps_its_newest_bytes() {
+        let mut log = log(2);
+        log.push(OutputStream::Stdout, Bytes::from_static(b"ab"));
+        // The last two bytes are the second of "é" and "9": the cut moves past the character
+        // rather than split it.
+        log.push(
+            OutputStream::Stdout,
+            Bytes::from("0123é9".as_bytes().to_vec()),
+        );
+        let slice = log.slice(0);
+        assert!(matches!(
+            slice.messages[0],
+            ProcessMessage::Dropped {
+                seq: 0,
+                events: 2,
+                ..
+            }
+        ));
+        assert_eq!(
+            slice.messages[1],
+            ProcessMessage::Stdout {
+                seq: 2,
+                data: "9".into()
+            }
+        );
+        assert_eq!(log.output_bytes, 9);
+        assert_eq!(log.kept_bytes, 1);
     }
 
     #[test]
