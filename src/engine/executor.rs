@@ -117,6 +117,65 @@ impl Engine {
         })
     }
 
+    /// Starts running code and returns at once, with the execution as the log records it
+    /// (running). The engine drives it to its end whatever the caller does; its result is then
+    /// in [`Engine::execution`], and [`Engine::cancel_execution`] stops it.
+    pub async fn execute_detached(
+        self: &Arc<Self>,
+        id: &str,
+        tenant: &Tenant,
+        request: ExecuteRequest,
+    ) -> Result<ExecutionRecord, EngineError> {
+        let stream = self.execute(id, tenant, request).await?;
+        let record = self.execution(&stream.execution_id, tenant)?;
+        let span =
+            tracing::info_span!("detached", sandbox_id = %id, execution_id = %record.execution_id);
+        self.tasks.spawn(
+            async move {
+                // The result goes to the execution log; the events themselves have no reader.
+                if let Err(error) = stream.finish().await {
+                    tracing::debug!(%error, "detached execution ended without a result");
+                }
+            }
+            .instrument(span),
+        );
+        Ok(record)
+    }
+
+    /// Stops an execution by id, keeping the kernel's state as [`Engine::interrupt`] does, and
+    /// returns it once it has ended. An execution that already ended is returned as it is.
+    pub async fn cancel_execution(
+        &self,
+        execution_id: &str,
+        tenant: &Tenant,
+    ) -> Result<ExecutionRecord, EngineError> {
+        let record = self.execution(execution_id, tenant)?;
+        if record.result.is_some() {
+            return Ok(record);
+        }
+        if let Ok(sandbox) = self.use_sandbox(&record.sandbox_id, tenant) {
+            sandbox.interrupt_execution(execution_id);
+        }
+        // A sandbox that is gone cancels its execution itself; either way it ends soon.
+        let ended = tokio::time::timeout(
+            INTERRUPT_GRACE * 2 + self.config.kernel_ready_timeout,
+            self.history.wait_finished(execution_id),
+        )
+        .await;
+        match ended {
+            Ok(Some(record)) => Ok(record),
+            Ok(None) => Err(EngineError::ExecutionNotFound {
+                id: execution_id.to_string(),
+            }),
+            Err(_) => Err(EngineError::Busy {
+                id: record.sandbox_id,
+                running: format!(
+                    "execution {execution_id}, which did not stop after the interrupt"
+                ),
+            }),
+        }
+    }
+
     /// Stops the execution running in a sandbox, keeping the kernel's state: the kernel is
     /// interrupted (and restarted only if it ignores that, as on a timeout). Returns what was
     /// running, once it has stopped, or `None` when nothing ran.

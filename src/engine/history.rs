@@ -28,6 +28,8 @@ pub(crate) struct ExecutionHistory {
     max_entries: usize,
     max_bytes: usize,
     inner: Mutex<Entries>,
+    /// Bumped whenever an execution finishes, so a caller can wait for one to end.
+    finished: tokio::sync::watch::Sender<u64>,
 }
 
 #[derive(Default)]
@@ -42,6 +44,7 @@ impl ExecutionHistory {
             max_entries: max_entries.max(1),
             max_bytes,
             inner: Mutex::new(Entries::default()),
+            finished: tokio::sync::watch::Sender::new(0),
         }
     }
 
@@ -62,6 +65,11 @@ impl ExecutionHistory {
 
     /// Records the result of an execution.
     pub(crate) fn finished(&self, result: Arc<ExecutionResult>) {
+        self.record_result(result);
+        self.finished.send_modify(|count| *count += 1);
+    }
+
+    fn record_result(&self, result: Arc<ExecutionResult>) {
         let mut entries = self.entries();
         let size = approximate_size(&result);
         if let Some(record) = entries
@@ -84,6 +92,23 @@ impl ExecutionHistory {
             .rev()
             .find(|record| record.execution_id == execution_id)
             .cloned()
+    }
+
+    /// Waits until the execution with this id has a result and returns it; `None` when it is
+    /// not (or no longer) remembered.
+    pub(crate) async fn wait_finished(&self, execution_id: &str) -> Option<ExecutionRecord> {
+        let mut finished = self.finished.subscribe();
+        loop {
+            finished.mark_unchanged();
+            let record = self.get(execution_id)?;
+            if record.result.is_some() {
+                return Some(record);
+            }
+            // The sender lives as long as the log, so this only waits.
+            if finished.changed().await.is_err() {
+                return None;
+            }
+        }
     }
 
     fn evict(&self, entries: &mut Entries) {
@@ -189,6 +214,22 @@ mod tests {
         );
         assert!(history.get("c").is_some());
         assert!(history.get("a").is_none());
+    }
+
+    #[tokio::test]
+    async fn a_waiter_wakes_when_its_execution_finishes() {
+        let history = Arc::new(ExecutionHistory::new(8, 1 << 20));
+        history.started(record("a"));
+        history.started(record("b"));
+        let waiter = tokio::spawn({
+            let history = history.clone();
+            async move { history.wait_finished("a").await }
+        });
+        history.finished(result("b", 1));
+        history.finished(result("a", 2));
+        let record = waiter.await.expect("join").expect("remembered");
+        assert_eq!(record.result.expect("result").stdout, "xx");
+        assert!(history.wait_finished("unknown").await.is_none());
     }
 
     #[test]

@@ -319,6 +319,19 @@ impl Sandbox {
         info
     }
 
+    /// Asks the execution `execution_id` to stop, if it is the one running; returns whether it
+    /// was.
+    pub(crate) fn interrupt_execution(&self, execution_id: &str) -> bool {
+        if let Ok(running) = self.running.lock()
+            && let Some(running) = running.as_ref()
+            && running.execution_id == execution_id
+        {
+            running.stop.cancel();
+            return true;
+        }
+        false
+    }
+
     pub(crate) fn set_winding_down(&self, winding_down: bool) {
         self.winding_down.store(winding_down, Ordering::SeqCst);
     }

@@ -5,7 +5,7 @@
 //! |-------------------|-----------------------------------------------------------------------|
 //! | [`containers`]    | `POST/GET /containers`, `GET/DELETE /containers/{id}`                 |
 //! | [`firewall`]      | `POST/GET /containers/{id}/firewall`                                  |
-//! | [`execute`]       | `POST /containers/{id}/execute`, `…/execute/stream` (SSE), `GET /executions/{id}` |
+//! | [`execute`]       | `POST /containers/{id}/execute`, `…/execute/stream` (SSE, NDJSON), `GET /executions/{id}`, `POST …/cancel` |
 //! | [`files`]         | `POST/GET/DELETE /containers/{id}/files/{path}`, `POST/GET …/directories/{path}` |
 //! | [`commands`]      | `POST /containers/{id}/commands`, `POST /containers/{id}/packages`    |
 //! | [`processes`]     | `POST/GET /containers/{id}/processes`, `GET …/{pid}`, `POST …/{pid}/kill|stdin`, `GET …/{pid}/events|ws` |
@@ -49,6 +49,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(json(routes!(execute::execute)))
         .routes(json(routes!(execute::execute_stream)))
         .routes(json(routes!(execute::execution)))
+        .routes(json(routes!(execute::cancel)))
         .routes(json(routes!(commands::run)))
         .routes(json(routes!(commands::install)))
         .routes(streamed(routes!(files::upload_to_workspace)))

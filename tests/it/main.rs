@@ -4,6 +4,7 @@ mod cli;
 mod common;
 mod compose;
 mod engine;
+mod executions;
 mod faults;
 mod files_attack;
 mod guard;

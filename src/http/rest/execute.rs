@@ -1,28 +1,38 @@
-//! Running code: a whole result (`POST …/execute`), a live Server-Sent Events stream
-//! (`POST …/execute/stream`), and recent executions by id (`GET /executions/{id}`).
+//! Running code: a whole result (`POST …/execute`), or at once its id (`"wait": false`, 202) to
+//! poll; a live stream (`POST …/execute/stream`) as Server-Sent Events or as NDJSON; recent
+//! executions by id (`GET /executions/{id}`) and their cancellation (`POST …/cancel`).
 //!
-//! The stream's events are `stdout`, `stderr` (`{"text"}`), `display`, `result` (`{"data"}`, a
-//! MIME bundle), `error` (`{"name","value","traceback"}`) and a last `done` carrying the whole
-//! [`ExecutionResult`]; each is sent as soon as the kernel produces it. Closing the connection
-//! cancels the execution (the engine interrupts the kernel when its stream is dropped).
+//! The SSE events are `stdout`, `stderr` (`{"text"}`), `display`, `result` (`{"data"}`, a MIME
+//! bundle), `error` (`{"name","value","traceback"}`) and a last `done` carrying the whole
+//! [`ExecutionResult`]. With `Accept: application/x-ndjson` the same steps are JSON lines in the
+//! shapes of the Python sandbox MCP server: `{"text","stream"}`, `{"image","format"}`,
+//! `{"error","traceback"}`, then a last `{"status", …}` line. Each is sent as soon as the kernel
+//! produces it. Closing the connection cancels the execution (the engine interrupts the kernel
+//! when its stream is dropped); an execution started with `"wait": false` has no connection to
+//! lose and runs to its end or its cancellation.
 
 use std::convert::Infallible;
 
+use futures::StreamExt;
+
 use axum::Extension;
 use axum::Json;
+use axum::body::{Body, Bytes};
 use axum::extract::State;
-use axum::http::HeaderValue;
+use axum::http::header::{ACCEPT, CONTENT_TYPE, LOCATION};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::engine::Tenant;
 use crate::engine::execution::{ExecutionResult as EngineResult, OutputKind, PythonError};
 use crate::engine::{ExecEvent, ExecuteRequest, ExecutionOutcome, ExecutionStream};
+use crate::engine::{ExecutionRecord, Tenant};
 use crate::http::error::{ApiError, ErrorBody};
 use crate::http::extract::{ApiJson, ApiPath, AppState, seconds};
+use crate::kernel::MimeBundle;
 
 /// The response header that names the execution of an SSE stream.
 pub const EXECUTION_ID_HEADER: &str = "x-execution-id";
@@ -36,7 +46,13 @@ pub struct Execute {
     /// Seconds before the kernel is interrupted (default: the server's `--exec-timeout-secs`).
     #[schema(exclusive_minimum = 0)]
     pub timeout: Option<f64>,
+    /// `false`: answer 202 at once with the execution's id, and let it run; poll
+    /// `GET /executions/{id}` for its status and result. Only for `…/execute` (default `true`).
+    pub wait: Option<bool>,
 }
+
+/// The media type of the NDJSON stream.
+pub const NDJSON: &str = "application/x-ndjson";
 
 /// How an execution stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
@@ -180,27 +196,30 @@ pub struct ExecutionState {
     pub result: Option<ExecutionResult>,
 }
 
+fn engine_request(request: Execute) -> Result<ExecuteRequest, ApiError> {
+    Ok(ExecuteRequest {
+        timeout: seconds("timeout", request.timeout)?,
+        code: request.code,
+    })
+}
+
 async fn start(
     engine: &AppState,
     tenant: &Tenant,
     id: &str,
     request: Execute,
 ) -> Result<ExecutionStream, ApiError> {
-    let timeout = seconds("timeout", request.timeout)?;
-    Ok(engine
-        .execute(
-            id,
-            tenant,
-            ExecuteRequest {
-                code: request.code,
-                timeout,
-            },
-        )
-        .await?)
+    if request.wait == Some(false) {
+        return Err(ApiError::invalid(
+            "\"wait\": false is for POST /containers/{id}/execute; a stream always follows its execution",
+        ));
+    }
+    Ok(engine.execute(id, tenant, engine_request(request)?).await?)
 }
 
 /// Run code and answer with the whole result. A timeout is a result too (`status: timeout`,
-/// with the output so far); closing the connection cancels the execution.
+/// with the output so far); closing the connection cancels the execution. With `"wait": false`
+/// the answer is 202 at once, the execution's state (`running`) with a `Location` to poll.
 #[utoipa::path(
     post,
     path = "/containers/{id}/execute",
@@ -209,6 +228,8 @@ async fn start(
     request_body = Execute,
     responses(
         (status = 200, description = "The execution ended (see `status`)", body = ExecutionResult),
+        (status = 202, description = "Started (`\"wait\": false`): poll `Location`", body = ExecutionState,
+            headers(("location" = String, description = "`/executions/{execution_id}`"))),
         (status = 401, description = "Missing or wrong API key", body = ErrorBody),
         (status = 404, description = "No such container", body = ErrorBody),
         (status = 409, description = "Another execution is running in this container", body = ErrorBody),
@@ -222,11 +243,26 @@ pub(crate) async fn execute(
     Extension(tenant): Extension<Tenant>,
     ApiPath(id): ApiPath<String>,
     ApiJson(request): ApiJson<Execute>,
-) -> Result<Json<ExecutionResult>, ApiError> {
-    let stream = start(&engine, &tenant, &id, request).await?;
-    Ok(Json(
-        std::sync::Arc::unwrap_or_clone(stream.finish().await?).into(),
-    ))
+) -> Result<Response, ApiError> {
+    if request.wait == Some(false) {
+        let record = engine
+            .execute_detached(&id, &tenant, engine_request(request)?)
+            .await?;
+        let location = HeaderValue::from_str(&format!("/executions/{}", record.execution_id)).ok();
+        let mut response =
+            (StatusCode::ACCEPTED, Json(ExecutionState::from(record))).into_response();
+        if let Some(location) = location {
+            response.headers_mut().insert(LOCATION, location);
+        }
+        return Ok(response);
+    }
+    let stream = engine
+        .execute(&id, &tenant, engine_request(request)?)
+        .await?;
+    Ok(Json(ExecutionResult::from(std::sync::Arc::unwrap_or_clone(
+        stream.finish().await?,
+    )))
+    .into_response())
 }
 
 fn sse_event(name: &'static str, data: &impl Serialize) -> Event {
@@ -248,10 +284,86 @@ fn to_sse(event: ExecEvent) -> Event {
     }
 }
 
+/// The NDJSON lines of one event: output as `{"text","stream"}`, each image of a display or a
+/// result as `{"image","format"}` (its `text/plain` then left out, it only names the figure),
+/// other results as `{"text"}` (or `{"data"}` when there is no text), an exception as
+/// `{"error","traceback"}`, and the end as `{"status", …}` without the output already sent.
+fn to_ndjson(event: ExecEvent) -> Vec<serde_json::Value> {
+    use serde_json::json;
+    match event {
+        ExecEvent::Stdout { text } => vec![json!({ "text": text, "stream": "stdout" })],
+        ExecEvent::Stderr { text } => vec![json!({ "text": text, "stream": "stderr" })],
+        ExecEvent::Display { data } | ExecEvent::Result { data } => bundle_lines(data),
+        ExecEvent::Error(error) => vec![json!({
+            "error": format!("{}: {}", error.ename, error.evalue),
+            "name": error.ename,
+            "value": error.evalue,
+            "traceback": error.traceback,
+        })],
+        ExecEvent::Finished(result) => {
+            let result = ExecutionResult::from(std::sync::Arc::unwrap_or_clone(result));
+            vec![json!({
+                "status": result.status,
+                "execution_id": result.execution_id,
+                "execution_count": result.execution_count,
+                "duration_ms": result.duration_ms,
+                "truncated": result.truncated,
+                "kernel_restarted": result.kernel_restarted,
+            })]
+        }
+    }
+}
+
+/// The image MIME types an NDJSON `image` line carries, with their `format`.
+const IMAGE_FORMATS: [(&str, &str); 4] = [
+    ("image/png", "png"),
+    ("image/jpeg", "jpeg"),
+    ("image/gif", "gif"),
+    ("image/svg+xml", "svg"),
+];
+
+fn bundle_lines(data: MimeBundle) -> Vec<serde_json::Value> {
+    let images: Vec<serde_json::Value> = IMAGE_FORMATS
+        .iter()
+        .filter_map(|(mime, format)| {
+            let image = data.get(*mime)?.as_str()?;
+            // PNG and JPEG are base64, which the kernel may wrap; SVG is text.
+            let image: String = if *format == "svg" {
+                image.to_string()
+            } else {
+                image.split_whitespace().collect()
+            };
+            Some(serde_json::json!({ "image": image, "format": format }))
+        })
+        .collect();
+    if !images.is_empty() {
+        return images;
+    }
+    match data.get("text/plain").and_then(|text| text.as_str()) {
+        Some(text) => vec![serde_json::json!({ "text": text })],
+        None => vec![serde_json::json!({ "data": data })],
+    }
+}
+
+/// Whether the client asked for NDJSON rather than SSE.
+fn wants_ndjson(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(ACCEPT)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .map(|range| range.split(';').next().unwrap_or("").trim())
+        .any(|range| {
+            range.eq_ignore_ascii_case(NDJSON) || range.eq_ignore_ascii_case("application/ndjson")
+        })
+}
+
 /// Run code and stream its events as Server-Sent Events, each as soon as it is produced:
 /// `stdout`, `stderr` (`{"text"}`), `display`, `result` (`{"data"}`), `error`
-/// (`{"name","value","traceback"}`), then `done` with the whole result. The execution id is in
-/// the `X-Execution-Id` header. Closing the connection cancels the execution.
+/// (`{"name","value","traceback"}`), then `done` with the whole result. With
+/// `Accept: application/x-ndjson`, one JSON object per line instead: `{"text","stream"}`,
+/// `{"image","format"}`, `{"error","traceback"}`, then `{"status","execution_id",…}`. The
+/// execution id is in the `X-Execution-Id` header. Closing the connection cancels the execution.
 #[utoipa::path(
     post,
     path = "/containers/{id}/execute/stream",
@@ -259,7 +371,8 @@ fn to_sse(event: ExecEvent) -> Event {
     params(("id" = String, Path, description = "Container id")),
     request_body = Execute,
     responses(
-        (status = 200, description = "An event stream", content_type = "text/event-stream", body = String,
+        (status = 200, description = "An event stream (SSE, or NDJSON with `Accept: application/x-ndjson`)",
+            content((String = "text/event-stream"), (String = "application/x-ndjson")),
             headers(("x-execution-id" = String, description = "The execution's id"))),
         (status = 401, description = "Missing or wrong API key", body = ErrorBody),
         (status = 404, description = "No such container", body = ErrorBody),
@@ -273,6 +386,7 @@ pub(crate) async fn execute_stream(
     State(engine): State<AppState>,
     Extension(tenant): Extension<Tenant>,
     ApiPath(id): ApiPath<String>,
+    headers: HeaderMap,
     ApiJson(request): ApiJson<Execute>,
 ) -> Result<Response, ApiError> {
     let stream = start(&engine, &tenant, &id, request).await?;
@@ -283,14 +397,28 @@ pub(crate) async fn execute_stream(
         let mut stream = state?;
         let event = stream.next().await?;
         let last = matches!(event, ExecEvent::Finished(_));
-        Some((
-            Ok::<_, Infallible>(to_sse(event)),
-            (!last).then_some(stream),
-        ))
+        Some((event, (!last).then_some(stream)))
     });
-    let mut response = Sse::new(events)
-        .keep_alive(KeepAlive::default())
-        .into_response();
+    let mut response = if wants_ndjson(&headers) {
+        let lines = events.map(|event| {
+            let mut chunk = Vec::new();
+            for line in to_ndjson(event) {
+                // A `Value` always serializes.
+                let _ = serde_json::to_writer(&mut chunk, &line);
+                chunk.push(b'\n');
+            }
+            Ok::<_, Infallible>(Bytes::from(chunk))
+        });
+        let mut response = Body::from_stream(lines).into_response();
+        response
+            .headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static(NDJSON));
+        response
+    } else {
+        Sse::new(events.map(|event| Ok::<_, Infallible>(to_sse(event))))
+            .keep_alive(KeepAlive::default())
+            .into_response()
+    };
     let headers = response.headers_mut();
     if let Some(execution_id) = execution_id {
         headers.insert(EXECUTION_ID_HEADER, execution_id);
@@ -298,6 +426,27 @@ pub(crate) async fn execute_stream(
     // Reverse proxies (nginx) must not buffer the stream.
     headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
     Ok(response)
+}
+
+impl From<ExecutionRecord> for ExecutionState {
+    fn from(record: ExecutionRecord) -> Self {
+        let result = record
+            .result
+            .map(|result| ExecutionResult::from(std::sync::Arc::unwrap_or_clone(result)));
+        ExecutionState {
+            execution_id: record.execution_id,
+            container_id: record.sandbox_id,
+            status: result
+                .as_ref()
+                .map_or(ExecutionStatus::Running, |result| result.status),
+            started_at: record.started_at,
+            finished_at: result.as_ref().map(|result| {
+                result.started_at + chrono::Duration::milliseconds(result.duration_ms as i64)
+            }),
+            duration_ms: result.as_ref().map(|result| result.duration_ms),
+            result,
+        }
+    }
 }
 
 /// A recent execution: running, or ended with its result. Only a bounded number of recent
@@ -318,23 +467,35 @@ pub(crate) async fn execution(
     Extension(tenant): Extension<Tenant>,
     ApiPath(execution_id): ApiPath<String>,
 ) -> Result<Json<ExecutionState>, ApiError> {
-    let record = engine.execution(&execution_id, &tenant)?;
-    let result = record
-        .result
-        .map(|result| ExecutionResult::from(std::sync::Arc::unwrap_or_clone(result)));
-    Ok(Json(ExecutionState {
-        execution_id: record.execution_id,
-        container_id: record.sandbox_id,
-        status: result
-            .as_ref()
-            .map_or(ExecutionStatus::Running, |result| result.status),
-        started_at: record.started_at,
-        finished_at: result.as_ref().map(|result| {
-            result.started_at + chrono::Duration::milliseconds(result.duration_ms as i64)
-        }),
-        duration_ms: result.as_ref().map(|result| result.duration_ms),
-        result,
-    }))
+    Ok(Json(engine.execution(&execution_id, &tenant)?.into()))
+}
+
+/// Cancel a running execution: the kernel is interrupted (its state kept, as for a timeout) and
+/// the answer, once it has stopped, is its state (`cancelled`, with the output so far). An
+/// execution that already ended is answered as it is.
+#[utoipa::path(
+    post,
+    path = "/executions/{execution_id}/cancel",
+    tag = "execution",
+    params(("execution_id" = String, Path, description = "Execution id (`exe_…`)")),
+    responses(
+        (status = 200, description = "The execution, ended", body = ExecutionState),
+        (status = 401, description = "Missing or wrong API key", body = ErrorBody),
+        (status = 404, description = "Unknown, forgotten, or another tenant's execution", body = ErrorBody),
+        (status = 409, description = "The kernel did not stop in time", body = ErrorBody),
+    )
+)]
+pub(crate) async fn cancel(
+    State(engine): State<AppState>,
+    Extension(tenant): Extension<Tenant>,
+    ApiPath(execution_id): ApiPath<String>,
+) -> Result<Json<ExecutionState>, ApiError> {
+    Ok(Json(
+        engine
+            .cancel_execution(&execution_id, &tenant)
+            .await?
+            .into(),
+    ))
 }
 
 #[cfg(test)]
