@@ -1,0 +1,321 @@
+//! `1+1` three ways in one run, against real Docker: through kernelbox's REST route (the real
+//! router on loopback), on the raw kernel channel of the same sandbox (the floor), and through a
+//! Jupyter Kernel Gateway (PyPI `jupyter_kernel_gateway`) in a container of the same image, its
+//! port published on 127.0.0.1 and reached over HTTP and WebSocket: the path the ipybox server
+//! takes to its kernels. The interleaving gives all three the same machine.
+//! Run with `cargo bench --bench gateway` (needs the sandbox image and PyPI for the wheels).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bollard::Docker;
+use bollard::models::{ContainerCreateBody, HostConfig, PortBinding};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
+};
+use futures::{SinkExt, StreamExt};
+use kernelbox::backend::docker::DockerBackend;
+use kernelbox::config::EngineConfig;
+use kernelbox::engine::{CreateSandbox, Engine, Tenant};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+
+mod support;
+use support::{LoopbackServer, kernels, ms, percentile, raw_execute};
+
+const ITERATIONS: usize = 500;
+const WARMUP: usize = 30;
+const TARGET: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/target");
+const GATEWAY_PORT: u16 = 8888;
+/// How long the gateway has to install and start.
+const GATEWAY_START: Duration = Duration::from_secs(300);
+/// How long one `1+1` may take before the run is abandoned.
+const CALL_DEADLINE: Duration = Duration::from_secs(30);
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let wheels = gateway_wheels()?;
+    let instance = format!(
+        "bench-gateway-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
+    let backend = Arc::new(DockerBackend::connect(Default::default()).await?);
+    let engine = Engine::new(backend.clone(), EngineConfig::defaults(&instance));
+    engine.check_image().await?;
+    let docker = Docker::connect_with_defaults()?.negotiate_version().await?;
+    let name = format!("{instance}-jkg");
+    let outcome = async {
+        let gateway = Gateway::start(&docker, &engine.config().image, &name, &wheels).await?;
+        compare(&engine, backend.as_ref(), &gateway).await
+    }
+    .await;
+    let _ = docker
+        .remove_container(
+            &name,
+            Some(RemoveContainerOptionsBuilder::default().force(true).build()),
+        )
+        .await;
+    engine.shutdown(true).await;
+    outcome
+}
+
+/// The gateway's wheels for Python 3.11 (the sandbox's), downloaded once under target/.
+fn gateway_wheels() -> anyhow::Result<PathBuf> {
+    let wheels = Path::new(TARGET).join("gateway-bench-wheels");
+    if !wheels.join(".downloaded").exists() {
+        let output = std::process::Command::new("python3")
+            .args(["-m", "pip", "download", "--quiet", "jupyter_kernel_gateway"])
+            .args(["--python-version", "3.11", "--only-binary=:all:", "--dest"])
+            .arg(&wheels)
+            .output()?;
+        anyhow::ensure!(
+            output.status.success(),
+            "pip download: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        std::fs::write(wheels.join(".downloaded"), b"")?;
+    }
+    Ok(wheels)
+}
+
+/// A Kernel Gateway in a container, with one kernel started.
+struct Gateway {
+    base: String,
+    kernel_id: String,
+}
+
+impl Gateway {
+    async fn start(
+        docker: &Docker,
+        image: &str,
+        name: &str,
+        wheels: &Path,
+    ) -> anyhow::Result<Self> {
+        // Installed into a directory of its own, so the image's Debian packages are untouched.
+        let script = format!(
+            "python3 -m pip install --quiet --no-index --find-links /wheels --target /tmp/jkg jupyter_kernel_gateway \
+             && PYTHONPATH=/tmp/jkg exec python3 -m kernel_gateway \
+             --KernelGatewayApp.ip=0.0.0.0 --KernelGatewayApp.port={GATEWAY_PORT}"
+        );
+        let binding = PortBinding {
+            host_ip: Some("127.0.0.1".into()),
+            host_port: Some(String::new()),
+        };
+        let body = ContainerCreateBody {
+            image: Some(image.into()),
+            cmd: Some(vec!["sh".into(), "-c".into(), script]),
+            exposed_ports: Some(vec![format!("{GATEWAY_PORT}/tcp")]),
+            labels: Some(HashMap::from([("io.kernelbox.bench".into(), name.into())])),
+            // The limits a kernelbox sandbox gets by default.
+            host_config: Some(HostConfig {
+                port_bindings: Some(HashMap::from([(
+                    format!("{GATEWAY_PORT}/tcp"),
+                    Some(vec![binding]),
+                )])),
+                binds: Some(vec![format!("{}:/wheels:ro", wheels.display())]),
+                memory: Some(1024 * 1024 * 1024),
+                nano_cpus: Some(1_000_000_000),
+                pids_limit: Some(256),
+                cap_drop: Some(vec!["ALL".into()]),
+                security_opt: Some(vec!["no-new-privileges".into()]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let options = CreateContainerOptionsBuilder::default().name(name).build();
+        docker.create_container(Some(options), body).await?;
+        docker.start_container(name, None).await?;
+        tokio::time::timeout(GATEWAY_START, serving(docker, name))
+            .await
+            .map_err(|_| anyhow::anyhow!("the gateway did not start within {GATEWAY_START:?}"))??;
+        let inspect = docker.inspect_container(name, None).await?;
+        let port: u16 = inspect
+            .network_settings
+            .and_then(|settings| settings.ports)
+            .and_then(|ports| ports.get(&format!("{GATEWAY_PORT}/tcp")).cloned().flatten())
+            .and_then(|bindings| bindings.first()?.host_port.clone())
+            .ok_or_else(|| anyhow::anyhow!("the gateway's port is not published"))?
+            .parse()?;
+        let base = format!("127.0.0.1:{port}");
+        let kernel: Value = reqwest::Client::new()
+            .post(format!("http://{base}/api/kernels"))
+            .json(&json!({"name": "python3"}))
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        let kernel_id = kernel["id"]
+            .as_str()
+            .ok_or_else(|| anyhow::anyhow!("no kernel id in {kernel}"))?
+            .to_string();
+        Ok(Self { base, kernel_id })
+    }
+}
+
+/// Waits for the gateway's own word that it serves, in its log.
+async fn serving(docker: &Docker, name: &str) -> anyhow::Result<()> {
+    let options = LogsOptionsBuilder::default()
+        .follow(true)
+        .stdout(true)
+        .stderr(true)
+        .build();
+    let mut logs = docker.logs(name, Some(options));
+    let mut seen = String::new();
+    while let Some(chunk) = logs.next().await {
+        seen.push_str(&chunk?.to_string());
+        if seen.contains("is available at") {
+            return Ok(());
+        }
+    }
+    anyhow::bail!("the gateway exited: {seen}")
+}
+
+/// One client of the gateway's kernel channels, as a Jupyter client speaks them (the JSON
+/// WebSocket protocol, every channel on one socket).
+struct GatewayClient {
+    socket: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+    session: String,
+}
+
+impl GatewayClient {
+    /// `nodelay`: TCP_NODELAY on the client's socket (a client without it waits on Nagle and
+    /// delayed ACKs, about 40 ms a call here).
+    async fn connect(gateway: &Gateway, nodelay: bool) -> anyhow::Result<Self> {
+        let url = format!(
+            "ws://{}/api/kernels/{}/channels",
+            gateway.base, gateway.kernel_id
+        );
+        let (socket, _) = tokio_tungstenite::connect_async_with_config(url, None, nodelay).await?;
+        Ok(Self {
+            socket,
+            session: uuid::Uuid::new_v4().simple().to_string(),
+        })
+    }
+
+    /// Runs `code` and waits for its shell reply and its iopub `idle`, as a client does.
+    async fn execute(&mut self, code: &str) -> anyhow::Result<()> {
+        let msg_id = uuid::Uuid::new_v4().simple().to_string();
+        let request = json!({
+            "header": {"msg_id": msg_id, "username": "bench", "session": self.session,
+                "msg_type": "execute_request", "version": "5.3",
+                "date": chrono::Utc::now().to_rfc3339()},
+            "parent_header": {}, "metadata": {}, "channel": "shell", "buffers": [],
+            "content": {"code": code, "silent": false, "store_history": true,
+                "user_expressions": {}, "allow_stdin": false, "stop_on_error": true},
+        });
+        self.socket
+            .send(Message::Text(request.to_string().into()))
+            .await?;
+        let (mut replied, mut idle) = (false, false);
+        while !(replied && idle) {
+            let message = self
+                .socket
+                .next()
+                .await
+                .ok_or_else(|| anyhow::anyhow!("the gateway closed the socket"))??;
+            let Message::Text(text) = message else {
+                continue;
+            };
+            let message: Value = serde_json::from_str(&text)?;
+            if message["parent_header"]["msg_id"] != msg_id.as_str() {
+                continue;
+            }
+            match message["msg_type"].as_str() {
+                Some("execute_reply") => replied = true,
+                Some("status") if message["content"]["execution_state"] == "idle" => idle = true,
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn compare(
+    engine: &Arc<Engine>,
+    backend: &dyn kernelbox::backend::Backend,
+    gateway: &Gateway,
+) -> anyhow::Result<()> {
+    let id = engine.create(CreateSandbox::new(Tenant::Local)).await?.id;
+    let kernel =
+        kernels::current_transport(backend, engine.get(&id, &Tenant::Local)?.container_id())
+            .await?;
+    let server = LoopbackServer::start(engine).await?;
+    let client = reqwest::Client::builder().tcp_nodelay(true).build()?;
+    let url = format!("{}/containers/{id}/execute", server.base);
+    // TCP_NODELAY, as the REST client has, so that the gateway does not pay for Nagle on our
+    // side; and a client with the socket's defaults, as a plain WebSocket library opens it.
+    let mut through_gateway = GatewayClient::connect(gateway, true).await?;
+    let mut through_gateway_default = GatewayClient::connect(gateway, false).await?;
+    let (mut rest, mut raw, mut jkg, mut jkg_default) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for index in 0..WARMUP + ITERATIONS {
+        let started = Instant::now();
+        let answer: Value = tokio::time::timeout(CALL_DEADLINE, async {
+            client
+                .post(&url)
+                .json(&json!({"code": "1+1"}))
+                .send()
+                .await?
+                .json()
+                .await
+        })
+        .await??;
+        // `text` may carry IPython's warning when its output cache fills; the value is last.
+        anyhow::ensure!(
+            answer["status"] == "completed"
+                && answer["text"]
+                    .as_str()
+                    .is_some_and(|text| text.ends_with('2')),
+            "REST answer: {answer}"
+        );
+        let rest_took = started.elapsed();
+
+        let started = Instant::now();
+        tokio::time::timeout(CALL_DEADLINE, raw_execute(&kernel, "1+1")).await??;
+        let raw_took = started.elapsed();
+
+        let started = Instant::now();
+        tokio::time::timeout(CALL_DEADLINE, through_gateway.execute("1+1")).await??;
+        let gateway_took = started.elapsed();
+
+        let started = Instant::now();
+        tokio::time::timeout(CALL_DEADLINE, through_gateway_default.execute("1+1")).await??;
+        let gateway_default_took = started.elapsed();
+        if index >= WARMUP {
+            rest.push(rest_took);
+            raw.push(raw_took);
+            jkg.push(gateway_took);
+            jkg_default.push(gateway_default_took);
+        }
+    }
+    server.stop().await;
+    engine.destroy(&id, &Tenant::Local).await?;
+    let line = |name: &str, samples: &mut Vec<Duration>| {
+        let (p50, p99) = (percentile(samples, 0.5), percentile(samples, 0.99));
+        println!(
+            "1+1 {name:<48} p50 {:>7.2} ms  p99 {:>7.2} ms  ({ITERATIONS} runs)",
+            ms(p50),
+            ms(p99)
+        );
+        p50
+    };
+    let rest_p50 = line("kernelbox REST (loopback HTTP)", &mut rest);
+    let raw_p50 = line("raw kernel channel (same sandbox)", &mut raw);
+    let gateway_p50 = line("Jupyter Kernel Gateway, WebSocket, TCP_NODELAY", &mut jkg);
+    let default_p50 = line(
+        "Jupyter Kernel Gateway, WebSocket, defaults",
+        &mut jkg_default,
+    );
+    println!(
+        "gateway p50 / kernelbox REST p50: {:.1}x (TCP_NODELAY), {:.1}x (defaults); gateway / raw: {:.1}x",
+        ms(gateway_p50) / ms(rest_p50),
+        ms(default_p50) / ms(rest_p50),
+        ms(gateway_p50) / ms(raw_p50)
+    );
+    Ok(())
+}
