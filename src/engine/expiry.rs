@@ -42,9 +42,15 @@ impl Engine {
         let _changing = sandbox.lifetime_change().lock().await;
         let lifetime = Lifetime::from_now(timeout);
         let record = serde_json::to_vec(&lifetime).unwrap_or_default();
-        self.backend
+        if let Err(error) = self
+            .backend
             .put_record(sandbox.container_id(), LIFETIME_RECORD, &record)
-            .await?;
+            .await
+        {
+            // Destroyed meanwhile (expired, or deleted): say so, not that storing failed.
+            self.get(id, tenant)?;
+            return Err(error.into());
+        }
         sandbox.set_lifetime(Some(lifetime));
         tracing::info!(sandbox_id = %id, timeout_secs, expires_at = %lifetime.expires_at, "sandbox lifetime set");
         self.arm_expiry();

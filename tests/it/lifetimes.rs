@@ -259,6 +259,26 @@ async fn metadata_filters_the_list() {
     let none = json_of(list("?metadata.team=blue").await, StatusCode::OK).await;
     assert!(ids(&none).is_empty());
 
+    // The OpenAPI document describes the filter and the timeout route.
+    let document = json_of(
+        server.get("/openapi.json").send().await.expect("openapi"),
+        StatusCode::OK,
+    )
+    .await;
+    let parameter = &document["paths"]["/containers"]["get"]["parameters"][0];
+    assert_eq!(parameter["name"], "metadata", "{parameter}");
+    assert_eq!(parameter["style"], "deepObject", "{parameter}");
+    let timeout_route = &document["paths"]["/containers/{id}/timeout"]["post"];
+    assert!(timeout_route["requestBody"].is_object(), "{timeout_route}");
+    let container = &document["components"]["schemas"]["Container"]["properties"];
+    for field in ["timeout", "expires_at", "metadata"] {
+        assert!(container[field].is_object(), "{field}: {container}");
+    }
+    eprintln!(
+        "{parameter}\n{}",
+        document["components"]["schemas"]["SetTimeout"]
+    );
+
     for bad in [
         "?team=red",
         "?metadata.=x",
@@ -586,4 +606,22 @@ async fn mcp_sessions_take_a_timeout_and_metadata_and_set_session_timeout_change
     )
     .await;
     assert_eq!(after["structuredContent"]["sessions"], json!([]), "{after}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_idle_limit_still_applies_to_a_sandbox_with_a_long_lifetime() {
+    let Some(server) = TestServer::start_with("life-idle", &[], |config| {
+        config.max_idle = Duration::from_secs(2);
+        config.cleanup_interval = Duration::from_secs(1);
+    })
+    .await
+    else {
+        return;
+    };
+    server.engine().spawn_reaper();
+    let created = create(&server, None, json!({"timeout": 3600})).await;
+    let id = created["id"].as_str().expect("id").to_string();
+    // Idle 2 s, found by a reaper pass at most 1 s later, then destroyed.
+    let gone_at = wait_gone(&server, &id, Utc::now() + chrono::Duration::seconds(10)).await;
+    assert!(gone_at < time_of(&created["expires_at"]));
 }
