@@ -439,6 +439,26 @@ async fn a_changed_lifetime_and_the_metadata_survive_a_restart() {
     let changed = json_of(set_timeout(&first, &id, json!(12)).await, StatusCode::OK).await;
     let changed_expiry = time_of(&changed["expires_at"]);
     assert!(changed_expiry < time_of(&created["expires_at"]));
+    // The sandbox's code forges a far-off record where the sidecar keeps the real one, and
+    // looks for the sidecar's files through /proc: neither may reach what the server reads.
+    let forged = r#"{"timeout_secs":86400,"expires_at":"2099-01-01T00:00:00Z"}"#;
+    let attack = json_of(
+        first
+            .post(&format!("/containers/{id}/commands"))
+            .json(&json!({"cmd": format!(
+                "mkdir -p /var/lib/kernelbox/records 2>&1; \
+                 echo '{forged}' > /var/lib/kernelbox/records/lifetime.json 2>&1; \
+                 for root in /proc/[0-9]*/root/var/lib/kernelbox/records; do \
+                   echo '{forged}' > \"$root/lifetime.json\" 2>&1 && echo \"wrote $root\"; done; \
+                 ls -la /var/lib/kernelbox 2>&1; true"
+            )}))
+            .send()
+            .await
+            .expect("attack"),
+        StatusCode::OK,
+    )
+    .await;
+    eprintln!("attack: {}", attack["stdout"]);
     // The first server stops and leaves its sandboxes, as on a restart.
     first.engine().shutdown(false).await;
     assert!(container_exists(&id));
