@@ -21,11 +21,14 @@ use tokio::sync::Notify;
 use super::error::EngineError;
 use super::lifecycle::Engine;
 use super::lifetimes::{LIFETIME_RECORD, Lifetime, parse_record, timeout};
-use super::sandbox::SandboxInfo;
+use super::sandbox::{Sandbox, SandboxInfo};
 use super::tenant::Tenant;
 
 /// Expired sandboxes destroyed at the same time.
 const PARALLEL_EXPIRIES: usize = 8;
+/// The longest the timer sleeps at once: it looks again then (a far deadline never overflows
+/// the runtime's clock).
+const LONGEST_SLEEP: Duration = Duration::from_secs(86_400);
 
 impl Engine {
     /// Sets a sandbox's lifetime to `timeout_secs` from now (shorter or longer than before) and
@@ -105,18 +108,27 @@ impl Engine {
             .min()
     }
 
-    /// Destroys every sandbox whose lifetime has ended, the way `DELETE` does.
+    /// Destroys every sandbox whose lifetime has ended, the way `DELETE` does. Each is checked
+    /// again under its lifetime lock: one extended at that moment stays, and a change that
+    /// waited for the lock finds the sandbox gone.
     async fn expire_due(&self) {
         let now = Utc::now();
-        let due: Vec<String> = self
+        let due: Vec<Arc<Sandbox>> = self
             .all_sandboxes()
-            .iter()
+            .into_iter()
             .filter(|sandbox| sandbox.lifetime().is_some_and(|l| l.expired(now)))
-            .map(|sandbox| sandbox.id().to_string())
             .collect();
         futures::stream::iter(due)
-            .for_each_concurrent(PARALLEL_EXPIRIES, |id| async move {
-                match self.remove(&id).await {
+            .for_each_concurrent(PARALLEL_EXPIRIES, |sandbox| async move {
+                let _changing = sandbox.lifetime_change().lock().await;
+                if !sandbox
+                    .lifetime()
+                    .is_some_and(|l| l.expired(Utc::now()))
+                {
+                    return;
+                }
+                let id = sandbox.id();
+                match self.remove(id).await {
                     Ok(()) => tracing::info!(sandbox_id = %id, "sandbox lifetime ended; destroyed"),
                     // Destroyed by a caller meanwhile.
                     Err(EngineError::NotFound { .. }) => {}
@@ -147,7 +159,10 @@ async fn run_expiry(
         };
         // Wall-clock time left, as a deadline on the runtime's clock.
         let wake_at = next.map(|at| {
-            let left = (at - Utc::now()).to_std().unwrap_or(Duration::ZERO);
+            let left = (at - Utc::now())
+                .to_std()
+                .unwrap_or(Duration::ZERO)
+                .min(LONGEST_SLEEP);
             tokio::time::Instant::now() + left
         });
         tokio::select! {
