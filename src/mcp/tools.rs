@@ -981,6 +981,34 @@ mod tests {
     }
 
     #[test]
+    fn metadata_is_a_list_of_pairs_or_a_map() {
+        let listed: CreateSessionArgs = serde_json::from_value(serde_json::json!({
+            "metadata": [{"key": "a", "value": "1"}], "timeout": 60
+        }))
+        .expect("list");
+        assert_eq!(listed.timeout, Some(60));
+        let mapped: CreateSessionArgs =
+            serde_json::from_value(serde_json::json!({"metadata": {"a": "1"}})).expect("map");
+        for args in [listed, mapped] {
+            let metadata = args
+                .metadata
+                .expect("metadata")
+                .into_metadata()
+                .expect("valid");
+            assert_eq!(metadata.get("a").map(String::as_str), Some("1"));
+        }
+        let twice: ListSessionsArgs = serde_json::from_value(serde_json::json!({
+            "metadata": [{"key": "a", "value": "1"}, {"key": "a", "value": "2"}]
+        }))
+        .expect("list");
+        assert!(twice.metadata.expect("metadata").into_metadata().is_err());
+        assert!(
+            serde_json::from_value::<SetSessionTimeoutArgs>(serde_json::json!({"timeout": -1}))
+                .is_err()
+        );
+    }
+
+    #[test]
     fn unknown_arguments_are_refused() {
         assert!(
             serde_json::from_value::<ExecuteCodeArgs>(
