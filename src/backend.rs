@@ -116,6 +116,9 @@ pub struct StreamingExec {
 /// The runtime's own error, kept for the log; its type is the backend's business.
 pub type RuntimeError = Box<dyn std::error::Error + Send + Sync>;
 
+/// The largest document [`Backend::put_record`] keeps.
+pub const MAX_RECORD_BYTES: usize = 16 * 1024;
+
 /// The sandbox image's non-root user (`sandbox`, whose group has the same id), who runs the
 /// kernel and owns its sockets and `/workspace`.
 pub const SANDBOX_UID: u32 = 1000;
@@ -239,6 +242,18 @@ pub trait Backend: Send + Sync + 'static {
     ) -> Result<(), BackendError>;
     /// The document kept with the policy in force; `None` when none was ever applied.
     async fn egress_state(&self, container_id: &str) -> Result<Option<Vec<u8>>, BackendError>;
+    /// Keeps a small document (at most [`MAX_RECORD_BYTES`]) named `name` (lowercase letters,
+    /// digits and `-`) with the sandbox, where the sandbox's own code can neither read nor write
+    /// it, replacing one of that name. It lasts as long as the sandbox, across server restarts.
+    async fn put_record(
+        &self,
+        container_id: &str,
+        name: &str,
+        record: &[u8],
+    ) -> Result<(), BackendError>;
+    /// The document [`Backend::put_record`] kept as `name`; `None` when there is none.
+    async fn record(&self, container_id: &str, name: &str)
+    -> Result<Option<Vec<u8>>, BackendError>;
     /// Removes what a sandbox left behind after it went (its network plumbing), among the
     /// containers carrying every one of `labels`. Returns how many were removed.
     async fn collect_garbage(&self, labels: &[(&str, &str)]) -> Result<usize, BackendError>;

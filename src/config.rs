@@ -58,6 +58,8 @@ impl EnvVars {
     pub const EXEC_TIMEOUT_SECS: &'static str = "KERNELBOX_EXEC_TIMEOUT_SECS";
     /// Largest execution timeout a request may ask for, in seconds.
     pub const MAX_EXEC_TIMEOUT_SECS: &'static str = "KERNELBOX_MAX_EXEC_TIMEOUT_SECS";
+    /// Longest lifetime (`timeout`) a sandbox may be given, in seconds.
+    pub const MAX_SANDBOX_TIMEOUT_SECS: &'static str = "KERNELBOX_MAX_SANDBOX_TIMEOUT_SECS";
     /// Memory limit per sandbox, in MiB.
     pub const MEMORY_MB: &'static str = "KERNELBOX_MEMORY_MB";
     /// CPU limit per sandbox (fractions allowed).
@@ -293,6 +295,10 @@ pub struct EngineArgs {
     pub exec_timeout_secs: u64,
     #[arg(long, env = EnvVars::MAX_EXEC_TIMEOUT_SECS, default_value_t = 3600)]
     pub max_exec_timeout_secs: u64,
+    /// The longest lifetime (`timeout`, from now) a create or a timeout change may give a
+    /// sandbox.
+    #[arg(long, env = EnvVars::MAX_SANDBOX_TIMEOUT_SECS, default_value_t = 86_400)]
+    pub max_sandbox_timeout_secs: u64,
     #[arg(long, env = EnvVars::MEMORY_MB, default_value_t = 1024)]
     pub memory_mb: u64,
     #[arg(long, env = EnvVars::CPUS, default_value_t = 1.0)]
@@ -576,6 +582,8 @@ pub struct EngineConfig {
     pub ceilings: Limits,
     pub exec_timeout: Duration,
     pub max_exec_timeout: Duration,
+    /// The longest lifetime a sandbox may be given (`timeout` on create and on a change).
+    pub max_sandbox_timeout: Duration,
     pub max_idle: Duration,
     /// How long a tenant's default sandbox may idle (never longer than `max_idle`).
     pub default_sandbox_idle: Duration,
@@ -714,6 +722,10 @@ impl EngineArgs {
             ceilings,
             exec_timeout: Duration::from_secs(exec_timeout),
             max_exec_timeout: Duration::from_secs(max_exec_timeout),
+            max_sandbox_timeout: Duration::from_secs(positive(
+                self.max_sandbox_timeout_secs,
+                "--max-sandbox-timeout-secs",
+            )?),
             max_idle: Duration::from_secs(positive(self.max_idle_secs, "--max-idle-secs")?),
             default_sandbox_idle: Duration::from_secs(
                 positive(

@@ -25,6 +25,8 @@
 //! | [`process_table`]  | their replay buffers, end states and per-sandbox tables             |
 //! | [`validate`]       | input checks every face shares                                      |
 //! | [`labels`]         | the container labels that let a restarted server reattach           |
+//! | [`lifetimes`]      | per-sandbox lifetimes and caller metadata, and their checks         |
+//! | [`expiry`]         | changing a lifetime; the timer that destroys expired sandboxes      |
 //! | [`metrics`]        | counters and histograms for `GET /metrics`                          |
 //! | [`readiness`]      | whether the engine can take work now (`GET /ready`)                 |
 //! | [`error`]          | [`EngineError`] and its stable codes                                |
@@ -40,6 +42,7 @@ pub mod dependencies;
 pub mod error;
 pub mod execution;
 pub mod executor;
+pub mod expiry;
 pub mod files;
 pub mod firewall;
 pub mod guest_registry;
@@ -48,6 +51,7 @@ pub mod guest_sessions;
 pub mod history;
 pub mod labels;
 pub mod lifecycle;
+pub mod lifetimes;
 pub mod metrics;
 pub mod network;
 pub mod paths;
@@ -71,6 +75,7 @@ pub use guest_servers::{GuestServer, GuestServerParams};
 pub use guest_sessions::ProxySession;
 pub use history::ExecutionRecord;
 pub use lifecycle::{CreateSandbox, Engine, IMAGE_VERSION};
+pub use lifetimes::Metadata;
 pub use paths::WORKSPACE;
 pub use sandbox::{Sandbox, SandboxInfo, SandboxStatus};
 pub use tenant::Tenant;

@@ -20,6 +20,7 @@ mod api_error;
 pub mod direct_channel;
 mod exec_exit;
 pub mod firewall;
+pub mod records;
 
 use std::collections::HashMap;
 use std::io;
@@ -47,7 +48,7 @@ use self::direct_channel::DirectChannelError;
 use self::network::NetworkOptions;
 use super::{
     AttachedExec, Backend, BackendError, ContainerInfo, ContainerSpec, ExecChunk, ExecOutput,
-    ExecSpec, StreamingExec,
+    ExecSpec, MAX_RECORD_BYTES, StreamingExec,
 };
 use crate::config::KernelChannelMode;
 use crate::egress::EgressPolicy;
@@ -920,6 +921,85 @@ impl Backend for DockerBackend {
         };
         let output = self.exec(&sidecar, spec).await?;
         Ok((output.exit_code == 0).then_some(output.stdout))
+    }
+
+    async fn put_record(
+        &self,
+        container_id: &str,
+        name: &str,
+        record: &[u8],
+    ) -> Result<(), BackendError> {
+        if !records::valid_name(name) || record.len() > MAX_RECORD_BYTES {
+            return Err(BackendError::Invalid {
+                operation: "record write",
+                source: format!("record {name:?} of {} bytes", record.len()).into(),
+            });
+        }
+        let sidecar = self.sidecar_of(container_id).await?;
+        let spec = ExecSpec {
+            argv: records::write_argv(name),
+            workdir: "/".into(),
+            env: Vec::new(),
+            user: Some("0".into()),
+            output_limit: 4096,
+        };
+        let output = tokio::time::timeout(
+            records::TIMEOUT,
+            self.exec_with_input(&sidecar, spec, Some(Bytes::copy_from_slice(record))),
+        )
+        .await
+        .map_err(|_| BackendError::Timeout {
+            operation: "record write",
+            waited: records::TIMEOUT,
+        })??;
+        if output.exit_code == 0 {
+            return Ok(());
+        }
+        Err(BackendError::Failed {
+            operation: "record write",
+            source: String::from_utf8_lossy(&output.stderr)
+                .trim()
+                .to_string()
+                .into(),
+        })
+    }
+
+    async fn record(
+        &self,
+        container_id: &str,
+        name: &str,
+    ) -> Result<Option<Vec<u8>>, BackendError> {
+        if !records::valid_name(name) {
+            return Err(BackendError::Invalid {
+                operation: "record read",
+                source: format!("record {name:?}").into(),
+            });
+        }
+        let sidecar = self.sidecar_of(container_id).await?;
+        let spec = ExecSpec {
+            argv: records::read_argv(name),
+            workdir: "/".into(),
+            env: Vec::new(),
+            user: Some("0".into()),
+            output_limit: MAX_RECORD_BYTES,
+        };
+        let output = tokio::time::timeout(records::TIMEOUT, self.exec(&sidecar, spec))
+            .await
+            .map_err(|_| BackendError::Timeout {
+                operation: "record read",
+                waited: records::TIMEOUT,
+            })??;
+        match output.exit_code {
+            0 if !output.truncated => Ok(Some(output.stdout)),
+            records::MISSING => Ok(None),
+            _ => Err(BackendError::Failed {
+                operation: "record read",
+                source: String::from_utf8_lossy(&output.stderr)
+                    .trim()
+                    .to_string()
+                    .into(),
+            }),
+        }
     }
 
     async fn collect_garbage(&self, labels: &[(&str, &str)]) -> Result<usize, BackendError> {

@@ -5,6 +5,8 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 
+use super::lifetimes::{Lifetime, Metadata};
+
 /// Marks a container as a kernelbox sandbox; its value is the sandbox id.
 pub const ID: &str = "io.kernelbox.id";
 /// The kernelbox instance that owns the container.
@@ -17,6 +19,13 @@ pub const CREATED: &str = "io.kernelbox.created";
 pub const IMAGE: &str = "io.kernelbox.image";
 /// The kernel's HMAC key.
 pub const KERNEL_KEY: &str = "io.kernelbox.kernel-key";
+/// The caller's metadata, as a JSON object of strings.
+pub const METADATA: &str = "io.kernelbox.metadata";
+/// The lifetime given at creation, in seconds; a later change is kept in the sandbox's record
+/// ([`super::lifetimes`]), since labels cannot change.
+pub const TIMEOUT: &str = "io.kernelbox.timeout";
+/// RFC 3339: when the lifetime given at creation ends.
+pub const EXPIRES: &str = "io.kernelbox.expires";
 /// On images: the image layout version.
 pub const IMAGE_VERSION: &str = "io.kernelbox.image-version";
 
@@ -29,6 +38,8 @@ pub struct SandboxLabels<'a> {
     pub created_at: DateTime<Utc>,
     pub image: &'a str,
     pub key: &'a str,
+    pub metadata: &'a Metadata,
+    pub lifetime: Option<Lifetime>,
 }
 
 pub fn for_sandbox(values: &SandboxLabels<'_>) -> HashMap<String, String> {
@@ -45,5 +56,36 @@ pub fn for_sandbox(values: &SandboxLabels<'_>) -> HashMap<String, String> {
     if let Some(tag) = values.tag {
         labels.insert(TAG.to_string(), tag.to_string());
     }
+    if !values.metadata.is_empty() {
+        labels.insert(
+            METADATA.to_string(),
+            serde_json::to_string(values.metadata).unwrap_or_default(),
+        );
+    }
+    if let Some(lifetime) = values.lifetime {
+        labels.insert(TIMEOUT.to_string(), lifetime.timeout_secs.to_string());
+        labels.insert(EXPIRES.to_string(), lifetime.expires_at.to_rfc3339());
+    }
     labels
+}
+
+/// The metadata a sandbox's labels carry (none when the label is missing or not an object of
+/// strings).
+pub fn metadata(labels: &HashMap<String, String>) -> Metadata {
+    labels
+        .get(METADATA)
+        .and_then(|json| serde_json::from_str(json).ok())
+        .unwrap_or_default()
+}
+
+/// The lifetime given at creation, from a sandbox's labels.
+pub fn lifetime(labels: &HashMap<String, String>) -> Option<Lifetime> {
+    let timeout_secs = labels.get(TIMEOUT)?.parse().ok()?;
+    let expires_at = DateTime::parse_from_rfc3339(labels.get(EXPIRES)?)
+        .ok()?
+        .with_timezone(&Utc);
+    Some(Lifetime {
+        timeout_secs,
+        expires_at,
+    })
 }

@@ -22,6 +22,7 @@ use super::firewall::{EgressRequest, Firewall};
 use super::guest_registry::GuestRegistry;
 use super::history::{ExecutionHistory, ExecutionRecord};
 use super::labels;
+use super::lifetimes::{self, ExpiryTimer, Lifetime, Metadata};
 use super::metrics::EngineMetrics;
 use super::process_table::ProcessTable;
 use super::quota::{Live, Quota, SpoolBudget};
@@ -78,6 +79,11 @@ pub struct CreateSandbox {
     pub pids: Option<u64>,
     /// pip requirements installed before the sandbox is handed out, under the package policy.
     pub dependencies: Vec<String>,
+    /// The sandbox's lifetime in seconds from now (at most `--max-sandbox-timeout-secs`): it is
+    /// destroyed then, busy or not. `None`: only the idle limit applies.
+    pub timeout: Option<u64>,
+    /// The caller's metadata, shown with the sandbox and usable as a list filter.
+    pub metadata: Metadata,
 }
 
 impl CreateSandbox {
@@ -93,6 +99,8 @@ impl CreateSandbox {
             cpus: None,
             pids: None,
             dependencies: Vec::new(),
+            timeout: None,
+            metadata: Metadata::new(),
         }
     }
 }
@@ -121,6 +129,8 @@ pub struct Engine {
     pub(super) readiness: ReadinessCache,
     /// Creates waiting for their turn to start a container.
     starts: StartQueue,
+    /// Destroys sandboxes whose lifetime ended.
+    pub(super) expiry: ExpiryTimer,
 }
 
 impl Engine {
@@ -141,6 +151,7 @@ impl Engine {
             shutdown: CancellationToken::new(),
             readiness: ReadinessCache::default(),
             starts,
+            expiry: ExpiryTimer::default(),
         })
     }
 
@@ -240,7 +251,13 @@ impl Engine {
         let caller = CancellationToken::new();
         let _cancel_when_the_caller_leaves = caller.clone().drop_guard();
         self.tasks
-            .spawn(async move { engine.create_to_the_end(request, caller, progress).await })
+            .spawn(async move {
+                let created = engine.create_to_the_end(request, caller, progress).await;
+                if created.as_ref().is_ok_and(|info| info.expires_at.is_some()) {
+                    engine.arm_expiry();
+                }
+                created
+            })
             .await
             .map_err(|_| EngineError::ShuttingDown)?
     }
@@ -282,6 +299,11 @@ impl Engine {
         if let Some(tag) = &request.tag {
             validate::tag(tag)?;
         }
+        let timeout = request
+            .timeout
+            .map(|secs| lifetimes::timeout(secs, self.config.max_sandbox_timeout))
+            .transpose()?;
+        lifetimes::metadata(&request.metadata)?;
         let mut env = validate::env(&request.env)?;
         // The kernel keeps its own messages under the server's limit (the image's
         // `kernelbox_output`), so large output is cut with a note instead of restarting it.
@@ -327,6 +349,8 @@ impl Engine {
                     created_at,
                     image: &image,
                     key: &connection.key,
+                    metadata: &request.metadata,
+                    lifetime: timeout.map(Lifetime::from_now),
                 }),
                 env,
                 limits,
@@ -486,10 +510,29 @@ impl Engine {
 
     /// Every live sandbox of `tenant`, oldest first.
     pub fn list(&self, tenant: &Tenant) -> Vec<SandboxInfo> {
+        self.list_matching(tenant, &Metadata::new())
+    }
+
+    /// Every live sandbox of `tenant` whose metadata has every entry of `filter`, oldest first.
+    pub fn list_filtered(
+        &self,
+        tenant: &Tenant,
+        filter: &Metadata,
+    ) -> Result<Vec<SandboxInfo>, EngineError> {
+        for key in filter.keys() {
+            lifetimes::metadata_key(key)?;
+        }
+        Ok(self.list_matching(tenant, filter))
+    }
+
+    fn list_matching(&self, tenant: &Tenant, filter: &Metadata) -> Vec<SandboxInfo> {
         let mut sandboxes: Vec<SandboxInfo> = self
             .sandboxes
             .iter()
-            .filter(|entry| entry.value().tenant() == tenant)
+            .filter(|entry| {
+                entry.value().tenant() == tenant
+                    && lifetimes::matches(entry.value().metadata(), filter)
+            })
             .map(|entry| entry.value().info())
             .collect();
         sandboxes.sort_by(|a, b| {
@@ -544,7 +587,7 @@ impl Engine {
 
     /// Reattaches to this instance's containers after a restart: each keeps its id and kernel
     /// state. Containers whose kernel cannot be reached are removed. Returns how many came back.
-    pub async fn reattach(&self) -> Result<usize, EngineError> {
+    pub async fn reattach(self: &Arc<Self>) -> Result<usize, EngineError> {
         let containers = self
             .backend
             .list(&[(labels::INSTANCE, self.config.instance.as_str())])
@@ -576,6 +619,8 @@ impl Engine {
         for outcome in outcomes {
             restored += usize::from(outcome?);
         }
+        // Lifetimes that ended while no server ran end now.
+        self.arm_expiry();
         Ok(restored)
     }
 
@@ -592,6 +637,10 @@ impl Engine {
         };
         let sandbox = Sandbox::from_container(container, &image, self.kernel_link(), firewall)
             .ok_or(EngineError::Kernel(KernelError::Closed))?;
+        // A lifetime changed since the create is in the record; the labels keep the first one.
+        if let Some(lifetime) = self.recorded_lifetime(&container.container_id).await {
+            sandbox.set_lifetime(Some(lifetime));
+        }
         sandbox.kernel(Duration::from_secs(10)).await?;
         tracing::info!(sandbox_id = %sandbox.id(), "reattached");
         self.sandboxes

@@ -21,6 +21,7 @@ use super::error::EngineError;
 use super::execution::ExecEvent;
 use super::firewall::Firewall;
 use super::labels;
+use super::lifetimes::{Lifetime, Metadata};
 use super::tenant::Tenant;
 use crate::backend::{Backend, ContainerInfo};
 use crate::kernel::{
@@ -99,6 +100,13 @@ pub struct SandboxInfo {
     pub created_at: DateTime<Utc>,
     pub last_used_at: DateTime<Utc>,
     pub image: String,
+    /// The lifetime last given, in seconds (from when it was given); `None`: no limit but the
+    /// idle one.
+    pub timeout: Option<u64>,
+    /// When the sandbox is destroyed, whatever it is doing.
+    pub expires_at: Option<DateTime<Utc>>,
+    /// The caller's metadata.
+    pub metadata: Metadata,
 }
 
 /// The execution a sandbox runs.
@@ -138,6 +146,11 @@ pub struct Sandbox {
     tag: Option<String>,
     image: String,
     created_at: DateTime<Utc>,
+    metadata: Metadata,
+    /// How long the sandbox lives, if it has a limit.
+    lifetime: Mutex<Option<Lifetime>>,
+    /// Held while the lifetime changes, so that the stored change and the one in force agree.
+    lifetime_change: tokio::sync::Mutex<()>,
     /// The kernel's HMAC key.
     key: String,
     link: KernelLink,
@@ -190,6 +203,9 @@ impl Sandbox {
             tag: container.labels.get(labels::TAG).cloned(),
             image: image.to_string(),
             created_at,
+            metadata: labels::metadata(&container.labels),
+            lifetime: Mutex::new(labels::lifetime(&container.labels)),
+            lifetime_change: tokio::sync::Mutex::new(()),
             key,
             link,
             kernel: RwLock::new(None),
@@ -223,12 +239,32 @@ impl Sandbox {
         self.tag.as_deref()
     }
 
+    pub fn metadata(&self) -> &Metadata {
+        &self.metadata
+    }
+
+    /// How long the sandbox lives, if it has a limit.
+    pub fn lifetime(&self) -> Option<Lifetime> {
+        self.lifetime.lock().ok().and_then(|lifetime| *lifetime)
+    }
+
+    pub(crate) fn set_lifetime(&self, lifetime: Option<Lifetime>) {
+        if let Ok(mut current) = self.lifetime.lock() {
+            *current = lifetime;
+        }
+    }
+
+    pub(crate) fn lifetime_change(&self) -> &tokio::sync::Mutex<()> {
+        &self.lifetime_change
+    }
+
     pub fn info(&self) -> SandboxInfo {
         let last_used_at = self
             .last_used
             .lock()
             .map(|last| last.1)
             .unwrap_or_else(|_| Utc::now());
+        let lifetime = self.lifetime();
         SandboxInfo {
             id: self.id.clone(),
             tag: self.tag.clone(),
@@ -236,6 +272,9 @@ impl Sandbox {
             created_at: self.created_at,
             last_used_at,
             image: self.image.clone(),
+            timeout: lifetime.map(|lifetime| lifetime.timeout_secs),
+            expires_at: lifetime.map(|lifetime| lifetime.expires_at),
+            metadata: self.metadata.clone(),
         }
     }
 

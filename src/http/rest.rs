@@ -3,7 +3,7 @@
 //!
 //! | part              | routes                                                                |
 //! |-------------------|-----------------------------------------------------------------------|
-//! | [`containers`]    | `POST/GET /containers`, `GET/DELETE /containers/{id}`                 |
+//! | [`containers`]    | `POST/GET /containers`, `GET/DELETE /containers/{id}`, `POST …/{id}/timeout` |
 //! | [`firewall`]      | `POST/GET /containers/{id}/firewall`                                  |
 //! | [`execute`]       | `POST /containers/{id}/execute`, `…/execute/stream` (SSE, NDJSON), `GET /executions/{id}`, `POST …/cancel` |
 //! | [`files`]         | `POST/GET/DELETE /containers/{id}/files/{path}`, `POST/GET …/directories/{path}` |
@@ -45,6 +45,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(json(routes!(containers::create, containers::list)))
         .routes(json(routes!(containers::get_one, containers::destroy)))
+        .routes(json(routes!(containers::set_timeout)))
         .routes(json(routes!(firewall::set, firewall::get)))
         .routes(json(routes!(execute::execute)))
         .routes(json(routes!(execute::execute_stream)))

@@ -396,10 +396,14 @@ pub(crate) fn session_created(
     idle_timeout: std::time::Duration,
 ) -> CallToolResult {
     let idle = idle_timeout.as_secs();
+    let expiry = info
+        .expires_at
+        .map(|at| format!(" It expires at {} whatever it is doing.", at.to_rfc3339()))
+        .unwrap_or_default();
     with_structured(
         CallToolResult::success(vec![ContentBlock::text(format!(
             "Created session {}. Pass session_id \"{}\" to the other tools to use it; it is kept \
-             until you close it or it has been idle for {idle} s.",
+             until you close it or it has been idle for {idle} s.{expiry}",
             info.id, info.id
         ))]),
         json!({ "session_id": info.id, "session_idle_timeout_secs": idle, "session": info }),
@@ -411,12 +415,19 @@ pub(crate) fn sessions(sessions: &[SandboxInfo]) -> CallToolResult {
     let mut text = String::new();
     for session in sessions {
         text.push_str(&format!(
-            "{}\t{}\tcreated {}\tlast used {}\n",
+            "{}\t{}\tcreated {}\tlast used {}",
             session.id,
             session.status.as_str(),
             session.created_at.to_rfc3339(),
             session.last_used_at.to_rfc3339()
         ));
+        if let Some(expires_at) = session.expires_at {
+            text.push_str(&format!("\texpires {}", expires_at.to_rfc3339()));
+        }
+        for (key, value) in &session.metadata {
+            text.push_str(&format!("\t{key}={value}"));
+        }
+        text.push('\n');
     }
     if sessions.is_empty() {
         text.push_str("(no sessions)");
@@ -424,6 +435,23 @@ pub(crate) fn sessions(sessions: &[SandboxInfo]) -> CallToolResult {
     with_structured(
         CallToolResult::success(vec![ContentBlock::text(text)]),
         json!({ "sessions": sessions }),
+    )
+}
+
+/// A session whose lifetime was set.
+pub(crate) fn timeout_set(target: &Target, info: &SandboxInfo) -> CallToolResult {
+    let text = match info.expires_at {
+        Some(at) => format!(
+            "Session {} now expires at {} ({} s from now), whatever it is doing.",
+            info.id,
+            at.to_rfc3339(),
+            info.timeout.unwrap_or_default()
+        ),
+        None => format!("Session {} has no lifetime limit.", info.id),
+    };
+    with_structured(
+        CallToolResult::success(vec![ContentBlock::text(with_session_note(target, &text))]),
+        json!({ "session_id": info.id, "timeout": info.timeout, "expires_at": info.expires_at, "session": info }),
     )
 }
 

@@ -22,7 +22,7 @@ use super::resources::READ_LIMIT;
 use crate::engine::ExecEvent;
 use crate::engine::ExecuteRequest;
 use crate::engine::commands::CommandRequest;
-use crate::engine::{AllowList, CreateSandbox, EgressRequest, Engine};
+use crate::engine::{AllowList, CreateSandbox, EgressRequest, Engine, Metadata};
 
 /// A silent execution still sends a progress notification this often, so clients that reset
 /// their timeout on progress never give up on a long run.
@@ -71,9 +71,16 @@ only for isolation or parallel work. Close it with close_session when done; idle
 can only narrow the server's network policy, never open anything the server does not allow. \
 `dependencies` are pip requirements installed before the session is returned (with a progress \
 token, each step arrives as a progress notification); one the server's package policy refuses, \
-or one pip cannot install, fails the call and leaves no session behind.";
+or one pip cannot install, fails the call and leaves no session behind. `timeout` gives the \
+session a lifetime in seconds: it is destroyed then, busy or not (change it with \
+set_session_timeout). `metadata` are your own name/value pairs, shown with the session and \
+usable to filter list_sessions.";
 const LIST_SESSIONS: &str = "List the sandbox sessions you can use, with their status (running, \
-busy, restarting, dead) and when they were created and last used.";
+busy, restarting, dead), when they were created and last used, when they expire, and their \
+metadata. With `metadata`, only the sessions that carry every one of those name/value pairs.";
+const SET_SESSION_TIMEOUT: &str = "Set a session's lifetime to `timeout` seconds from now, \
+shorter or longer than before: the session is destroyed then, busy or not. Use it to keep a \
+session with a timeout alive longer. Returns the session with its new expiry.";
 const CLOSE_SESSION: &str = "Close a sandbox session: its container, kernel and files are removed.";
 
 // Every schema here passes strict function calling (OpenAI strict mode, Gemini's and
@@ -203,6 +210,85 @@ pub struct CreateSessionArgs {
     /// pip requirements to install before the session is returned, e.g. ["numpy",
     /// "pandas==2.2.3"] (null: none).
     pub dependencies: Option<Vec<String>>,
+    #[schemars(schema_with = "lifetime_schema")]
+    pub timeout: Option<u64>,
+    #[schemars(schema_with = "metadata_schema")]
+    pub metadata: Option<MetadataArg>,
+}
+
+/// A nullable lifetime in seconds, without the `format` schemars gives `u64`.
+fn lifetime_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": ["integer", "null"],
+        "minimum": 1,
+        "description": "The session's lifetime in seconds from now: it is destroyed then, busy or not (null: no limit but the idle one; the server caps it)."
+    })
+}
+
+/// Metadata: the strict-schema list of pairs, or the object REST takes.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum MetadataArg {
+    List(Vec<MetadataEntry>),
+    Map(HashMap<String, String>),
+}
+
+/// One metadata entry.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetadataEntry {
+    pub key: String,
+    pub value: String,
+}
+
+fn metadata_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    metadata_list_schema(
+        "Your own name/value pairs for the session, e.g. [{\"key\": \"task\", \"value\": \"report-7\"}] (null: none). At most 32; names of ASCII letters, digits and _-.:/ (at most 64), values of at most 512 bytes.",
+    )
+}
+
+fn metadata_filter_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    metadata_list_schema(
+        "Only sessions whose metadata has every one of these pairs, e.g. [{\"key\": \"task\", \"value\": \"report-7\"}] (null: all sessions).",
+    )
+}
+
+fn metadata_list_schema(description: &str) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": ["array", "null"],
+        "description": description,
+        "items": {
+            "type": "object",
+            "properties": {
+                "key": { "type": "string" },
+                "value": { "type": "string" }
+            },
+            "required": ["key", "value"],
+            "additionalProperties": false
+        }
+    })
+}
+
+impl MetadataArg {
+    /// The entries by name; a name given twice is an error (the engine validates the rest).
+    fn into_metadata(self) -> Result<Metadata, ToolFailure> {
+        match self {
+            MetadataArg::Map(map) => Ok(map.into_iter().collect()),
+            MetadataArg::List(list) => {
+                let mut metadata = Metadata::new();
+                for MetadataEntry { key, value } in list {
+                    if metadata.contains_key(&key) {
+                        return Err(ToolFailure::InvalidArgument {
+                            field: "metadata",
+                            reason: format!("{key:?} is given twice"),
+                        });
+                    }
+                    metadata.insert(key, value);
+                }
+                Ok(metadata)
+            }
+        }
+    }
 }
 
 /// Environment variables: the strict-schema list of pairs, or the map REST takes.
@@ -295,24 +381,28 @@ pub struct NetworkArgs {
     pub allowed_ips: Option<Vec<String>>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct ListSessionsArgs {}
+pub struct ListSessionsArgs {
+    #[schemars(schema_with = "metadata_filter_schema")]
+    pub metadata: Option<MetadataArg>,
+}
 
-impl JsonSchema for ListSessionsArgs {
-    fn schema_name() -> std::borrow::Cow<'static, str> {
-        "ListSessionsArgs".into()
-    }
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetSessionTimeoutArgs {
+    #[schemars(schema_with = "new_lifetime_schema")]
+    pub timeout: u64,
+    #[schemars(schema_with = "session_id_schema")]
+    pub session_id: Option<String>,
+}
 
-    /// An object with no properties, closed (schemars leaves `properties` out, which strict
-    /// converters refuse).
-    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
-        schemars::json_schema!({
-            "type": "object",
-            "properties": {},
-            "additionalProperties": false
-        })
-    }
+fn new_lifetime_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "integer",
+        "minimum": 1,
+        "description": "The session's new lifetime in seconds from now (the server caps it)."
+    })
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -620,6 +710,12 @@ impl KernelboxMcp {
                 image: args.image,
                 network,
                 dependencies: args.dependencies.unwrap_or_default(),
+                timeout: args.timeout,
+                metadata: args
+                    .metadata
+                    .map(MetadataArg::into_metadata)
+                    .transpose()?
+                    .unwrap_or_default(),
                 ..CreateSandbox::new(tenant(&context))
             };
             self.create_with_progress(request, &context).await
@@ -633,11 +729,42 @@ impl KernelboxMcp {
     #[tool(description = LIST_SESSIONS)]
     async fn list_sessions(
         &self,
-        Parameters(_args): Parameters<ListSessionsArgs>,
+        Parameters(args): Parameters<ListSessionsArgs>,
         context: RequestContext<RoleServer>,
     ) -> ToolResult {
-        let sessions = self.engine.list(&tenant(&context));
-        Ok(render::sessions(&sessions))
+        let listed = async {
+            let filter = args
+                .metadata
+                .map(MetadataArg::into_metadata)
+                .transpose()?
+                .unwrap_or_default();
+            Ok::<_, ToolFailure>(self.engine.list_filtered(&tenant(&context), &filter)?)
+        };
+        Ok(match listed.await {
+            Ok(sessions) => render::sessions(&sessions),
+            Err(failure) => render::failure(&failure),
+        })
+    }
+
+    #[tool(description = SET_SESSION_TIMEOUT)]
+    async fn set_session_timeout(
+        &self,
+        Parameters(args): Parameters<SetSessionTimeoutArgs>,
+        context: RequestContext<RoleServer>,
+    ) -> ToolResult {
+        let outcome = async {
+            let target = self.target(args.session_id.as_deref(), &context).await?;
+            let info = self
+                .engine
+                .set_timeout(&target.id, &target.tenant, args.timeout)
+                .await?;
+            Ok::<_, ToolFailure>((target, info))
+        }
+        .await;
+        Ok(match outcome {
+            Ok((target, info)) => render::timeout_set(&target, &info),
+            Err(failure) => render::failure(&failure),
+        })
     }
 
     #[tool(description = CLOSE_SESSION)]
@@ -851,6 +978,34 @@ mod tests {
         }))
         .expect("list");
         assert!(twice.env.expect("env").into_map().is_err());
+    }
+
+    #[test]
+    fn metadata_is_a_list_of_pairs_or_a_map() {
+        let listed: CreateSessionArgs = serde_json::from_value(serde_json::json!({
+            "metadata": [{"key": "a", "value": "1"}], "timeout": 60
+        }))
+        .expect("list");
+        assert_eq!(listed.timeout, Some(60));
+        let mapped: CreateSessionArgs =
+            serde_json::from_value(serde_json::json!({"metadata": {"a": "1"}})).expect("map");
+        for args in [listed, mapped] {
+            let metadata = args
+                .metadata
+                .expect("metadata")
+                .into_metadata()
+                .expect("valid");
+            assert_eq!(metadata.get("a").map(String::as_str), Some("1"));
+        }
+        let twice: ListSessionsArgs = serde_json::from_value(serde_json::json!({
+            "metadata": [{"key": "a", "value": "1"}, {"key": "a", "value": "2"}]
+        }))
+        .expect("list");
+        assert!(twice.metadata.expect("metadata").into_metadata().is_err());
+        assert!(
+            serde_json::from_value::<SetSessionTimeoutArgs>(serde_json::json!({"timeout": -1}))
+                .is_err()
+        );
     }
 
     #[test]

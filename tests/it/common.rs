@@ -83,6 +83,16 @@ impl TestEngine {
             "test-{name}-{}",
             &uuid::Uuid::new_v4().simple().to_string()[..8]
         );
+        Self::start_on(name, instance, adjust).await
+    }
+
+    /// An engine of an existing `instance` (as a restarted server is): it has not reattached
+    /// yet.
+    pub(crate) async fn start_on(
+        name: &str,
+        instance: String,
+        adjust: impl FnOnce(&mut EngineConfig),
+    ) -> Option<Self> {
         let mut config = EngineConfig::defaults(&instance);
         adjust(&mut config);
         let network = NetworkOptions::for_engine(&config).expect("network options");
@@ -288,6 +298,22 @@ impl TestServer {
         adjust: impl FnOnce(&mut kernelbox::config::EngineConfig),
     ) -> Option<Self> {
         let engine = TestEngine::start_with(name, adjust).await?;
+        Some(Self::serve(engine, keys, cors_origins).await)
+    }
+
+    /// A server of an existing `instance`, as after a restart: it reattaches that instance's
+    /// sandboxes before it serves.
+    pub(crate) async fn start_on_instance(
+        name: &str,
+        instance: &str,
+        keys: &[&str],
+    ) -> Option<Self> {
+        let engine = TestEngine::start_on(name, instance.to_string(), |_| {}).await?;
+        engine.engine.reattach().await.expect("reattach");
+        Some(Self::serve(engine, keys, &[]).await)
+    }
+
+    async fn serve(engine: TestEngine, keys: &[&str], cors_origins: &[&str]) -> Self {
         let shutdown = tokio_util::sync::CancellationToken::new();
         let config = HttpConfig {
             keys: Arc::new(ApiKeys::new(keys)),
@@ -318,13 +344,13 @@ impl TestServer {
                 .drain(tokio::time::Instant::now() + std::time::Duration::from_secs(5))
                 .await;
         });
-        Some(Self {
+        Self {
             base: format!("http://{addr}"),
             http: reqwest::Client::new(),
             server,
             shutdown,
             _engine: engine,
-        })
+        }
     }
 
     /// The instance name of the server's engine (its containers carry it as a label).

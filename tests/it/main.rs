@@ -10,6 +10,7 @@ mod files_attack;
 mod guard;
 mod hostile;
 mod isolation;
+mod lifetimes;
 mod limits;
 mod mcp;
 mod mcp_sessions;

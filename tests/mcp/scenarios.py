@@ -45,6 +45,7 @@ EXPECTED_TOOLS = {
     "create_session",
     "list_sessions",
     "close_session",
+    "set_session_timeout",
     "start_process",
     "list_processes",
     "read_process_output",
@@ -583,11 +584,12 @@ async def scenario_strict_schemas(url: str) -> None:
         "start_process": {"command": "sleep 60"},
         "read_process_output": {"process": "1"},
         "kill_process": {"process": "1"},
+        "set_session_timeout": {"timeout": 600},
     }
     order = [
         "create_session", "execute_code", "interrupt", "restart_kernel", "run_command", "install_packages",
         "write_file", "read_file", "list_files", "delete_file", "start_process", "list_processes",
-        "read_process_output", "kill_process", "list_sessions", "close_session",
+        "read_process_output", "kill_process", "set_session_timeout", "list_sessions", "close_session",
     ]
     async with Client(url) as client:
         listed = await client.list_tools()

@@ -1,12 +1,13 @@
-//! Containers (sandboxes): create, list, look up, destroy.
+//! Containers (sandboxes): create, list (filtered by metadata), look up, change the lifetime,
+//! destroy.
 
 use std::collections::HashMap;
 
 use axum::Extension;
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
+use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
 use axum::http::header::LOCATION;
 use axum::response::IntoResponse;
@@ -16,9 +17,9 @@ use utoipa::ToSchema;
 
 use super::firewall::FirewallRules;
 use crate::engine::Tenant;
-use crate::engine::{CreateSandbox, SandboxInfo, SandboxStatus};
+use crate::engine::{CreateSandbox, Metadata, SandboxInfo, SandboxStatus};
 use crate::http::error::{ApiError, ErrorBody};
-use crate::http::extract::{ApiPath, AppState};
+use crate::http::extract::{ApiJson, ApiPath, AppState};
 
 /// `POST /containers`. Every field is optional; an empty body is the same as `{}`.
 #[derive(Debug, Default, Deserialize, ToSchema)]
@@ -47,6 +48,25 @@ pub struct CreateContainer {
     /// out, under the server's package policy: a refused one is 403 before any container starts,
     /// a failed install 422 naming the package, and no container is left behind.
     pub dependencies: Option<Vec<String>>,
+    /// The container's lifetime in seconds from now: it is destroyed then, busy or not (at most
+    /// the server's `--max-sandbox-timeout-secs`, 86400 by default). Change it later with
+    /// `POST /containers/{id}/timeout`. Default: no limit but the server's idle timeout.
+    #[schema(minimum = 1)]
+    pub timeout: Option<u64>,
+    /// Your own names and values, shown with the container and usable as a list filter
+    /// (`GET /containers?metadata.owner=alice`): at most 32 entries; names of 1 to 64 ASCII
+    /// letters, digits and `_-.:/`; values of at most 512 bytes; 4096 bytes in all.
+    pub metadata: Option<HashMap<String, String>>,
+}
+
+/// `POST /containers/{id}/timeout`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetTimeout {
+    /// The container's new lifetime in seconds from now, shorter or longer than before (at most
+    /// the server's `--max-sandbox-timeout-secs`).
+    #[schema(minimum = 1)]
+    pub timeout: u64,
 }
 
 /// What the container is doing.
@@ -69,6 +89,12 @@ pub struct Container {
     pub created_at: DateTime<Utc>,
     pub last_used_at: DateTime<Utc>,
     pub image: String,
+    /// The lifetime last given, in seconds from when it was given; null: none.
+    pub timeout: Option<u64>,
+    /// When the container is destroyed (RFC 3339); null: only when idle.
+    pub expires_at: Option<DateTime<Utc>>,
+    /// The metadata given at creation.
+    pub metadata: Metadata,
 }
 
 impl From<SandboxInfo> for Container {
@@ -85,6 +111,9 @@ impl From<SandboxInfo> for Container {
             created_at: info.created_at,
             last_used_at: info.last_used_at,
             image: info.image,
+            timeout: info.timeout,
+            expires_at: info.expires_at,
+            metadata: info.metadata,
         }
     }
 }
@@ -139,6 +168,8 @@ pub(crate) async fn create(
             cpus: request.cpus,
             pids: request.pids,
             dependencies: request.dependencies.unwrap_or_default(),
+            timeout: request.timeout,
+            metadata: request.metadata.unwrap_or_default().into_iter().collect(),
         })
         .await?;
     let location = format!("/containers/{}", info.id);
@@ -149,27 +180,63 @@ pub(crate) async fn create(
     ))
 }
 
-/// List this tenant's containers, oldest first.
+/// List this tenant's containers, oldest first. `metadata.NAME=VALUE` (or
+/// `metadata[NAME]=VALUE`) keeps only those whose metadata has that entry; several must all
+/// match.
 #[utoipa::path(
     get,
     path = "/containers",
     tag = "containers",
+    params(
+        ("metadata" = Option<HashMap<String, String>>, Query, style = DeepObject, explode,
+            description = "Only containers with these metadata entries: `metadata.owner=alice` or `metadata[owner]=alice`, repeatable"),
+    ),
     responses(
         (status = 200, description = "The containers", body = ContainerList),
         (status = 401, description = "Missing or wrong API key", body = ErrorBody),
+        (status = 422, description = "A query parameter that is not a metadata filter, or a name that is not a metadata name", body = ErrorBody),
     )
 )]
 pub(crate) async fn list(
     State(engine): State<AppState>,
     Extension(tenant): Extension<Tenant>,
-) -> Json<ContainerList> {
-    Json(ContainerList {
+    RawQuery(query): RawQuery,
+) -> Result<Json<ContainerList>, ApiError> {
+    let filter = metadata_filter(query.as_deref().unwrap_or_default())?;
+    Ok(Json(ContainerList {
         containers: engine
-            .list(&tenant)
+            .list_filtered(&tenant, &filter)?
             .into_iter()
             .map(Container::from)
             .collect(),
-    })
+    }))
+}
+
+/// The metadata filter of a list query: `metadata.NAME=VALUE` and `metadata[NAME]=VALUE` pairs.
+fn metadata_filter(query: &str) -> Result<Metadata, ApiError> {
+    let mut filter = Metadata::new();
+    for (name, value) in url::form_urlencoded::parse(query.as_bytes()) {
+        let key = name
+            .strip_prefix("metadata.")
+            .or_else(|| {
+                name.strip_prefix("metadata[")
+                    .and_then(|rest| rest.strip_suffix(']'))
+            })
+            .ok_or_else(|| {
+                ApiError::invalid(format!(
+                    "unknown query parameter {name:?}: filter with metadata.NAME=VALUE"
+                ))
+            })?;
+        if let Some(earlier) = filter.get(key)
+            && *earlier != value
+        {
+            return Err(ApiError::invalid(format!(
+                "metadata {key:?} is asked to be both {earlier:?} and {value:?}"
+            )));
+        }
+        filter.insert(key.to_string(), value.into_owned());
+    }
+    Ok(filter)
 }
 
 /// One container.
@@ -190,6 +257,37 @@ pub(crate) async fn get_one(
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Container>, ApiError> {
     Ok(Json(engine.info(&id, &tenant)?.into()))
+}
+
+/// Set a container's lifetime to `timeout` seconds from now (shorter or longer than before), as
+/// E2B's `POST /sandboxes/{id}/timeout` does. It is destroyed then, busy or not; the change
+/// survives a server restart.
+#[utoipa::path(
+    post,
+    path = "/containers/{id}/timeout",
+    tag = "containers",
+    params(("id" = String, Path, description = "Container id (`sbx_…`)")),
+    request_body = SetTimeout,
+    responses(
+        (status = 200, description = "The container with its new `timeout` and `expires_at`", body = Container),
+        (status = 401, description = "Missing or wrong API key", body = ErrorBody),
+        (status = 404, description = "No such container for this tenant", body = ErrorBody),
+        (status = 422, description = "A timeout that is not between 1 and the server's maximum", body = ErrorBody),
+        (status = 503, description = "Docker unreachable", body = ErrorBody),
+    )
+)]
+pub(crate) async fn set_timeout(
+    State(engine): State<AppState>,
+    Extension(tenant): Extension<Tenant>,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(request): ApiJson<SetTimeout>,
+) -> Result<Json<Container>, ApiError> {
+    Ok(Json(
+        engine
+            .set_timeout(&id, &tenant, request.timeout)
+            .await?
+            .into(),
+    ))
 }
 
 /// Destroy a container: its kernel, files and processes are gone.
