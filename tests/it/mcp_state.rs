@@ -413,7 +413,7 @@ async fn long_calls_run_as_tasks_for_clients_that_declare_them() {
     assert!(output.contains("slept 7"), "{done}");
     eprintln!("completed task: {done}");
 
-    // tasks/cancel on a `while True` task interrupts the kernel within a second.
+    // tasks/cancel on a `while True` task interrupts the kernel (about 0.1 s when idle).
     let spin = modern_request(
         &server,
         3,
@@ -436,7 +436,9 @@ async fn long_calls_run_as_tasks_for_clients_that_declare_them() {
     let took = started.elapsed();
     eprintln!("tasks/cancel settled in {took:?}");
     assert_eq!(cancelled["status"], "cancelled", "{cancelled}");
-    assert!(took < Duration::from_secs(1), "cancel took {took:?}");
+    // The figure is printed; the bound only says "promptly" on a loaded machine (the spin would
+    // never end by itself, and a kernel restarted instead of interrupted loses `kept`).
+    assert!(took < Duration::from_secs(10), "cancel took {took:?}");
     let next = modern_request(
         &server,
         6,
@@ -451,7 +453,7 @@ async fn long_calls_run_as_tasks_for_clients_that_declare_them() {
     eprintln!("the next execution completed {interrupted_within:?} after tasks/cancel");
     assert_eq!(next["status"], "completed", "{next}");
     assert!(
-        interrupted_within < Duration::from_secs(1),
+        interrupted_within < Duration::from_secs(10),
         "the kernel ran on for {interrupted_within:?} after tasks/cancel"
     );
     assert!(
