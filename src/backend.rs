@@ -53,6 +53,10 @@ pub struct ContainerSpec {
 pub struct ContainerInfo {
     /// The runtime's id for the container.
     pub container_id: String,
+    /// Its name, without the leading `/`.
+    pub name: String,
+    /// The id of the image it runs.
+    pub image_id: String,
     pub labels: HashMap<String, String>,
     pub running: bool,
     /// The kernel was (or the container's main process was) killed for exceeding memory.
@@ -183,6 +187,10 @@ pub trait Backend: Send + Sync + 'static {
         &self,
         image: &str,
     ) -> Result<Option<HashMap<String, String>>, BackendError>;
+    /// The id of `image`, or `None` when there is no such image.
+    async fn image_id(&self, image: &str) -> Result<Option<String>, BackendError>;
+    /// Renames a container, at once and durably: a one-bit record that costs no command.
+    async fn rename(&self, container_id: &str, name: &str) -> Result<(), BackendError>;
     /// Creates and starts a container; returns it with its kernel endpoint.
     async fn create(&self, spec: &ContainerSpec) -> Result<ContainerInfo, BackendError>;
     /// Containers (running or not) carrying every one of `labels`.

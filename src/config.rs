@@ -107,6 +107,8 @@ impl EnvVars {
     /// Seconds from SIGINT/SIGTERM to exit, at most.
     pub const SHUTDOWN_TIMEOUT_SECS: &'static str = "KERNELBOX_SHUTDOWN_TIMEOUT_SECS";
     pub const MAX_CONCURRENT_STARTS: &'static str = "KERNELBOX_MAX_CONCURRENT_STARTS";
+    /// Sandboxes kept started ahead of requests.
+    pub const WARM_POOL: &'static str = "KERNELBOX_WARM_POOL";
     pub const START_QUEUE_TIMEOUT_SECS: &'static str = "KERNELBOX_START_QUEUE_TIMEOUT_SECS";
     /// How the server reaches kernels: `auto`, `direct` or `exec`.
     pub const KERNEL_CHANNEL: &'static str = "KERNELBOX_KERNEL_CHANNEL";
@@ -361,8 +363,6 @@ pub struct EngineArgs {
     /// running for the next start to reattach.
     #[arg(long, env = EnvVars::DESTROY_ON_EXIT)]
     pub destroy_on_exit: bool,
-    /// Seconds from SIGINT/SIGTERM to exit, at most: executions are interrupted, guest MCP
-    /// servers stopped (killed when they do not exit) and connections drained within it.
     /// Sandboxes that may be starting at once, from container start until the kernel answers;
     /// further creates wait their turn in arrival order. Default: the number of CPUs.
     #[arg(long, env = EnvVars::MAX_CONCURRENT_STARTS)]
@@ -371,6 +371,13 @@ pub struct EngineArgs {
     /// `start_queue_timeout`).
     #[arg(long, env = EnvVars::START_QUEUE_TIMEOUT_SECS, default_value_t = 120)]
     pub start_queue_timeout_secs: u64,
+    /// Sandboxes of the default configuration kept started, kernels ready, for creates that
+    /// fit them (no image, limits, network, dependencies or env of their own). On top of
+    /// `--max-sandboxes`; 0 turns the pool off.
+    #[arg(long, env = EnvVars::WARM_POOL, default_value_t = 0)]
+    pub warm_pool: usize,
+    /// Seconds from SIGINT/SIGTERM to exit, at most: executions are interrupted, guest MCP
+    /// servers stopped (killed when they do not exit) and connections drained within it.
     #[arg(long, env = EnvVars::SHUTDOWN_TIMEOUT_SECS, default_value_t = 10)]
     pub shutdown_timeout_secs: u64,
     /// Seconds a guest MCP server may take to answer one request, through the proxy or the tool
@@ -612,6 +619,8 @@ pub struct EngineConfig {
     pub max_concurrent_starts: usize,
     /// How long a create waits for its turn to start.
     pub start_queue_timeout: Duration,
+    /// Sandboxes kept started ahead (`--warm-pool`).
+    pub warm_pool: usize,
     /// How long a guest server may take to answer one proxied request.
     pub guest_request_timeout: Duration,
     /// How long stopping may take, from the signal to exit.
@@ -777,6 +786,7 @@ impl EngineArgs {
                 self.start_queue_timeout_secs,
                 "--start-queue-timeout-secs",
             )?),
+            warm_pool: self.warm_pool,
             guest_request_timeout: Duration::from_secs(positive(
                 self.guest_request_timeout_secs,
                 "--guest-request-timeout-secs",

@@ -55,6 +55,7 @@ pub mod lifetimes;
 pub mod metrics;
 pub mod network;
 pub mod paths;
+pub mod pooling;
 pub mod process_table;
 pub mod processes;
 mod quota;
@@ -62,6 +63,7 @@ pub mod readiness;
 pub mod sandbox;
 pub mod tenant;
 pub mod validate;
+pub mod warm_pool;
 
 pub use admission::StartQueueState;
 pub use create_progress::CreateProgress;

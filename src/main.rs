@@ -123,6 +123,7 @@ async fn start_engine(args: EngineArgs, mode: &str) -> anyhow::Result<Arc<Engine
     let restored = engine.reattach().await?;
     tracing::info!(instance = %engine.config().instance, restored, "engine ready");
     engine.spawn_reaper();
+    engine.spawn_warm_pool();
     engine.spawn_liveness();
     Ok(engine)
 }

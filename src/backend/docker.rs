@@ -69,6 +69,8 @@ while :; do python3 -m ipykernel_launcher -f /tmp/kernel.json; done"#;
 /// How long applying an egress policy in a sidecar may take (it waits for the sidecar to be up
 /// and for its resolver to answer with the new config).
 const EGRESS_APPLY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long renaming a container may take (the daemon does it at once).
+const RENAME_TIMEOUT: Duration = Duration::from_secs(10);
 /// Seconds a restarting sandbox's processes get after SIGTERM before SIGKILL.
 const RESTART_GRACE_SECS: i32 = 1;
 /// The relay between an exec's stdio and a kernel socket: root-owned, so sandbox code cannot
@@ -561,6 +563,11 @@ fn container_info(inspect: ContainerInspectResponse) -> ContainerInfo {
         .unwrap_or_default();
     ContainerInfo {
         container_id: inspect.id.unwrap_or_default(),
+        name: inspect
+            .name
+            .map(|name| name.trim_start_matches('/').to_string())
+            .unwrap_or_default(),
+        image_id: inspect.image.unwrap_or_default(),
         labels,
         running,
         oom_killed: state.oom_killed.unwrap_or(false),
@@ -607,6 +614,32 @@ impl Backend for DockerBackend {
             }) => Ok(None),
             Err(error) => Err(classify("image inspect", "image", error)),
         }
+    }
+
+    async fn image_id(&self, image: &str) -> Result<Option<String>, BackendError> {
+        match self.docker.inspect_image(image).await {
+            Ok(inspect) => Ok(inspect.id),
+            Err(DockerError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(None),
+            Err(error) => Err(classify("image inspect", "image", error)),
+        }
+    }
+
+    async fn rename(&self, container_id: &str, name: &str) -> Result<(), BackendError> {
+        let options = bollard::query_parameters::RenameContainerOptionsBuilder::default()
+            .name(name)
+            .build();
+        tokio::time::timeout(
+            RENAME_TIMEOUT,
+            self.docker.rename_container(container_id, options),
+        )
+        .await
+        .map_err(|_| BackendError::Timeout {
+            operation: "container rename",
+            waited: RENAME_TIMEOUT,
+        })?
+        .map_err(|error| classify("container rename", "container", error))
     }
 
     async fn create(&self, spec: &ContainerSpec) -> Result<ContainerInfo, BackendError> {

@@ -26,6 +26,12 @@ pub const METADATA: &str = "io.kernelbox.metadata";
 pub const TIMEOUT: &str = "io.kernelbox.timeout";
 /// RFC 3339: when the lifetime given at creation ends.
 pub const EXPIRES: &str = "io.kernelbox.expires";
+/// Marks a warm-pool sandbox (value `1`). Unclaimed, its container's name starts with
+/// [`POOL_NAME_PREFIX`]; claimed, it is renamed like any sandbox, and what binds it to its
+/// caller is in its `binding` record ([`binding`]), since labels cannot change.
+pub const POOL: &str = "io.kernelbox.pool";
+/// The name prefix of an unclaimed warm-pool container.
+pub const POOL_NAME_PREFIX: &str = "kernelbox-pool-";
 /// On images: the image layout version.
 pub const IMAGE_VERSION: &str = "io.kernelbox.image-version";
 
@@ -88,4 +94,17 @@ pub fn lifetime(labels: &HashMap<String, String>) -> Option<Lifetime> {
         timeout_secs,
         expires_at,
     })
+}
+
+/// The labels a claimed warm-pool sandbox takes from its caller, kept in its `binding` record
+/// and laid over its container's labels when a restarted server reattaches it. Only these may
+/// be laid over: a record never changes a sandbox's id, instance, image or kernel key.
+pub const BINDING: [&str; 6] = [OWNER, TAG, CREATED, METADATA, TIMEOUT, EXPIRES];
+
+/// The binding of a claimed warm-pool sandbox: the labels it would have carried had it been
+/// created for its caller.
+pub fn binding(values: &SandboxLabels<'_>) -> HashMap<String, String> {
+    let mut labels = for_sandbox(values);
+    labels.retain(|name, _| BINDING.contains(&name.as_str()));
+    labels
 }

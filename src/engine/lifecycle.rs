@@ -30,6 +30,7 @@ use super::readiness::{Readiness, ReadinessCache};
 use super::sandbox::{KernelLink, Sandbox, SandboxInfo};
 use super::tenant::Tenant;
 use super::validate;
+use super::warm_pool::{Created, PoolMember, WarmPool};
 use crate::backend::{Backend, ContainerInfo, ContainerSpec, Limits};
 use crate::config::EngineConfig;
 use crate::kernel::{ConnectionInfo, KernelError, Limits as MessageLimits};
@@ -131,6 +132,8 @@ pub struct Engine {
     starts: StartQueue,
     /// Destroys sandboxes whose lifetime ended.
     pub(super) expiry: ExpiryTimer,
+    /// Sandboxes started ahead, waiting to be claimed (`--warm-pool`).
+    pub(super) pool: WarmPool,
 }
 
 impl Engine {
@@ -152,6 +155,7 @@ impl Engine {
             readiness: ReadinessCache::default(),
             starts,
             expiry: ExpiryTimer::default(),
+            pool: WarmPool::default(),
         })
     }
 
@@ -164,7 +168,7 @@ impl Engine {
     }
 
     /// What a sandbox needs to reach its kernel.
-    fn kernel_link(&self) -> KernelLink {
+    pub(super) fn kernel_link(&self) -> KernelLink {
         KernelLink {
             backend: self.backend.clone(),
             limits: MessageLimits {
@@ -252,7 +256,14 @@ impl Engine {
         let _cancel_when_the_caller_leaves = caller.clone().drop_guard();
         self.tasks
             .spawn(async move {
-                let created = engine.create_to_the_end(request, caller, progress).await;
+                let created = match engine
+                    .create_to_the_end(request, Some(caller), progress)
+                    .await
+                {
+                    Ok(Created::Handed(info)) => Ok(info),
+                    Ok(Created::Pooled(_)) => Err(EngineError::ShuttingDown),
+                    Err(error) => Err(error),
+                };
                 if created.as_ref().is_ok_and(|info| info.expires_at.is_some()) {
                     engine.arm_expiry();
                 }
@@ -286,12 +297,16 @@ impl Engine {
         }
     }
 
-    async fn create_to_the_end(
+    /// Creates a sandbox for `caller` (from the warm pool when the request fits it), or, with
+    /// no caller, a warm-pool member of the default configuration.
+    pub(super) async fn create_to_the_end(
         &self,
         request: CreateSandbox,
-        caller: CancellationToken,
+        caller: Option<CancellationToken>,
         progress: Option<UnboundedSender<CreateProgress>>,
-    ) -> Result<SandboxInfo, EngineError> {
+    ) -> Result<Created, EngineError> {
+        let for_pool = caller.is_none();
+        let caller = caller.unwrap_or_default();
         if self.shutdown.is_cancelled() {
             return Err(EngineError::ShuttingDown);
         }
@@ -328,30 +343,61 @@ impl Engine {
         }
         // Taken before the slow part and given back if it fails: concurrent creates cannot
         // overrun the caps.
-        let slot = self
-            .quota
-            .take(&request.tenant, |tenant| self.live(tenant))?;
+        // Pool members count toward no quota: the pool comes on top of the limits.
+        let slot = if for_pool {
+            None
+        } else {
+            Some(
+                self.quota
+                    .take(&request.tenant, |tenant| self.live(tenant))?,
+            )
+        };
+        let started = std::time::Instant::now();
+        let slot = match slot {
+            Some(slot) if self.fits_warm_pool(&request) => {
+                match self.claim_pooled(&request, timeout).await {
+                    Some(sandbox) => {
+                        report(progress.as_ref(), CreateProgress::ContainerStarted);
+                        report(progress.as_ref(), CreateProgress::KernelReady);
+                        let info = sandbox.info();
+                        slot.fill(|| {
+                            self.sandboxes.insert(info.id.clone(), sandbox);
+                        });
+                        self.metrics.sandbox_created(started.elapsed());
+                        return Ok(Created::Handed(info));
+                    }
+                    None => Some(slot),
+                }
+            }
+            other => other,
+        };
         let turn = self.start_turn(&caller).await?;
         let id = new_sandbox_id();
         let span = tracing::info_span!("sandbox", sandbox_id = %id);
-        let started = std::time::Instant::now();
         let created = async {
             let created_at = Utc::now();
             let connection = ConnectionInfo::for_sandbox();
+            let mut sandbox_labels = labels::for_sandbox(&labels::SandboxLabels {
+                id: &id,
+                instance: &self.config.instance,
+                owner: request.tenant.label(),
+                tag: request.tag.as_deref(),
+                created_at,
+                image: &image,
+                key: &connection.key,
+                metadata: &request.metadata,
+                lifetime: timeout.map(Lifetime::from_now),
+            });
+            let name = if for_pool {
+                sandbox_labels.insert(labels::POOL.to_string(), "1".to_string());
+                format!("{}{}", labels::POOL_NAME_PREFIX, id.replace('_', "-"))
+            } else {
+                sandbox_name(&id)
+            };
             let spec = ContainerSpec {
-                name: format!("kernelbox-{}", id.replace('_', "-")),
+                name,
                 image: image.clone(),
-                labels: labels::for_sandbox(&labels::SandboxLabels {
-                    id: &id,
-                    instance: &self.config.instance,
-                    owner: request.tenant.label(),
-                    tag: request.tag.as_deref(),
-                    created_at,
-                    image: &image,
-                    key: &connection.key,
-                    metadata: &request.metadata,
-                    lifetime: timeout.map(Lifetime::from_now),
-                }),
+                labels: sandbox_labels,
                 env,
                 limits,
                 connection,
@@ -390,11 +436,19 @@ impl Engine {
                 elapsed_ms = started.elapsed().as_millis() as u64,
                 "sandbox ready"
             );
+            let Some(slot) = slot else {
+                return Ok(Created::Pooled(PoolMember {
+                    container,
+                    image,
+                    firewall: sandbox.firewall(),
+                    sandbox,
+                }));
+            };
             let info = sandbox.info();
             slot.fill(|| {
                 self.sandboxes.insert(id.clone(), sandbox);
             });
-            Ok(info)
+            Ok(Created::Handed(info))
         }
         .instrument(span)
         .await;
@@ -625,6 +679,19 @@ impl Engine {
     }
 
     async fn reattach_one(&self, container: &ContainerInfo) -> Result<(), EngineError> {
+        let bound;
+        let container = if container.labels.contains_key(labels::POOL) {
+            match self.reattach_pooled(container).await? {
+                // Unclaimed: back in the pool.
+                None => return Ok(()),
+                Some(claimed) => {
+                    bound = claimed;
+                    &bound
+                }
+            }
+        } else {
+            container
+        };
         let image = container
             .labels
             .get(labels::IMAGE)
@@ -790,19 +857,33 @@ impl Engine {
         if !destroy_sandboxes {
             return stopped;
         }
+        let members: Vec<String> = self
+            .pool
+            .drain()
+            .into_iter()
+            .map(|member| member.container.container_id)
+            .collect();
         let ids: Vec<String> = self
             .sandboxes
             .iter()
             .map(|entry| entry.key().clone())
             .collect();
-        let destroyed = tokio::time::timeout_at(
-            deadline,
-            futures::stream::iter(ids).for_each_concurrent(PARALLEL_CHECKS, |id| async move {
-                if let Err(error) = self.remove(&id).await {
-                    tracing::warn!(sandbox_id = %id, %error, "could not destroy sandbox at shutdown");
-                }
-            }),
-        )
+        let destroyed = tokio::time::timeout_at(deadline, async {
+            futures::stream::iter(members)
+                .for_each_concurrent(PARALLEL_CHECKS, |container_id| async move {
+                    if let Err(error) = self.backend.destroy(&container_id).await {
+                        tracing::warn!(container = %container_id, %error, "could not destroy a warm-pool sandbox at shutdown");
+                    }
+                })
+                .await;
+            futures::stream::iter(ids)
+                .for_each_concurrent(PARALLEL_CHECKS, |id| async move {
+                    if let Err(error) = self.remove(&id).await {
+                        tracing::warn!(sandbox_id = %id, %error, "could not destroy sandbox at shutdown");
+                    }
+                })
+                .await
+        })
         .await
         .is_ok();
         if !destroyed {
@@ -816,6 +897,11 @@ impl Engine {
 }
 
 /// `sbx_` plus 20 characters of lowercase base32 (100 random bits).
+/// The container name of sandbox `id` (also what a claimed warm-pool container is renamed to).
+pub(super) fn sandbox_name(id: &str) -> String {
+    format!("kernelbox-{}", id.replace('_', "-"))
+}
+
 fn new_sandbox_id() -> String {
     let mut bytes = [0u8; 15];
     rand::rng().fill_bytes(&mut bytes);

@@ -424,6 +424,14 @@ impl Sandbox {
         self.cancel.cancel();
     }
 
+    /// Takes over `other`'s kernel connection: a claimed warm-pool sandbox is a new [`Sandbox`]
+    /// for the same container, whose kernel already answers.
+    pub(crate) fn adopt_kernel(&self, other: &Sandbox) {
+        if let Ok(mut kernel) = self.kernel.write() {
+            *kernel = other.current_kernel();
+        }
+    }
+
     fn current_kernel(&self) -> Option<Arc<KernelClient>> {
         self.kernel.read().ok().and_then(|kernel| kernel.clone())
     }
