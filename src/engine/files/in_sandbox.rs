@@ -77,10 +77,20 @@ pub(super) enum Refusal {
     IsDir,
     NotDir,
     Denied,
+    /// Something already has the name (a copy's or a move's destination, a file where a
+    /// directory is to be made).
+    Exists,
     Invalid,
     Interrupted,
     #[serde(other)]
     Io,
+}
+
+/// Which path of a copy or a move a refusal is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(super) enum Side {
+    Destination,
 }
 
 /// The helper's answer line: `{"ok": …}` or `{"error": kind, "message": text}`.
@@ -93,6 +103,9 @@ struct Answer<T> {
     /// The archive entry refused, when it was one.
     #[serde(default)]
     entry: Option<String>,
+    /// The destination of a copy or a move was refused, not its source.
+    #[serde(default)]
+    side: Option<Side>,
 }
 
 /// A refusal with the helper's message, cut and stripped of control characters.
@@ -102,6 +115,7 @@ pub(super) struct Refused {
     pub(super) message: String,
     /// The archive entry refused (cleaned like the message), when it was one.
     pub(super) entry: Option<String>,
+    pub(super) side: Option<Side>,
 }
 
 impl Refused {
@@ -113,6 +127,7 @@ impl Refused {
             Refusal::NotFound => EngineError::PathNotFound { path },
             Refusal::IsDir => EngineError::IsADirectory { path },
             Refusal::Denied => EngineError::PermissionDenied { path },
+            Refusal::Exists => EngineError::PathExists { path },
             Refusal::NotDir => EngineError::InvalidInput {
                 field: "path",
                 reason: format!("{path} is not a directory"),
@@ -248,6 +263,7 @@ impl Helper {
                 kind,
                 message: clean_message(&answer.message),
                 entry: answer.entry.as_deref().map(clean_message),
+                side: answer.side,
             })),
             (None, None) => Err(HelperFailure::NoAnswer.into()),
         }
@@ -481,6 +497,31 @@ pub(super) struct Opened {
 pub(super) struct Written {
     pub(super) path: String,
     pub(super) size: u64,
+}
+
+/// What `stat` found: nothing, or the final component itself.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Stated {
+    pub(super) exists: bool,
+    pub(super) kind: Option<FileKind>,
+    pub(super) size: Option<u64>,
+    pub(super) mode: Option<u32>,
+    pub(super) modified: Option<f64>,
+}
+
+/// A directory made, or found there already.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Made {
+    pub(super) created: bool,
+}
+
+/// A copy or a move done: what kind of entry went.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Moved {
+    pub(super) kind: FileKind,
 }
 
 #[cfg(test)]
