@@ -5,6 +5,7 @@ mod common;
 mod compose;
 mod engine;
 mod faults;
+mod file_ops;
 mod files_attack;
 mod guard;
 mod hostile;
