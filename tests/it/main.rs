@@ -1,5 +1,6 @@
 //! End-to-end tests against a real Docker daemon and a real kernel, one binary for all.
 
+mod browser;
 mod cli;
 mod common;
 mod compose;

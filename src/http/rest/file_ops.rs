@@ -118,7 +118,9 @@ impl From<Transfer> for TransferDone {
     }
 }
 
-/// Whether a path exists, and what it is (a symlink is reported as one). Nothing is read.
+/// Whether a path exists, and what it is.
+///
+/// A symlink is reported as one, not followed; nothing is read.
 #[utoipa::path(
     get,
     path = "/containers/{id}/exists/{*path}",
@@ -148,8 +150,9 @@ pub(crate) async fn exists(
     }))
 }
 
-/// Type, size, permission bits and modification time of a path (the entry itself: a symlink is
-/// reported as one, not followed). Nothing is read.
+/// Type, size, permission bits and modification time of a path.
+///
+/// The entry itself is described: a symlink is reported as one, not followed. Nothing is read.
 #[utoipa::path(
     get,
     path = "/containers/{id}/stat/{*path}",
@@ -178,8 +181,10 @@ pub(crate) async fn stat(
     }
 }
 
-/// Make a directory and its missing parents (like `mkdir -p`), owned by the sandbox user. A
-/// directory already there answers 200 with `created: false`; a file there is 409.
+/// Make a directory and its missing parents (like `mkdir -p`).
+///
+/// The directories belong to the sandbox user. A directory already there answers 200 with
+/// `created: false`; a file there is 409.
 #[utoipa::path(
     post,
     path = "/containers/{id}/mkdir/{*path}",
@@ -239,9 +244,11 @@ async fn transfer(
     Ok(Json(done.into()))
 }
 
-/// Copy a file, or a directory with its whole tree, inside `/workspace`. A final symlink of the
-/// source is followed (inside /workspace only); links inside a tree are copied as links. The
-/// copy belongs to the sandbox user; a file the sandbox user may not read is refused (403).
+/// Copy a file, or a directory with its whole tree, inside `/workspace`.
+///
+/// `destination` is the new path itself. A final symlink of the source is followed (inside
+/// /workspace only); links inside a tree are copied as links. The copy belongs to the sandbox
+/// user; a file the sandbox user may not read is refused (403).
 #[utoipa::path(
     post,
     path = "/containers/{id}/copy",
@@ -267,9 +274,10 @@ pub(crate) async fn copy(
     transfer(engine, tenant, id, TransferKind::Copy, request).await
 }
 
-/// Move (rename) a file, a directory or a symlink inside `/workspace`: the entry itself moves (a
-/// symlink leading out of /workspace is refused). An entry the sandbox user may not write is
-/// refused (403).
+/// Move (rename) a file, a directory or a symlink inside `/workspace`.
+///
+/// `destination` is the new path itself. The entry itself moves (a symlink leading out of
+/// /workspace is refused). An entry the sandbox user may not write is refused (403).
 #[utoipa::path(
     post,
     path = "/containers/{id}/move",

@@ -266,9 +266,10 @@ pub(crate) async fn download_file(
     Ok((headers, Body::from_stream(download.stream)).into_response())
 }
 
-/// The headers a download would have, without the bytes: a file's `Content-Length` (a final
-/// link followed, as a download does), or `Content-Type: application/json` for a directory,
-/// whose GET is a listing. Cheap: nothing is read.
+/// The headers a download would have, without the bytes.
+///
+/// A file's `Content-Length` (a final link followed, as a download does), or
+/// `Content-Type: application/json` for a directory, whose GET is a listing. Nothing is read.
 #[utoipa::path(
     head,
     path = "/containers/{id}/files/{*path}",
