@@ -659,6 +659,71 @@ mod tests {
     }
 
     #[test]
+    fn stat_mkdir_copy_and_move_never_leave_the_root() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let root = dir.path().join("ws");
+        let outside = dir.path().join("outside");
+        std::fs::create_dir_all(root.join("in/sub")).expect("root");
+        std::fs::create_dir_all(&outside).expect("outside");
+        std::fs::write(outside.join("secret"), b"secret").expect("secret");
+        std::fs::write(root.join("in/file"), b"inside").expect("file");
+        std::os::unix::fs::symlink(&outside, root.join("abs_out")).expect("link");
+        std::os::unix::fs::symlink("../outside", root.join("rel_out")).expect("link");
+        std::os::unix::fs::symlink("/etc", root.join("in/sub/etc")).expect("link");
+        let Some((answer, _)) = helper(&root, &["stat", "in/file"], b"") else {
+            return;
+        };
+        let stated: Answer<Stated> = serde_json::from_str(&answer).expect("stat");
+        assert_eq!(stated.ok.and_then(|stat| stat.size), Some(6));
+        for path in ["abs_out", "rel_out/secret", "in/sub/etc/passwd"] {
+            let mut cases = vec![
+                vec!["stat", path],
+                vec!["mkdir", path],
+                vec!["copy", path, "got", "0"],
+                vec!["move", path, "got", "0"],
+            ];
+            // A link as the destination itself is replaced, not followed: only paths through one.
+            if path.contains('/') {
+                cases.push(vec!["copy", "in/file", path, "1"]);
+                cases.push(vec!["move", "in/file", path, "1"]);
+            }
+            for args in cases {
+                let (answer, _) = helper(&root, &args, b"").expect("helper");
+                assert!(
+                    answer.contains(r#""error":"outside""#),
+                    "{args:?}: {answer}"
+                );
+            }
+        }
+        for args in [
+            ["copy", "in", "in/sub/again", "0"],
+            ["move", "in", "in/sub/x", "0"],
+        ] {
+            let (answer, _) = helper(&root, &args, b"").expect("helper");
+            assert!(
+                answer.contains(r#""error":"invalid""#),
+                "{args:?}: {answer}"
+            );
+        }
+        let (answer, _) = helper(&root, &["copy", "in", "copy", "0"], b"").expect("helper");
+        assert!(answer.contains(r#""ok""#), "{answer}");
+        assert_eq!(
+            std::fs::read_link(root.join("copy/sub/etc")).expect("a link"),
+            std::path::Path::new("/etc")
+        );
+        let (answer, _) = helper(&root, &["copy", "in/file", "copy", "0"], b"").expect("helper");
+        assert!(answer.contains(r#""error":"exists""#), "{answer}");
+        let (answer, _) = helper(&root, &["move", "copy", "moved", "1"], b"").expect("helper");
+        assert!(answer.contains(r#""ok""#), "{answer}");
+        assert_eq!(
+            std::fs::read(root.join("moved/file")).expect("moved"),
+            b"inside"
+        );
+        let left: Vec<_> = std::fs::read_dir(&outside).expect("outside").collect();
+        assert_eq!(left.len(), 1, "only the secret is outside");
+    }
+
+    #[test]
     fn the_helper_lists_odd_names_and_archives_links_as_links() {
         use std::os::unix::ffi::OsStrExt;
         let dir = tempfile::tempdir().expect("temporary directory");
