@@ -27,7 +27,7 @@ tenant and sees only its own containers. Errors share one shape: \
     tags(
         (name = "containers", description = "Create, list and destroy sandboxes"),
         (name = "execution", description = "Run Python code, with results or as Server-Sent Events"),
-        (name = "files", description = "Files and directory trees under /workspace, streamed"),
+        (name = "files", description = "Files and directory trees under /workspace, streamed; exists, stat, mkdir, copy and move without moving content through the server"),
         (name = "commands", description = "Shell commands"),
         (name = "processes", description = "Background processes: start, list, signal, stdin, output over SSE and WebSocket"),
         (name = "mcp", description = "Stdio MCP servers inside a container: register, list tools, call tools, and the MCP proxy (Streamable HTTP)"),

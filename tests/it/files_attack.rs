@@ -762,6 +762,13 @@ async fn copy_move_stat_and_mkdir_refuse_every_way_out() {
             .await;
             outside(status, &body, &format!("{route} {path}"));
         }
+        let head = server
+            .http
+            .head(server.url(&format!("/containers/{id}/files/{path}/passwd")))
+            .send()
+            .await
+            .expect("head");
+        assert_eq!(head.status(), StatusCode::BAD_REQUEST, "HEAD {path}/passwd");
         let (status, body) = status_and_body(
             server
                 .post(&format!("/containers/{id}/mkdir/{path}/kbx-made"))
