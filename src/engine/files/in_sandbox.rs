@@ -659,6 +659,12 @@ mod tests {
     }
 
     #[test]
+    fn the_helper_fits_in_one_argument() {
+        // Linux refuses an exec whose single argument passes MAX_ARG_STRLEN (32 pages).
+        assert!(HELPER.len() < 128 * 1024, "{} bytes", HELPER.len());
+    }
+
+    #[test]
     fn stat_mkdir_copy_and_move_never_leave_the_root() {
         let dir = tempfile::tempdir().expect("temporary directory");
         let root = dir.path().join("ws");
