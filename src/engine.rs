@@ -71,7 +71,10 @@ pub use error::{EngineError, GuestServerError};
 pub use execution::{
     ExecEvent, ExecuteRequest, ExecutionOutcome, ExecutionResult, ExecutionStream, Output,
 };
-pub use files::{FileDownload, FileEntry, FileKind, UploadedFile};
+pub use files::{
+    FileDownload, FileEntry, FileKind, MadeDirectory, PathStat, Transfer, TransferKind,
+    UploadedFile,
+};
 pub use firewall::{AllowList, EgressRequest, Firewall, FirewallSource};
 pub use guest_servers::{GuestServer, GuestServerParams};
 pub use guest_sessions::ProxySession;

@@ -6,6 +6,7 @@
 //! | [`handler`]     | the handler: which sandbox a call uses, resources, server info   |
 //! | [`tools`]       | the tools, their documented arguments, and what each one calls   |
 //! | [`process_tools`] | the background-process tools (start, list, read output, kill)  |
+//! | [`file_tools`]  | stat_file, make_directory, copy_file, move_file                  |
 //! | [`render`]      | engine results as MCP content, `isError` and structured content  |
 //! | [`resources`]   | sessions, files and large outputs as readable resources          |
 //! | [`transport`]   | the stdio loop and the Streamable HTTP service                   |
@@ -17,6 +18,7 @@
 //! until it idles (`engine::defaults`); over stdio, a default sandbox bound to the connection:
 //! created on first use, destroyed when the connection ends.
 
+pub mod file_tools;
 pub mod handler;
 pub mod process_tools;
 mod render;

@@ -46,6 +46,9 @@ pub enum EngineError {
     PathNotFound { path: String },
     #[error("{path} is a directory")]
     IsADirectory { path: String },
+    /// Something already has the name (a copy's or a move's destination without `overwrite`).
+    #[error("{path} already exists")]
+    PathExists { path: String },
     /// The sandbox user may not do this to the path (the server acts with that user's rights).
     #[error("permission denied: the sandbox user may not use {path} this way")]
     PermissionDenied { path: String },
@@ -137,6 +140,7 @@ impl EngineError {
             E::InvalidInput { .. } => "invalid_request",
             E::PathOutsideWorkspace { .. } => "path_outside_workspace",
             E::IsADirectory { .. } => "is_a_directory",
+            E::PathExists { .. } => "path_exists",
             E::PermissionDenied { .. } => "permission_denied",
             E::FileHelper(_) => "internal",
             E::TooLarge { .. } => "too_large",

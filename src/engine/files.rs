@@ -13,7 +13,8 @@
 //!
 //! | part           | what it does                                                   |
 //! |----------------|----------------------------------------------------------------|
-//! | this file      | the operations: write, read, list, delete, upload, download    |
+//! | this file      | the operations: write, read, list, delete, upload, download,   |
+//! |                | stat, mkdir, copy, move                                        |
 //! | [`in_sandbox`] | running the helper (`helper.py`) and reading its answers       |
 //! | [`archive`]    | the sanitizer every uploaded archive passes through            |
 //! | [`streams`]    | size-capped streams and upload spooling                        |
@@ -40,8 +41,8 @@ use super::tenant::Tenant;
 use crate::backend::ByteStream;
 use archive::sanitize_archive;
 use in_sandbox::{
-    ANSWER_LIMIT, Done, Helper, IDLE_TIMEOUT, LISTING_LIMIT, Listing, OPERATION_TIMEOUT, Opened,
-    Refusal, Written, relative, run, start,
+    ANSWER_LIMIT, Done, Helper, IDLE_TIMEOUT, LISTING_LIMIT, Listing, Made, Moved,
+    OPERATION_TIMEOUT, Opened, Refusal, Refused, Side, Stated, Written, relative, run, start,
 };
 pub use in_sandbox::{FileEntry, FileKind};
 use streams::{PIPE_BUFFER, limit_stream, spool};
@@ -59,6 +60,45 @@ pub struct UploadedFile {
     /// Absolute path inside the sandbox.
     pub path: String,
     pub size: u64,
+}
+
+/// What is at a path: the entry itself (a symlink is reported as one, not followed).
+#[derive(Debug, Clone, Serialize)]
+pub struct PathStat {
+    /// Absolute path inside the sandbox.
+    pub path: String,
+    pub kind: FileKind,
+    pub size: u64,
+    /// Permission bits (`0o7777` at most).
+    pub mode: u32,
+    /// Seconds since the Unix epoch.
+    pub modified: f64,
+}
+
+/// A directory made by [`Engine::make_dir`].
+#[derive(Debug, Clone, Serialize)]
+pub struct MadeDirectory {
+    /// Absolute path inside the sandbox.
+    pub path: String,
+    /// False when the directory was there already.
+    pub created: bool,
+}
+
+/// A copy or a move done.
+#[derive(Debug, Clone, Serialize)]
+pub struct Transfer {
+    /// Absolute paths inside the sandbox.
+    pub source: String,
+    pub destination: String,
+    /// What went: a file, a directory tree, or (moved) a symlink.
+    pub kind: FileKind,
+}
+
+/// Copy or move, as [`Engine::transfer`] does them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransferKind {
+    Copy,
+    Move,
 }
 
 /// Bounds a step of the helper that waits for its answer.
@@ -393,5 +433,147 @@ impl Engine {
             reason,
         })?;
         within(IDLE_TIMEOUT, helper.finish()).await
+    }
+
+    /// The size of the file a download of `path` would send (a final link followed, as a read
+    /// does), without sending it: the helper opens the file, answers its size and sends none of
+    /// it. A directory is [`EngineError::IsADirectory`].
+    pub async fn file_size(
+        &self,
+        id: &str,
+        tenant: &Tenant,
+        path: &str,
+    ) -> Result<u64, EngineError> {
+        let sandbox = self.use_sandbox(id, tenant)?;
+        // With a limit of 0 the helper sends no byte after its answer (an empty file has none).
+        let (helper, opened) = self.open_for_read(&sandbox, path, 0).await?;
+        within(OPERATION_TIMEOUT, helper.finish()).await?;
+        Ok(opened.size)
+    }
+
+    /// What is at `path`, without reading it: `None` when nothing is (or a parent is missing or
+    /// not a directory). The entry itself is described; a link is not followed, but one that
+    /// leads out of the workspace is refused like any path through it.
+    pub async fn stat_path(
+        &self,
+        id: &str,
+        tenant: &Tenant,
+        path: &str,
+    ) -> Result<Option<PathStat>, EngineError> {
+        let sandbox = self.use_sandbox(id, tenant)?;
+        let lexical = workspace_path(path)?;
+        let stated = run::<Stated>(
+            self.backend(),
+            &sandbox,
+            "stat",
+            &[relative(&lexical)],
+            ANSWER_LIMIT,
+        )
+        .await?
+        .map_err(|refused| refused.into_error(path))?;
+        if !stated.exists {
+            return Ok(None);
+        }
+        let (Some(kind), Some(size), Some(mode), Some(modified)) =
+            (stated.kind, stated.size, stated.mode, stated.modified)
+        else {
+            return Err(HelperFailure::NoAnswer.into());
+        };
+        Ok(Some(PathStat {
+            path: lexical,
+            kind,
+            size,
+            mode: mode & 0o7777,
+            modified: if modified.is_finite() { modified } else { 0.0 },
+        }))
+    }
+
+    /// Makes directory `path` and its missing parents, owned by the sandbox user; a directory
+    /// already there is no error, anything else with the name is [`EngineError::PathExists`].
+    pub async fn make_dir(
+        &self,
+        id: &str,
+        tenant: &Tenant,
+        path: &str,
+    ) -> Result<MadeDirectory, EngineError> {
+        let sandbox = self.use_sandbox(id, tenant)?;
+        let lexical = workspace_path(path)?;
+        let made = run::<Made>(
+            self.backend(),
+            &sandbox,
+            "mkdir",
+            &[relative(&lexical)],
+            ANSWER_LIMIT,
+        )
+        .await?
+        .map_err(|refused| refused.into_error(path))?;
+        Ok(MadeDirectory {
+            path: lexical,
+            created: made.created,
+        })
+    }
+
+    /// Copies or moves `source` to `destination` inside the workspace (the destination's missing
+    /// parents are made). The destination is the new path itself, never a directory to go into;
+    /// an existing one is [`EngineError::PathExists`] unless `overwrite`, which replaces it
+    /// (only when the sandbox user may write it). A copy follows a final link of the source
+    /// (inside the workspace only) and copies a directory's tree, links in it as links; a move
+    /// renames the entry itself. A directory cannot go into itself.
+    pub async fn transfer(
+        &self,
+        id: &str,
+        tenant: &Tenant,
+        kind: TransferKind,
+        source: &str,
+        destination: &str,
+        overwrite: bool,
+    ) -> Result<Transfer, EngineError> {
+        let sandbox = self.use_sandbox(id, tenant)?;
+        let from = workspace_path(source)?;
+        let to = workspace_path(destination)?;
+        if to == WORKSPACE {
+            return Err(EngineError::InvalidInput {
+                field: "destination",
+                reason: "the workspace itself cannot be replaced".into(),
+            });
+        }
+        if kind == TransferKind::Move && from == WORKSPACE {
+            return Err(EngineError::InvalidInput {
+                field: "source",
+                reason: "the workspace itself cannot be moved".into(),
+            });
+        }
+        let op = match kind {
+            TransferKind::Copy => "copy",
+            TransferKind::Move => "move",
+        };
+        let overwrite = if overwrite { "1" } else { "0" };
+        let moved = run::<Moved>(
+            self.backend(),
+            &sandbox,
+            op,
+            &[relative(&from), relative(&to), overwrite],
+            ANSWER_LIMIT,
+        )
+        .await?
+        .map_err(|refused| transfer_error(refused, source, destination))?;
+        sandbox.touch();
+        Ok(Transfer {
+            source: from,
+            destination: to,
+            kind: moved.kind,
+        })
+    }
+}
+
+/// The engine error for a refused copy or move: about the path the helper names.
+fn transfer_error(refused: Refused, source: &str, destination: &str) -> EngineError {
+    match (refused.side, refused.kind) {
+        (_, Refusal::Invalid | Refusal::Interrupted | Refusal::Io) => EngineError::InvalidInput {
+            field: "path",
+            reason: refused.message,
+        },
+        (Some(Side::Destination), _) => refused.into_error(destination),
+        (None, _) => refused.into_error(source),
     }
 }

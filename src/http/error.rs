@@ -212,9 +212,8 @@ pub fn engine_status(error: &EngineError) -> StatusCode {
         | "mcp_server_not_found"
         | "session_not_found"
         | "process_not_found" => StatusCode::NOT_FOUND,
-        "busy" | "is_a_directory" | "tag_taken" | "process_ended" | "stdin_closed" => {
-            StatusCode::CONFLICT
-        }
+        "busy" | "is_a_directory" | "path_exists" | "tag_taken" | "process_ended"
+        | "stdin_closed" => StatusCode::CONFLICT,
         "network_not_allowed" | "permission_denied" | "package_not_allowed" => {
             StatusCode::FORBIDDEN
         }

@@ -6,7 +6,8 @@
 //! | [`containers`]    | `POST/GET /containers`, `GET/DELETE /containers/{id}`, `POST …/{id}/timeout` |
 //! | [`firewall`]      | `POST/GET /containers/{id}/firewall`                                  |
 //! | [`execute`]       | `POST /containers/{id}/execute`, `…/execute/stream` (SSE, NDJSON), `GET /executions/{id}`, `POST …/cancel` |
-//! | [`files`]         | `POST/GET/DELETE /containers/{id}/files/{path}`, `POST/GET …/directories/{path}` |
+//! | [`files`]         | `POST/GET/HEAD/DELETE /containers/{id}/files/{path}`, `POST/GET …/directories/{path}` |
+//! | [`file_ops`]      | `GET …/exists/{path}`, `GET …/stat/{path}`, `POST …/mkdir/{path}`, `POST …/copy`, `POST …/move` |
 //! | [`commands`]      | `POST /containers/{id}/commands`, `POST /containers/{id}/packages`    |
 //! | [`processes`]     | `POST/GET /containers/{id}/processes`, `GET …/{pid}`, `POST …/{pid}/kill|stdin`, `GET …/{pid}/events|ws` |
 //! | [`guest_servers`] | `PUT/GET /containers/{id}/mcp/{server}`, `POST …/mcp/{server}/{tool}` |
@@ -17,6 +18,7 @@
 pub mod commands;
 pub mod containers;
 pub mod execute;
+pub mod file_ops;
 pub mod files;
 pub mod firewall;
 pub mod guest_servers;
@@ -55,7 +57,16 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(json(routes!(commands::install)))
         .routes(streamed(routes!(files::upload_to_workspace)))
         .routes(streamed(routes!(files::upload_file)))
-        .routes(json(routes!(files::download_file, files::delete_file)))
+        .routes(json(routes!(
+            files::download_file,
+            files::head_file,
+            files::delete_file
+        )))
+        .routes(json(routes!(file_ops::exists)))
+        .routes(json(routes!(file_ops::stat)))
+        .routes(json(routes!(file_ops::mkdir)))
+        .routes(json(routes!(file_ops::copy)))
+        .routes(json(routes!(file_ops::move_path)))
         .routes(streamed(routes!(
             files::upload_workspace_tree,
             files::download_workspace_tree

@@ -8,7 +8,7 @@
 //! | `/mcp`                                 | MCP over Streamable HTTP ([`crate::mcp`])      |
 //! | `/containers/…`, `/executions/…`       | the REST face ([`super::rest`])                |
 //! | `/containers/{id}/mcp-proxy/{server}`  | the guest proxy face ([`super::guest_proxy`])  |
-//! | `/metrics`, `/openapi.json`, `/docs`   | Prometheus metrics, the OpenAPI document       |
+//! | `/metrics`, `/openapi.json`, `/docs`, `/redoc` | Prometheus metrics, the OpenAPI document and its pages |
 //!
 //! Every request passes the `Host` and `Origin` checks ([`super::guard`]); everything but
 //! `/health` is behind the API key when keys are set.
@@ -169,7 +169,7 @@ pub fn openapi_document() -> utoipa::openapi::OpenApi {
     openapi::finish(document)
 }
 
-/// The documented routes, `/openapi.json` and `/docs`, the keyed ones behind the key.
+/// The documented routes, `/openapi.json`, `/docs` and `/redoc`, the keyed ones behind the key.
 fn api_router(engine: Arc<Engine>, keys: Arc<ApiKeys>) -> Router {
     let (routes, _) = keyed_api().split_for_parts();
     let (open_routes, _) = open_api().split_for_parts();
@@ -183,6 +183,12 @@ fn api_router(engine: Arc<Engine>, keys: Arc<ApiKeys>) -> Router {
             }),
         )
         .route("/docs", get(openapi::docs_page))
+        .route("/redoc", get(openapi::redoc_page))
+        .route("/redoc/redoc.standalone.js", get(openapi::redoc_bundle))
+        .route(
+            "/redoc/redoc.standalone.js.LICENSE.txt",
+            get(openapi::redoc_licenses),
+        )
         .route_layer(middleware::from_fn_with_state(keys, require_api_key))
         .merge(open_routes)
         .layer(DefaultBodyLimit::max(JSON_BODY_LIMIT))
@@ -345,6 +351,11 @@ mod tests {
             "/containers/{id}/files/{path}",
             "/containers/{id}/directories",
             "/containers/{id}/directories/{path}",
+            "/containers/{id}/exists/{path}",
+            "/containers/{id}/stat/{path}",
+            "/containers/{id}/mkdir/{path}",
+            "/containers/{id}/copy",
+            "/containers/{id}/move",
             "/metrics",
             "/containers/{id}/mcp/{server}",
             "/containers/{id}/mcp/{server}/{tool}",

@@ -430,7 +430,9 @@ impl KernelboxMcp {
                 default: tokio::sync::Mutex::new(None),
             }),
             engine,
-            tool_router: Self::tool_router() + Self::process_tool_router(),
+            tool_router: Self::tool_router()
+                + Self::process_tool_router()
+                + Self::file_tool_router(),
         }
     }
 }
@@ -939,7 +941,9 @@ mod tests {
     #[test]
     fn every_tool_schema_is_strict() {
         let mut violations = Vec::new();
-        let tools = KernelboxMcp::tool_router() + KernelboxMcp::process_tool_router();
+        let tools = KernelboxMcp::tool_router()
+            + KernelboxMcp::process_tool_router()
+            + KernelboxMcp::file_tool_router();
         for tool in tools.list_all() {
             let schema = Value::Object((*tool.input_schema).clone());
             strict_violations(&tool.name, &schema, &mut violations);

@@ -3,7 +3,9 @@
 //! sends archives with link chains and hard links. Checked as root in the container: nothing
 //! outside `/workspace` changes. Also: the server acts with the sandbox user's rights (a root-only
 //! file in the workspace is refused), links inside the workspace still work, listings keep odd
-//! names and large directories, and the latency of a small write and read.
+//! names and large directories, and the latency of a small write and read. Exists, stat, mkdir,
+//! copy and move get the same attacks: planted links and lexical escapes on the source and on
+//! the destination, root-owned files, and a directory raced against a link during copies.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -697,4 +699,351 @@ async fn listings_keep_odd_names_and_large_directories() {
     assert_eq!(listing[1].name, "file-00000");
     assert_eq!(listing[20001].name, "two\nlines");
     assert_eq!(listing[20001].path, "/workspace/many/two\nlines");
+}
+
+/// POSTs `body` to a copy or move route: (status, body text).
+async fn transfer(server: &TestServer, id: &str, op: &str, body: Value) -> (StatusCode, String) {
+    status_and_body(
+        server
+            .post(&format!("/containers/{id}/{op}"))
+            .json(&body)
+            .send()
+            .await
+            .expect(op),
+    )
+    .await
+}
+
+/// Exists, stat, mkdir, copy and move against planted links (absolute, relative, dangling, in a
+/// tree) and lexical escapes: every way out is refused, on the source and on the destination;
+/// a link as the destination is replaced, never written through; a tree with a link to `/etc`
+/// copies the link, not `/etc`. Checked as root: nothing outside `/workspace` changed.
+#[tokio::test(flavor = "multi_thread")]
+async fn copy_move_stat_and_mkdir_refuse_every_way_out() {
+    let Some(server) = TestServer::start("files-ops-attack", &[]).await else {
+        return;
+    };
+    let id = create(&server).await;
+    let container = container_of(&id);
+    assert_eq!(execute(&server, &id, PLANT).await, "planted /etc /etc\n");
+    let planted = execute(
+        &server,
+        &id,
+        "import os\nos.symlink('../etc', 'rel')\nos.symlink('/etc/kbx-created', 'dangle')\n\
+         os.symlink('/etc/motd', 'motdlink')\nos.makedirs('tree')\nos.symlink('/etc', 'tree/out')\n\
+         open('tree/mine.txt', 'w').write('mine')\nopen('mine.txt', 'w').write('mine')\nprint('ok')",
+    )
+    .await;
+    assert_eq!(planted, "ok\n");
+    let before = mark(&container);
+    let outside = |status: StatusCode, body: &str, what: &str| {
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{what}: {body}");
+        assert!(body.contains("path_outside_workspace"), "{what}: {body}");
+        assert!(!body.contains("root:"), "{what} leaked: {body}");
+    };
+    let through_links = [
+        "etclink",
+        "etclink/passwd",
+        "evil/motd",
+        "rel",
+        "rel/shadow",
+        "dangle",
+        "tree/out/passwd",
+    ];
+    for path in through_links {
+        for route in ["exists", "stat"] {
+            let (status, body) = status_and_body(
+                server
+                    .get(&format!("/containers/{id}/{route}/{path}"))
+                    .send()
+                    .await
+                    .expect(route),
+            )
+            .await;
+            outside(status, &body, &format!("{route} {path}"));
+        }
+        let head = server
+            .http
+            .head(server.url(&format!("/containers/{id}/files/{path}/passwd")))
+            .send()
+            .await
+            .expect("head");
+        assert_eq!(head.status(), StatusCode::BAD_REQUEST, "HEAD {path}/passwd");
+        let (status, body) = status_and_body(
+            server
+                .post(&format!("/containers/{id}/mkdir/{path}/kbx-made"))
+                .send()
+                .await
+                .expect("mkdir"),
+        )
+        .await;
+        outside(status, &body, &format!("mkdir {path}/kbx-made"));
+    }
+    // `dangle` itself: a made directory would land in /etc.
+    let (status, body) = status_and_body(
+        server
+            .post(&format!("/containers/{id}/mkdir/dangle"))
+            .send()
+            .await
+            .expect("mkdir"),
+    )
+    .await;
+    outside(status, &body, "mkdir dangle");
+    let lexical = [
+        "../etc/passwd",
+        "/etc/passwd",
+        "tree/../../etc/passwd",
+        "/workspace/../etc",
+    ];
+    for op in ["copy", "move"] {
+        for source in through_links.iter().chain(&lexical) {
+            if *source == "dangle" && op == "move" {
+                continue; // moving the link itself is checked below
+            }
+            let (status, body) = transfer(
+                &server,
+                &id,
+                op,
+                json!({"source": source, "destination": "kbx-got"}),
+            )
+            .await;
+            outside(status, &body, &format!("{op} from {source}"));
+        }
+        for destination in ["etclink/kbx-put", "rel/kbx-put", "tree/out/kbx-put"]
+            .iter()
+            .chain(&lexical)
+        {
+            for overwrite in [false, true] {
+                let (status, body) = transfer(
+                    &server,
+                    &id,
+                    op,
+                    json!({"source": "mine.txt", "destination": destination, "overwrite": overwrite}),
+                )
+                .await;
+                outside(status, &body, &format!("{op} to {destination}"));
+            }
+        }
+    }
+    // A link as the destination is replaced itself: /etc/motd keeps its content.
+    let (status, body) = transfer(
+        &server,
+        &id,
+        "copy",
+        json!({"source": "mine.txt", "destination": "motdlink", "overwrite": true}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = transfer(
+        &server,
+        &id,
+        "move",
+        json!({"source": "tree/mine.txt", "destination": "dangle", "overwrite": true}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // A tree holding a link to /etc: the link is copied as a link, /etc is not.
+    let (status, body) = transfer(
+        &server,
+        &id,
+        "copy",
+        json!({"source": "tree", "destination": "tree2"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // (Seen by the sandbox user: its files are private to it, even from capability-less root.)
+    let seen = execute(
+        &server,
+        &id,
+        "import os\nprint(os.readlink('tree2/out'), sorted(os.listdir('tree2')), \
+         open('motdlink').read(), open('dangle').read(), os.path.islink('motdlink'), \
+         os.path.islink('dangle'))",
+    )
+    .await;
+    assert_eq!(seen, "/etc ['out'] mine mine False False\n");
+    // Moving a link that leads out is refused too.
+    let (status, body) = transfer(
+        &server,
+        &id,
+        "move",
+        json!({"source": "etclink", "destination": "kbx-moved"}),
+    )
+    .await;
+    outside(status, &body, "move etclink");
+    assert_untouched(&container, &before);
+    assert_eq!(
+        as_root(&container, "ls /etc | grep -c kbx || true").trim(),
+        "0"
+    );
+}
+
+/// Copy, move and mkdir with the sandbox user's rights: a root-only file is not read by a copy
+/// (alone or inside a tree), a root-owned file is neither overwritten nor moved, a root-owned
+/// directory takes nothing new. Each is 403 `permission_denied`, and leaves no half-made copy.
+#[tokio::test(flavor = "multi_thread")]
+async fn copy_and_move_have_the_sandbox_users_rights_only() {
+    let Some(server) = TestServer::start("files-ops-rights", &[]).await else {
+        return;
+    };
+    let id = create(&server).await;
+    let container = container_of(&id);
+    let mut builder = tar::Builder::new(Vec::new());
+    for (name, mode, content) in [
+        ("secret", 0o600, &b"secret\n"[..]),
+        ("readonly", 0o644, b"ro\n"),
+        ("rootdir/kept", 0o644, b"x\n"),
+        ("mixed/secret", 0o600, b"secret\n"),
+    ] {
+        let mut header = tar::Header::new_gnu();
+        header.set_mode(mode);
+        header.set_uid(0);
+        header.set_gid(0);
+        header.set_size(content.len() as u64);
+        builder
+            .append_data(&mut header, name, content)
+            .expect("append");
+    }
+    copy_in_as_root(&container, &builder.into_inner().expect("tar"));
+    assert_eq!(
+        execute(
+            &server,
+            &id,
+            "open('mine.txt', 'w').write('mine')\nprint('ok')"
+        )
+        .await,
+        "ok\n"
+    );
+    let denied = |status: StatusCode, body: &str, what: &str| {
+        assert_eq!(status, StatusCode::FORBIDDEN, "{what}: {body}");
+        assert!(body.contains("permission_denied"), "{what}: {body}");
+        assert!(!body.contains("secret\n"), "{what} leaked: {body}");
+    };
+    for (op, source, destination, overwrite) in [
+        ("copy", "secret", "got-secret", false),
+        ("copy", "mixed", "got-mixed", false),
+        ("copy", "mine.txt", "readonly", true),
+        ("copy", "mine.txt", "rootdir/new", false),
+        ("copy", "mine.txt", "rootdir/kept", true),
+        ("move", "mine.txt", "readonly", true),
+        ("move", "readonly", "taken", false),
+        ("move", "secret", "taken", false),
+        ("move", "mine.txt", "rootdir/new", false),
+    ] {
+        let (status, body) = transfer(
+            &server,
+            &id,
+            op,
+            json!({"source": source, "destination": destination, "overwrite": overwrite}),
+        )
+        .await;
+        denied(status, &body, &format!("{op} {source} -> {destination}"));
+    }
+    let (status, body) = status_and_body(
+        server
+            .post(&format!("/containers/{id}/mkdir/rootdir/sub"))
+            .send()
+            .await
+            .expect("mkdir"),
+    )
+    .await;
+    denied(status, &body, "mkdir rootdir/sub");
+    // Stat is no read: it describes a root-only file without its content.
+    let (status, body) = status_and_body(
+        server
+            .get(&format!("/containers/{id}/stat/secret"))
+            .send()
+            .await
+            .expect("stat"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body.contains(r#""mode":"0600""#), "{body}");
+    assert_eq!(
+        as_root(
+            &container,
+            "cd /workspace && cat secret readonly rootdir/kept && ls -A && ls -A rootdir && ls -A mixed && stat -c '%U' secret readonly"
+        ),
+        "secret\nro\nx\nmine.txt\nmixed\nreadonly\nrootdir\nsecret\nkept\nsecret\nroot\nroot\n"
+    );
+    assert_eq!(
+        execute(&server, &id, "print(open('mine.txt').read())").await,
+        "mine\n"
+    );
+}
+
+/// Copies and moves while sandbox code swaps a directory for a link to `/etc` as fast as it can:
+/// each either acts inside the workspace or is refused; none reads `/etc` or writes into it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_directory_swapped_for_a_link_during_copies_leads_nowhere() {
+    let Some(server) = TestServer::start("files-ops-race", &[]).await else {
+        return;
+    };
+    let id = create(&server).await;
+    let container = container_of(&id);
+    assert_eq!(
+        execute(
+            &server,
+            &id,
+            "import os\nos.makedirs('d')\nopen('d/passwd', 'w').write('fake')\nopen('x.txt', 'w').write('x')\nprint('ok')"
+        )
+        .await,
+        "ok\n"
+    );
+    let before = mark(&container);
+    assert_eq!(execute(&server, &id, SWAPPER).await, "started\n");
+    let server = &server;
+    let id = id.as_str();
+    let mut done = 0;
+    let mut refused = 0;
+    for round in 0..20 {
+        let calls = (0..4).map(|lane| async move {
+            let body = match lane {
+                0 => json!({"source": "d/passwd", "destination": format!("got-{round}")}),
+                1 => json!({"source": "x.txt", "destination": format!("d/kbx-race-{round}")}),
+                2 => json!({"source": "d", "destination": format!("tree-{round}")}),
+                _ => json!({"source": format!("d/kbx-race-{round}"), "destination": format!("d/kbx-moved-{round}")}),
+            };
+            let op = if lane == 3 { "move" } else { "copy" };
+            let (status, text) = transfer(server, id, op, body).await;
+            assert!(!status.is_server_error(), "{op}: {status} {text}");
+            assert!(!text.contains("root:"), "{text}");
+            status.is_success()
+        });
+        for ok in futures::future::join_all(calls).await {
+            if ok {
+                done += 1;
+            } else {
+                refused += 1;
+            }
+        }
+    }
+    let swaps = execute(
+        server,
+        id,
+        "open('stop', 'w').close()\nswapper.wait(timeout=60)\nprint(open('swaps').read())",
+    )
+    .await;
+    eprintln!(
+        "copy race: {done} done, {refused} refused, {} swaps",
+        swaps.trim()
+    );
+    assert!(done > 0, "some copies land while d is a directory");
+    // What the copies got is the workspace's file, never /etc/passwd (read as the sandbox user,
+    // whose files they are).
+    let got = execute(
+        server,
+        id,
+        "import glob\nfound = sorted(glob.glob('got-*') + glob.glob('tree-*/passwd'))\n\
+         print(len(found), set(open(p).read() for p in found))",
+    )
+    .await;
+    assert!(
+        got.ends_with(" {'fake'}\n") && !got.starts_with("0 "),
+        "copies: {got}"
+    );
+    assert_untouched(&container, &before);
+    assert_eq!(
+        as_root(&container, "ls /etc | grep -c kbx || true").trim(),
+        "0"
+    );
 }

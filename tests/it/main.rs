@@ -1,11 +1,13 @@
 //! End-to-end tests against a real Docker daemon and a real kernel, one binary for all.
 
+mod browser;
 mod cli;
 mod common;
 mod compose;
 mod engine;
 mod executions;
 mod faults;
+mod file_ops;
 mod files_attack;
 mod guard;
 mod hostile;

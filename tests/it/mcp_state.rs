@@ -128,7 +128,7 @@ async fn every_schema_passes_strict_conversion_and_null_arguments_work() {
         return;
     };
     let facts = scenario(&["strict-schemas", &server.url("/mcp")]).await;
-    assert_eq!(facts["tools"].as_array().map(Vec::len), Some(17), "{facts}");
+    assert_eq!(facts["tools"].as_array().map(Vec::len), Some(21), "{facts}");
     assert!(!container_exists(facts["created"].as_str().expect("id")));
 }
 

@@ -42,6 +42,10 @@ EXPECTED_TOOLS = {
     "read_file",
     "list_files",
     "delete_file",
+    "stat_file",
+    "make_directory",
+    "copy_file",
+    "move_file",
     "create_session",
     "list_sessions",
     "close_session",
@@ -580,6 +584,10 @@ async def scenario_strict_schemas(url: str) -> None:
         "install_packages": {"packages": ["pip"]},
         "write_file": {"path": "strict.txt", "content": "strict"},
         "read_file": {"path": "strict.txt"},
+        "stat_file": {"path": "strict.txt"},
+        "make_directory": {"path": "strictdir/sub"},
+        "copy_file": {"source": "strict.txt", "destination": "strictdir/copy.txt"},
+        "move_file": {"source": "strictdir/copy.txt", "destination": "strictdir/moved.txt"},
         "delete_file": {"path": "strict.txt"},
         "start_process": {"command": "sleep 60"},
         "read_process_output": {"process": "1"},
@@ -588,7 +596,8 @@ async def scenario_strict_schemas(url: str) -> None:
     }
     order = [
         "create_session", "execute_code", "interrupt", "restart_kernel", "run_command", "install_packages",
-        "write_file", "read_file", "list_files", "delete_file", "start_process", "list_processes",
+        "write_file", "read_file", "stat_file", "make_directory", "copy_file", "move_file",
+        "list_files", "delete_file", "start_process", "list_processes",
         "read_process_output", "kill_process", "set_session_timeout", "list_sessions", "close_session",
     ]
     async with Client(url) as client:

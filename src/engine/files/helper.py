@@ -13,7 +13,8 @@
 # it (the final open is O_NOFOLLOW too; a name that turned into a link is walked again).
 #
 # Output: stdout starts with one JSON line, {"ok": {...}} or {"error": KIND, "message": TEXT}
-# (with "entry": NAME when an archive entry was refused);
+# (with "entry": NAME when an archive entry was refused, "side": "destination" when a copy's or a
+# move's destination was);
 # `read` and `tar` follow a success line with their payload. Exit status 0 means done; after a
 # payload started, failures go to stderr and the status is 1.
 #
@@ -31,6 +32,14 @@
 #                         setuid/setgid/sticky, directories keep the owner's rwx.
 #   tar   ROOT PATH MODE  a tar of PATH: MODE `tree` names entries by PATH's last component,
 #                         `dir` names a directory's entries `./...`
+#   stat  ROOT PATH       {"ok": {"exists": false}} or {"ok": {"exists": true, "kind", "size", "mode",
+#                         "modified"}} of the final component itself (a link is not followed, but
+#                         one leading outside ROOT is refused)
+#   mkdir ROOT PATH       creates directory PATH and its parents: {"ok": {"created": bool}}
+#   copy  ROOT PATH TARGET OVERWRITE  copies a file or a tree (links inside copied as links) to
+#                         TARGET via a temporary name; an existing TARGET is refused (`exists`)
+#                         unless OVERWRITE is 1, and so is one the sandbox user may not write
+#   move  ROOT PATH TARGET OVERWRITE  renames PATH (itself, never a link's target) to TARGET
 import os
 import stat
 import sys
@@ -51,6 +60,7 @@ class Refused(Exception):
         self.kind = kind
         self.message = message
         self.entry = None
+        self.side = None
 
 
 class Changed(Exception):
@@ -672,6 +682,271 @@ def op_tar(path, mode):
     archive.close()
 
 
+def leads_outside(path):
+    """Whether following PATH's final link would leave ROOT (a dangling link inside does not)."""
+    try:
+        place, _ = resolve(path)
+        place.close()
+    except Refused as refused:
+        return refused.kind == "outside"
+    return False
+
+
+def op_stat(path):
+    """The final component itself (a link is reported as a link, never followed, but one that
+    leads outside ROOT is refused); a path that does not exist is {"exists": false}."""
+    try:
+        place, name = retrying(lambda: resolve(path, follow_last=False))
+    except Refused as refused:
+        if refused.kind in ("not_found", "not_dir"):
+            answer({"ok": {"exists": False}})
+            return
+        raise
+    try:
+        if name is None:
+            info = os.fstat(place.fd)
+        else:
+            info = existing(place, name)
+        if info is None:
+            answer({"ok": {"exists": False}})
+            return
+        if stat.S_ISLNK(info.st_mode) and leads_outside(path):
+            raise Refused("outside", "%s is a link leading outside the workspace" % place.path(name))
+        answer({"ok": {
+            "exists": True,
+            "kind": kind_of(info.st_mode),
+            "size": info.st_size,
+            "mode": stat.S_IMODE(info.st_mode),
+            "modified": info.st_mtime,
+        }})
+    finally:
+        place.close()
+
+
+def op_mkdir(path):
+    """Creates directory PATH and its missing parents; an existing directory is fine."""
+    def attempt():
+        place, name = resolve(path, make_dirs=True)
+        try:
+            if name is None:
+                return False
+            try:
+                os.mkdir(name, 0o755, dir_fd=place.fd)
+                return True
+            except FileExistsError:
+                pass
+            info = existing(place, name)
+            if info is None:
+                raise Changed()
+            if stat.S_ISLNK(info.st_mode):
+                raise Changed()
+            if not stat.S_ISDIR(info.st_mode):
+                raise Refused("exists", "%s exists and is not a directory" % text(path))
+            return False
+        except OSError as error:
+            raise refuse_os(error, path)
+        finally:
+            place.close()
+
+    created = retrying(attempt)
+    answer({"ok": {"created": created}})
+
+
+def destination(path, overwrite):
+    """The directory and name a copy or move goes to (parents created); the name itself is never
+    followed. An existing entry is refused unless OVERWRITE, and so is one the sandbox user may not
+    write. Returns (place, name, info of what is there or None)."""
+    try:
+        place, name = retrying(lambda: resolve(path, follow_last=False, make_dirs=True))
+    except Refused as refused:
+        refused.side = "destination"
+        raise
+    try:
+        if name is None:
+            raise Refused("exists", "the destination is the workspace itself")
+        if not os.access(b".", os.W_OK | os.X_OK, dir_fd=place.fd):
+            raise Refused("denied", "permission denied: %s is not writable by the sandbox user" % place.path())
+        info = existing(place, name)
+        if info is not None:
+            if not overwrite:
+                raise Refused("exists", "%s already exists" % text(path))
+            if not os.access(name, os.W_OK, dir_fd=place.fd, follow_symlinks=False):
+                raise Refused("denied", "permission denied: %s is not writable by the sandbox user" % place.path(name))
+        return place, name, info
+    except BaseException as error:
+        if isinstance(error, Refused):
+            error.side = "destination"
+        place.close()
+        raise
+
+
+def refuse_nesting(source_info, place, what):
+    """A directory cannot go into itself or below itself."""
+    for fd in place.fds:
+        info = os.fstat(fd)
+        if (info.st_dev, info.st_ino) == (source_info.st_dev, source_info.st_ino):
+            raise Refused("invalid", "cannot %s a directory into itself" % what)
+
+
+def copy_bytes(source_fd, target_fd):
+    while True:
+        block = os.read(source_fd, CHUNK)
+        if not block:
+            return
+        view = memoryview(block)
+        while view:
+            written = os.write(target_fd, view)
+            view = view[written:]
+
+
+def copy_file_at(source_fd, info, dir_fd, name):
+    """A new file NAME in DIR_FD with the content and mode of the open SOURCE_FD."""
+    fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dir_fd)
+    try:
+        copy_bytes(source_fd, fd)
+        os.fchmod(fd, stat.S_IMODE(info.st_mode) & 0o777)
+        os.utime(fd, (info.st_atime, info.st_mtime))
+    finally:
+        os.close(fd)
+
+
+def copy_tree_at(source_fd, dir_fd, name):
+    """A copy of the open directory SOURCE_FD as NAME in DIR_FD, walked by fds, depth first (one
+    pair of open fds per level): links are copied as links (never followed), files and
+    directories with their modes; other kinds (fifos, sockets, devices) are left out. A
+    directory gets its mode once its entries are in, so a read-only one still takes them."""
+    os.mkdir(name, 0o700, dir_fd=dir_fd)
+    top = os.open(name, O_DIR, dir_fd=dir_fd)
+    stack = [(source_fd, top, iter(sorted(os.listdir(source_fd), key=os.fsencode)), os.fstat(source_fd))]
+    try:
+        while stack:
+            from_fd, to_fd, names, info = stack[-1]
+            entry = next(names, None)
+            if entry is None:
+                stack.pop()
+                try:
+                    os.fchmod(to_fd, (stat.S_IMODE(info.st_mode) & 0o777) | 0o700)
+                    os.utime(to_fd, (info.st_atime, info.st_mtime))
+                finally:
+                    os.close(to_fd)
+                    if from_fd != source_fd:
+                        os.close(from_fd)
+                continue
+            raw = os.fsencode(entry)
+            info = existing_at(from_fd, raw)
+            if info is None:
+                continue
+            if stat.S_ISLNK(info.st_mode):
+                os.symlink(os.readlink(raw, dir_fd=from_fd), raw, dir_fd=to_fd)
+            elif stat.S_ISDIR(info.st_mode):
+                child = os.open(raw, O_DIR, dir_fd=from_fd)
+                try:
+                    os.mkdir(raw, 0o700, dir_fd=to_fd)
+                    made = os.open(raw, O_DIR, dir_fd=to_fd)
+                except BaseException:
+                    os.close(child)
+                    raise
+                stack.append((child, made, iter(sorted(os.listdir(child), key=os.fsencode)), os.fstat(child)))
+            elif stat.S_ISREG(info.st_mode):
+                file_fd = os.open(raw, O_READ, dir_fd=from_fd)
+                try:
+                    opened = os.fstat(file_fd)
+                    if stat.S_ISREG(opened.st_mode):
+                        copy_file_at(file_fd, opened, to_fd, raw)
+                finally:
+                    os.close(file_fd)
+    finally:
+        for from_fd, to_fd, _, _ in stack:
+            os.close(to_fd)
+            if from_fd != source_fd:
+                os.close(from_fd)
+
+
+def flag(value):
+    if value not in ("0", "1"):
+        raise Refused("invalid", "usage: OVERWRITE is 0 or 1")
+    return value == "1"
+
+
+def op_copy(path, target, overwrite):
+    """Copies the file or tree PATH (a final link is followed, inside ROOT only) to TARGET: into a
+    temporary name beside it, then renamed into place, replacing what was there when OVERWRITE."""
+    overwrite = flag(overwrite)
+
+    def attempt():
+        place, name = resolve(path)
+        try:
+            if name is None:
+                return open_final(place, None, O_DIR, path)
+            return open_final(place, name, O_READ, path)
+        finally:
+            place.close()
+
+    source_fd = retrying(attempt)
+    try:
+        info = os.fstat(source_fd)
+        if not stat.S_ISREG(info.st_mode) and not stat.S_ISDIR(info.st_mode):
+            raise Refused("invalid", "%s is neither a file nor a directory" % text(path))
+        place, name, there = destination(os.fsencode(target), overwrite)
+        try:
+            if stat.S_ISDIR(info.st_mode):
+                refuse_nesting(info, place, "copy")
+            temporary = temporary_name()
+            try:
+                if stat.S_ISDIR(info.st_mode):
+                    copy_tree_at(source_fd, place.fd, temporary)
+                else:
+                    copy_file_at(source_fd, info, place.fd, temporary)
+                if there is not None:
+                    remove_tree(place.fd, name)
+                os.rename(temporary, name, src_dir_fd=place.fd, dst_dir_fd=place.fd)
+            except BaseException:
+                try:
+                    remove_tree(place.fd, temporary)
+                except OSError:
+                    pass
+                raise
+            answer({"ok": {"kind": kind_of(info.st_mode)}})
+        except OSError as error:
+            raise refuse_os(error, path)
+        finally:
+            place.close()
+    finally:
+        os.close(source_fd)
+
+
+def op_move(path, target, overwrite):
+    """Renames PATH (the entry itself: a link stays a link, but one leading outside ROOT is
+    refused) to TARGET, replacing what was there when OVERWRITE."""
+    overwrite = flag(overwrite)
+    source, name = retrying(lambda: resolve(path, follow_last=False))
+    try:
+        if name is None:
+            raise Refused("invalid", "the workspace itself cannot be moved")
+        info = existing(source, name)
+        if info is None:
+            raise Refused("not_found", "no such file or directory: %s" % text(path))
+        if stat.S_ISLNK(info.st_mode) and leads_outside(path):
+            raise Refused("outside", "%s is a link leading outside the workspace" % source.path(name))
+        if not os.access(name, os.W_OK, dir_fd=source.fd, follow_symlinks=False):
+            raise Refused("denied", "permission denied: %s is not writable by the sandbox user" % source.path(name))
+        place, target_name, there = destination(os.fsencode(target), overwrite)
+        try:
+            if stat.S_ISDIR(info.st_mode):
+                refuse_nesting(info, place, "move")
+            same = there is not None and (there.st_dev, there.st_ino) == (info.st_dev, info.st_ino)
+            if there is not None and not same:
+                remove_tree(place.fd, target_name)
+            os.rename(name, target_name, src_dir_fd=source.fd, dst_dir_fd=place.fd)
+            answer({"ok": {"kind": kind_of(info.st_mode)}})
+        except OSError as error:
+            raise refuse_os(error, path)
+        finally:
+            place.close()
+    finally:
+        source.close()
+
+
 OPS = {
     "read": op_read,
     "write": op_write,
@@ -679,7 +954,12 @@ OPS = {
     "delete": op_delete,
     "untar": op_untar,
     "tar": op_tar,
+    "stat": op_stat,
+    "mkdir": op_mkdir,
+    "copy": op_copy,
+    "move": op_move,
 }
+
 
 
 def main():
@@ -694,14 +974,16 @@ def main():
         sys.stdout.buffer.flush()
         return 0
     except Refused as refused:
-        kind, message, entry = refused.kind, refused.message, refused.entry
+        kind, message, entry, side = refused.kind, refused.message, refused.entry, refused.side
     except OSError as error:
-        kind, message, entry = "io", os.strerror(error.errno or 0), None
+        kind, message, entry, side = "io", os.strerror(error.errno or 0), None, None
     except Exception as error:  # a corrupt archive and the like: say so, never a traceback
-        kind, message, entry = "invalid", "%s: %s" % (type(error).__name__, error), None
+        kind, message, entry, side = "invalid", "%s: %s" % (type(error).__name__, error), None, None
     failure = {"error": kind, "message": message[:1024]}
     if entry is not None:
         failure["entry"] = entry[:4096]
+    if side is not None:
+        failure["side"] = side
     if ANSWERED:
         # A payload is under way: stdout is no place for this any more.
         sys.stderr.write(json.dumps(failure) + "\n")

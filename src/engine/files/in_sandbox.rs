@@ -77,10 +77,20 @@ pub(super) enum Refusal {
     IsDir,
     NotDir,
     Denied,
+    /// Something already has the name (a copy's or a move's destination, a file where a
+    /// directory is to be made).
+    Exists,
     Invalid,
     Interrupted,
     #[serde(other)]
     Io,
+}
+
+/// Which path of a copy or a move a refusal is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(super) enum Side {
+    Destination,
 }
 
 /// The helper's answer line: `{"ok": …}` or `{"error": kind, "message": text}`.
@@ -93,6 +103,9 @@ struct Answer<T> {
     /// The archive entry refused, when it was one.
     #[serde(default)]
     entry: Option<String>,
+    /// The destination of a copy or a move was refused, not its source.
+    #[serde(default)]
+    side: Option<Side>,
 }
 
 /// A refusal with the helper's message, cut and stripped of control characters.
@@ -102,6 +115,7 @@ pub(super) struct Refused {
     pub(super) message: String,
     /// The archive entry refused (cleaned like the message), when it was one.
     pub(super) entry: Option<String>,
+    pub(super) side: Option<Side>,
 }
 
 impl Refused {
@@ -113,6 +127,7 @@ impl Refused {
             Refusal::NotFound => EngineError::PathNotFound { path },
             Refusal::IsDir => EngineError::IsADirectory { path },
             Refusal::Denied => EngineError::PermissionDenied { path },
+            Refusal::Exists => EngineError::PathExists { path },
             Refusal::NotDir => EngineError::InvalidInput {
                 field: "path",
                 reason: format!("{path} is not a directory"),
@@ -248,6 +263,7 @@ impl Helper {
                 kind,
                 message: clean_message(&answer.message),
                 entry: answer.entry.as_deref().map(clean_message),
+                side: answer.side,
             })),
             (None, None) => Err(HelperFailure::NoAnswer.into()),
         }
@@ -483,6 +499,31 @@ pub(super) struct Written {
     pub(super) size: u64,
 }
 
+/// What `stat` found: nothing, or the final component itself.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Stated {
+    pub(super) exists: bool,
+    pub(super) kind: Option<FileKind>,
+    pub(super) size: Option<u64>,
+    pub(super) mode: Option<u32>,
+    pub(super) modified: Option<f64>,
+}
+
+/// A directory made, or found there already.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Made {
+    pub(super) created: bool,
+}
+
+/// A copy or a move done: what kind of entry went.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Moved {
+    pub(super) kind: FileKind,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -615,6 +656,77 @@ mod tests {
             std::fs::read(outside.join("secret")).expect("secret"),
             b"secret"
         );
+    }
+
+    #[test]
+    fn the_helper_fits_in_one_argument() {
+        // Linux refuses an exec whose single argument passes MAX_ARG_STRLEN (32 pages).
+        assert!(HELPER.len() < 128 * 1024, "{} bytes", HELPER.len());
+    }
+
+    #[test]
+    fn stat_mkdir_copy_and_move_never_leave_the_root() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let root = dir.path().join("ws");
+        let outside = dir.path().join("outside");
+        std::fs::create_dir_all(root.join("in/sub")).expect("root");
+        std::fs::create_dir_all(&outside).expect("outside");
+        std::fs::write(outside.join("secret"), b"secret").expect("secret");
+        std::fs::write(root.join("in/file"), b"inside").expect("file");
+        std::os::unix::fs::symlink(&outside, root.join("abs_out")).expect("link");
+        std::os::unix::fs::symlink("../outside", root.join("rel_out")).expect("link");
+        std::os::unix::fs::symlink("/etc", root.join("in/sub/etc")).expect("link");
+        let Some((answer, _)) = helper(&root, &["stat", "in/file"], b"") else {
+            return;
+        };
+        let stated: Answer<Stated> = serde_json::from_str(&answer).expect("stat");
+        assert_eq!(stated.ok.and_then(|stat| stat.size), Some(6));
+        for path in ["abs_out", "rel_out/secret", "in/sub/etc/passwd"] {
+            let mut cases = vec![
+                vec!["stat", path],
+                vec!["mkdir", path],
+                vec!["copy", path, "got", "0"],
+                vec!["move", path, "got", "0"],
+            ];
+            // A link as the destination itself is replaced, not followed: only paths through one.
+            if path.contains('/') {
+                cases.push(vec!["copy", "in/file", path, "1"]);
+                cases.push(vec!["move", "in/file", path, "1"]);
+            }
+            for args in cases {
+                let (answer, _) = helper(&root, &args, b"").expect("helper");
+                assert!(
+                    answer.contains(r#""error":"outside""#),
+                    "{args:?}: {answer}"
+                );
+            }
+        }
+        for args in [
+            ["copy", "in", "in/sub/again", "0"],
+            ["move", "in", "in/sub/x", "0"],
+        ] {
+            let (answer, _) = helper(&root, &args, b"").expect("helper");
+            assert!(
+                answer.contains(r#""error":"invalid""#),
+                "{args:?}: {answer}"
+            );
+        }
+        let (answer, _) = helper(&root, &["copy", "in", "copy", "0"], b"").expect("helper");
+        assert!(answer.contains(r#""ok""#), "{answer}");
+        assert_eq!(
+            std::fs::read_link(root.join("copy/sub/etc")).expect("a link"),
+            std::path::Path::new("/etc")
+        );
+        let (answer, _) = helper(&root, &["copy", "in/file", "copy", "0"], b"").expect("helper");
+        assert!(answer.contains(r#""error":"exists""#), "{answer}");
+        let (answer, _) = helper(&root, &["move", "copy", "moved", "1"], b"").expect("helper");
+        assert!(answer.contains(r#""ok""#), "{answer}");
+        assert_eq!(
+            std::fs::read(root.join("moved/file")).expect("moved"),
+            b"inside"
+        );
+        let left: Vec<_> = std::fs::read_dir(&outside).expect("outside").collect();
+        assert_eq!(left.len(), 1, "only the secret is outside");
     }
 
     #[test]

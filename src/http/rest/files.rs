@@ -266,6 +266,52 @@ pub(crate) async fn download_file(
     Ok((headers, Body::from_stream(download.stream)).into_response())
 }
 
+/// The headers a download would have, without the bytes.
+///
+/// A file's `Content-Length` (a final link followed, as a download does), or
+/// `Content-Type: application/json` for a directory, whose GET is a listing. Nothing is read.
+#[utoipa::path(
+    head,
+    path = "/containers/{id}/files/{*path}",
+    tag = "files",
+    params(
+        ("id" = String, Path, description = "Container id"),
+        ("path" = String, Path, description = "File or directory, relative to /workspace"),
+    ),
+    responses(
+        (status = 200, description = "It exists; for a file, `Content-Length` is its size"),
+        (status = 400, description = "Path outside /workspace"),
+        (status = 401, description = "Missing or wrong API key"),
+        (status = 403, description = "The sandbox user may not read it"),
+        (status = 404, description = "No such container or path"),
+        (status = 422, description = "Invalid path"),
+    )
+)]
+pub(crate) async fn head_file(
+    State(engine): State<AppState>,
+    Extension(tenant): Extension<Tenant>,
+    ApiPath((id, path)): ApiPath<(String, String)>,
+) -> Result<Response, ApiError> {
+    let mut headers = HeaderMap::new();
+    match engine.file_size(&id, &tenant, &path).await {
+        Ok(size) => {
+            headers.insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            );
+            headers.insert(CONTENT_LENGTH, HeaderValue::from(size));
+            if let Some(disposition) = attachment(last_component(&path)) {
+                headers.insert(CONTENT_DISPOSITION, disposition);
+            }
+        }
+        Err(EngineError::IsADirectory { .. }) => {
+            headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        }
+        Err(error) => return Err(error.into()),
+    }
+    Ok((headers, Body::empty()).into_response())
+}
+
 /// Delete a file or a directory tree.
 #[utoipa::path(
     delete,
