@@ -187,7 +187,7 @@ impl Engine {
                 }
             }
             tokio::select! {
-                () = self.pool.member_taken() => {}
+                () = self.pool.member_wanted() => {}
                 _ = checks.tick() => {}
                 () = self.shutdown.cancelled() => return,
             }

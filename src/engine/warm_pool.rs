@@ -37,8 +37,8 @@ pub(crate) struct WarmPool {
     members: Mutex<VecDeque<PoolMember>>,
     /// How many members wait, for those who watch it (the metrics, tests).
     ready: watch::Sender<usize>,
-    /// Wakes the refiller when a member was taken.
-    taken: Notify,
+    /// Wakes the refiller when a member was taken or removed.
+    wanted: Notify,
 }
 
 impl WarmPool {
@@ -66,7 +66,7 @@ impl WarmPool {
         let member = members.pop_front();
         self.ready.send_replace(members.len());
         if member.is_some() {
-            self.taken.notify_one();
+            self.wanted.notify_one();
         }
         member
     }
@@ -77,6 +77,9 @@ impl WarmPool {
         let (gone, kept): (Vec<_>, Vec<_>) = members.drain(..).partition(|member| stale(member));
         members.extend(kept);
         self.ready.send_replace(members.len());
+        if !gone.is_empty() {
+            self.wanted.notify_one();
+        }
         gone
     }
 
@@ -90,8 +93,8 @@ impl WarmPool {
         self.ready.subscribe()
     }
 
-    /// Resolves when a member was taken since the last call.
-    pub(crate) async fn member_taken(&self) {
-        self.taken.notified().await
+    /// Resolves when a member was taken or removed since the last call.
+    pub(crate) async fn member_wanted(&self) {
+        self.wanted.notified().await
     }
 }

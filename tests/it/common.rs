@@ -308,7 +308,17 @@ impl TestServer {
         instance: &str,
         keys: &[&str],
     ) -> Option<Self> {
-        let engine = TestEngine::start_on(name, instance.to_string(), |_| {}).await?;
+        Self::start_on_instance_with(name, instance, keys, |_| {}).await
+    }
+
+    /// [`TestServer::start_on_instance`] with its configuration adjusted.
+    pub(crate) async fn start_on_instance_with(
+        name: &str,
+        instance: &str,
+        keys: &[&str],
+        adjust: impl FnOnce(&mut kernelbox::config::EngineConfig),
+    ) -> Option<Self> {
+        let engine = TestEngine::start_on(name, instance.to_string(), adjust).await?;
         engine.engine.reattach().await.expect("reattach");
         Some(Self::serve(engine, keys, &[]).await)
     }

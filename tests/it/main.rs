@@ -21,6 +21,7 @@ mod net;
 mod ops;
 mod packages;
 mod pip;
+mod pool;
 mod processes;
 mod proxy;
 mod quota;
