@@ -437,6 +437,7 @@ impl Engine {
                 "sandbox ready"
             );
             let Some(slot) = slot else {
+                self.warm_up(&sandbox).await;
                 return Ok(Created::Pooled(PoolMember {
                     container,
                     image,

@@ -34,6 +34,10 @@ use crate::backend::ContainerInfo;
 const BINDING_RECORD: &str = "binding";
 /// How long a refill waits after a failed start before it tries again.
 const REFILL_BACKOFF: Duration = Duration::from_secs(5);
+/// How long a new member's warm-up may take.
+const WARM_UP: Duration = Duration::from_secs(10);
+/// What the warm-up runs: the path every execution takes, and nothing that leaves a trace.
+const WARM_UP_CODE: &str = "pass";
 /// How long a reattached member's kernel has to answer.
 const REATTACH_KERNEL: Duration = Duration::from_secs(10);
 
@@ -140,6 +144,31 @@ impl Engine {
                 tracing::warn!(container = %member.container.container_id, %error, "cannot remove a pool member");
             }
         });
+    }
+
+    /// Runs a first execution in a new member's kernel, silently (the counter stays at 0, no
+    /// output, no history), so that its caller's first execution does not pay for the kernel's
+    /// first-run setup.
+    pub(super) async fn warm_up(&self, sandbox: &Sandbox) {
+        let warmed = tokio::time::timeout(WARM_UP, async {
+            let kernel = sandbox.kernel(self.config.kernel_ready_timeout).await?;
+            let mut execution = kernel
+                .execute_silently(WARM_UP_CODE)
+                .await
+                .map_err(EngineError::Kernel)?;
+            while let Some(event) = execution.next().await.map_err(EngineError::Kernel)? {
+                if matches!(event, crate::kernel::KernelEvent::Done { .. }) {
+                    break;
+                }
+            }
+            Ok::<_, EngineError>(())
+        })
+        .await;
+        match warmed {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::warn!(%error, "a warm-pool kernel's warm-up failed"),
+            Err(_) => tracing::warn!("a warm-pool kernel's warm-up did not finish in time"),
+        }
     }
 
     /// How many pool members are ready, as it changes.

@@ -218,6 +218,22 @@ impl KernelClient {
         Ok(KernelExecution::new(route))
     }
 
+    /// Runs `code` silently (no output published, no history, the execution counter kept) and
+    /// returns its event stream: for the server's own use, such as warming a kernel up, where
+    /// the sandbox's user must see no trace of it.
+    pub async fn execute_silently(&self, code: &str) -> Result<KernelExecution, KernelError> {
+        let content = json!({
+            "code": code,
+            "silent": true,
+            "store_history": false,
+            "user_expressions": {},
+            "allow_stdin": false,
+            "stop_on_error": false,
+        });
+        let route = self.send_shell("execute_request", &content).await?;
+        Ok(KernelExecution::new(route))
+    }
+
     /// `kernel_info_request`, answered within `within`.
     pub async fn kernel_info(&self, within: Duration) -> Result<Value, KernelError> {
         let mut route = self.send_shell("kernel_info_request", &json!({})).await?;

@@ -1,0 +1,95 @@
+//! Create → first result from the warm pool against a cold start, in one run against real
+//! Docker: `--warm-pool 2`, each create claims a ready member (waiting first until one is ready,
+//! so the refill is never timed), runs `1+1`, and destroys it; the cold creates ask for an env
+//! variable, which the pool does not serve.
+//! Run with `cargo bench --bench pool` (needs the sandbox image: `kernelbox image build`).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kernelbox::backend::docker::DockerBackend;
+use kernelbox::config::EngineConfig;
+use kernelbox::engine::{CreateSandbox, Engine, ExecuteRequest, Tenant};
+
+mod support;
+use support::{ms, percentile};
+
+const POOLED: usize = 40;
+const COLD: usize = 8;
+/// How long the pool may take to refill one member.
+const REFILL: Duration = Duration::from_secs(120);
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let instance = format!(
+        "bench-pool-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
+    let mut config = EngineConfig::defaults(&instance);
+    config.warm_pool = 2;
+    let backend = Arc::new(DockerBackend::connect(Default::default()).await?);
+    let engine = Engine::new(backend, config);
+    engine.check_image().await?;
+    engine.spawn_warm_pool();
+    let result = run(&engine).await;
+    engine.shutdown(true).await;
+    result
+}
+
+async fn first_result(
+    engine: &Arc<Engine>,
+    request: CreateSandbox,
+) -> anyhow::Result<(Duration, Duration)> {
+    let started = Instant::now();
+    let id = engine.create(request).await?.id;
+    let created = started.elapsed();
+    let result = engine
+        .execute(
+            &id,
+            &Tenant::Local,
+            ExecuteRequest {
+                code: "1+1".into(),
+                timeout: None,
+            },
+        )
+        .await?
+        .finish()
+        .await?;
+    let took = started.elapsed();
+    anyhow::ensure!(result.result_text() == Some("2"), "{result:?}");
+    engine.destroy(&id, &Tenant::Local).await?;
+    Ok((created, took))
+}
+
+async fn run(engine: &Arc<Engine>) -> anyhow::Result<()> {
+    let mut ready = engine.warm_pool();
+    let (mut pooled, mut pooled_creates) = (Vec::new(), Vec::new());
+    let mut cold = Vec::with_capacity(COLD);
+    for index in 0..POOLED {
+        tokio::time::timeout(REFILL, ready.wait_for(|ready| *ready >= 2)).await??;
+        let (created, took) = first_result(engine, CreateSandbox::new(Tenant::Local)).await?;
+        pooled_creates.push(created);
+        pooled.push(took);
+        if index % (POOLED / COLD) == 0 {
+            let mut request = CreateSandbox::new(Tenant::Local);
+            request.env = HashMap::from([("COLD".to_string(), "1".to_string())]);
+            cold.push(first_result(engine, request).await?.1);
+        }
+    }
+    let line = |name: &str, samples: &mut Vec<Duration>| {
+        println!(
+            "create -> first result, {name:<10} p50 {:>8.1} ms  p99 {:>8.1} ms  ({} runs)",
+            ms(percentile(samples, 0.5)),
+            ms(percentile(samples, 0.99)),
+            samples.len()
+        );
+    };
+    line("warm pool", &mut pooled);
+    println!(
+        "  of which the create (the claim):    p50 {:>8.1} ms",
+        ms(percentile(&mut pooled_creates, 0.5))
+    );
+    line("cold", &mut cold);
+    Ok(())
+}
