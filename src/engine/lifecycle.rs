@@ -186,6 +186,7 @@ impl Engine {
             self.sandboxes.len(),
             self.spool.held(),
             *self.starts.watch().borrow(),
+            self.pool.len(),
         )
     }
 

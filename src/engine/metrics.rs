@@ -42,6 +42,7 @@ pub struct EngineMetrics {
     spooled_bytes: Gauge,
     starts_in_progress: Gauge,
     starts_waiting: Gauge,
+    warm_pool_ready: Gauge,
     executions: Family<OutcomeLabels, Counter>,
     execution_seconds: Histogram,
     creations: Family<ResultLabels, Counter>,
@@ -78,6 +79,12 @@ impl EngineMetrics {
             "sandbox_starts_waiting",
             "Creates waiting for their turn to start a sandbox",
             starts_waiting.clone(),
+        );
+        let warm_pool_ready = Gauge::default();
+        registry.register(
+            "warm_pool_ready",
+            "Warm-pool sandboxes started and waiting to be claimed (--warm-pool)",
+            warm_pool_ready.clone(),
         );
         let executions = Family::<OutcomeLabels, Counter>::default();
         let execution_seconds = Histogram::new(EXECUTION_BUCKETS);
@@ -125,6 +132,7 @@ impl EngineMetrics {
             spooled_bytes,
             starts_in_progress,
             starts_waiting,
+            warm_pool_ready,
             executions,
             execution_seconds,
             creations,
@@ -167,8 +175,10 @@ impl EngineMetrics {
         live: usize,
         spooled_bytes: u64,
         starts: StartQueueState,
+        warm_pool_ready: usize,
     ) -> String {
         self.live_sandboxes.set(live as i64);
+        self.warm_pool_ready.set(warm_pool_ready as i64);
         self.starts_in_progress.set(starts.starting as i64);
         self.starts_waiting.set(starts.waiting as i64);
         self.spooled_bytes
@@ -206,7 +216,7 @@ mod tests {
             Duration::from_secs(2),
         );
         metrics.sandbox_created(Duration::from_millis(700));
-        let text = metrics.render(3, 0, super::StartQueueState::default());
+        let text = metrics.render(3, 0, super::StartQueueState::default(), 0);
         assert!(text.contains("kernelbox_sandboxes 3"), "{text}");
         assert!(text.contains(r#"kernelbox_executions_total{outcome="completed"} 1"#));
         assert!(text.contains(r#"kernelbox_executions_total{outcome="kernel_died"} 1"#));

@@ -161,7 +161,18 @@ async fn a_create_that_fits_takes_a_ready_sandbox_used_once_and_the_pool_refills
     let took = started.elapsed();
     eprintln!("pool claim -> first result: {took:?}");
     assert_eq!(answer["stdout"], "42\n", "{answer}");
+    // The pool's warm-up left no trace: this is the sandbox's first execution.
+    assert_eq!(answer["execution_count"], 1, "{answer}");
     assert!(from_pool(&id), "the create did not take a pool member");
+    let metrics = keyed(server.get("/metrics"), "key-a")
+        .send()
+        .await
+        .expect("metrics");
+    let metrics = metrics.text().await.expect("metrics text");
+    assert!(
+        metrics.contains("kernelbox_warm_pool_ready "),
+        "no pool gauge: {metrics}"
+    );
     assert_eq!(first["tag"], "pooled");
     assert_eq!(first["metadata"], json!({"team": "a"}));
     assert_eq!(first["timeout"], 3600);
