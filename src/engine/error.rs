@@ -38,6 +38,10 @@ pub enum EngineError {
     StartQueueTimeout { secs: u64, starts: usize },
     #[error("the caller stopped waiting before the sandbox's turn to start came")]
     StartAbandoned,
+    #[error("a warm-pool sandbox of another image or configuration, or beyond the pool's size")]
+    PoolMemberStale,
+    #[error("a warm-pool sandbox was claimed but its binding was never stored")]
+    PoolClaimUnbound,
     #[error("invalid {field}: {reason}")]
     InvalidInput { field: &'static str, reason: String },
     #[error("path {path} is outside {WORKSPACE}")]
@@ -154,6 +158,8 @@ impl EngineError {
             E::UploadInterrupted(_) => "upload_interrupted",
             E::Backend(error) => backend_code(error),
             E::Spool(_) => "internal",
+            // Only the engine's own reattach sees these.
+            E::PoolMemberStale | E::PoolClaimUnbound => "internal",
             E::SpoolFull { .. } => "spool_full",
             E::GuestServer(error) => error.code(),
             E::PackageRefused(PackageRefusal::NotARequirement { .. }) => "invalid_request",

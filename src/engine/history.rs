@@ -111,12 +111,31 @@ impl ExecutionHistory {
         }
     }
 
+    /// Forgets finished executions until the log is within its bounds: the oldest of the
+    /// tenant that holds the most, so that one tenant's many executions push out its own
+    /// results, not another's (a result a caller still means to poll).
     fn evict(&self, entries: &mut Entries) {
         while entries.records.len() > self.max_entries || entries.bytes > self.max_bytes {
+            let mut finished: std::collections::HashMap<&Tenant, usize> =
+                std::collections::HashMap::new();
+            for record in entries
+                .records
+                .iter()
+                .filter(|record| record.result.is_some())
+            {
+                *finished.entry(&record.tenant).or_insert(0) += 1;
+            }
+            let Some(heaviest) = finished
+                .into_iter()
+                .max_by_key(|(_, count)| *count)
+                .map(|(tenant, _)| tenant.clone())
+            else {
+                return;
+            };
             let Some(position) = entries
                 .records
                 .iter()
-                .position(|record| record.result.is_some())
+                .position(|record| record.result.is_some() && record.tenant == heaviest)
             else {
                 return;
             };
@@ -230,6 +249,27 @@ mod tests {
         let record = waiter.await.expect("join").expect("remembered");
         assert_eq!(record.result.expect("result").stdout, "xx");
         assert!(history.wait_finished("unknown").await.is_none());
+    }
+
+    #[test]
+    fn a_tenant_that_runs_many_executions_pushes_out_its_own_results() {
+        let history = ExecutionHistory::new(4, 1 << 20);
+        let mut kept = record("kept");
+        kept.tenant = Tenant::Key("key_aaaaaaaaaaaaaaaa".into());
+        history.started(kept);
+        history.finished(result("kept", 1));
+        for index in 0..20 {
+            let id = format!("flood-{index}");
+            history.started(record(&id));
+            history.finished(result(&id, 1));
+        }
+        assert!(
+            history.get("kept").is_some(),
+            "another tenant's flood evicted it"
+        );
+        assert_eq!(history.len(), 4);
+        assert!(history.get("flood-19").is_some());
+        assert!(history.get("flood-0").is_none());
     }
 
     #[test]

@@ -30,6 +30,8 @@ pub const EXPIRES: &str = "io.kernelbox.expires";
 /// [`POOL_NAME_PREFIX`]; claimed, it is renamed like any sandbox, and what binds it to its
 /// caller is in its `binding` record ([`binding`]), since labels cannot change.
 pub const POOL: &str = "io.kernelbox.pool";
+/// On a warm-pool member: a digest of the configuration it was started with.
+pub const POOL_CONFIG: &str = "io.kernelbox.pool-config";
 /// The name prefix of an unclaimed warm-pool container.
 pub const POOL_NAME_PREFIX: &str = "kernelbox-pool-";
 /// On images: the image layout version.

@@ -30,7 +30,7 @@ use super::readiness::{Readiness, ReadinessCache};
 use super::sandbox::{KernelLink, Sandbox, SandboxInfo};
 use super::tenant::Tenant;
 use super::validate;
-use super::warm_pool::{Created, PoolMember, WarmPool};
+use super::warm_pool::{Created, PoolMember, Reattached, WarmPool};
 use crate::backend::{Backend, ContainerInfo, ContainerSpec, Limits};
 use crate::config::EngineConfig;
 use crate::kernel::{ConnectionInfo, KernelError, Limits as MessageLimits};
@@ -298,6 +298,26 @@ impl Engine {
         }
     }
 
+    /// The environment of a new sandbox: the caller's variables and the server's own.
+    pub(super) fn sandbox_env(
+        &self,
+        requested: &HashMap<String, String>,
+    ) -> Result<Vec<String>, EngineError> {
+        let mut env = validate::env(requested)?;
+        // The kernel keeps its own messages under the server's limit (the image's
+        // `kernelbox_output`), so large output is cut with a note instead of restarting it.
+        env.push(format!(
+            "{MESSAGE_LIMIT_ENV}={}",
+            self.config.max_kernel_message_bytes
+        ));
+        env.push(format!(
+            "{OUTPUT_LIMIT_ENV}={}",
+            self.config.output_limit_bytes
+        ));
+        self.pip_index_env(requested, &mut env);
+        Ok(env)
+    }
+
     /// Creates a sandbox for `caller` (from the warm pool when the request fits it), or, with
     /// no caller, a warm-pool member of the default configuration.
     pub(super) async fn create_to_the_end(
@@ -320,18 +340,7 @@ impl Engine {
             .map(|secs| lifetimes::timeout(secs, self.config.max_sandbox_timeout))
             .transpose()?;
         lifetimes::metadata(&request.metadata)?;
-        let mut env = validate::env(&request.env)?;
-        // The kernel keeps its own messages under the server's limit (the image's
-        // `kernelbox_output`), so large output is cut with a note instead of restarting it.
-        env.push(format!(
-            "{MESSAGE_LIMIT_ENV}={}",
-            self.config.max_kernel_message_bytes
-        ));
-        env.push(format!(
-            "{OUTPUT_LIMIT_ENV}={}",
-            self.config.output_limit_bytes
-        ));
-        self.pip_index_env(&request.env, &mut env);
+        let env = self.sandbox_env(&request.env)?;
         // Refused before any container starts.
         let dependencies = match request.dependencies.as_slice() {
             [] => None,
@@ -391,6 +400,10 @@ impl Engine {
             });
             let name = if for_pool {
                 sandbox_labels.insert(labels::POOL.to_string(), "1".to_string());
+                sandbox_labels.insert(
+                    labels::POOL_CONFIG.to_string(),
+                    pool_fingerprint(&env, &limits, &firewall.state()),
+                );
                 format!("{}{}", labels::POOL_NAME_PREFIX, id.replace('_', "-"))
             } else {
                 sandbox_name(&id)
@@ -438,7 +451,11 @@ impl Engine {
                 "sandbox ready"
             );
             let Some(slot) = slot else {
-                self.warm_up(&sandbox).await;
+                if !self.warm_up(&sandbox).await {
+                    sandbox.cancel();
+                    let _ = self.backend.destroy(&container.container_id).await;
+                    return Err(EngineError::Kernel(KernelError::Closed));
+                }
                 return Ok(Created::Pooled(PoolMember {
                     container,
                     image,
@@ -454,8 +471,11 @@ impl Engine {
         }
         .instrument(span)
         .await;
+        // A pool refill is not a create anyone asked for: the claim counts.
         match &created {
+            Ok(_) if for_pool => {}
             Ok(_) => self.metrics.sandbox_created(started.elapsed()),
+            Err(_) if for_pool => {}
             Err(_) => self.metrics.sandbox_create_failed(),
         }
         created
@@ -684,9 +704,8 @@ impl Engine {
         let bound;
         let container = if container.labels.contains_key(labels::POOL) {
             match self.reattach_pooled(container).await? {
-                // Unclaimed: back in the pool.
-                None => return Ok(()),
-                Some(claimed) => {
+                Reattached::Pooled | Reattached::LeftAlone => return Ok(()),
+                Reattached::Bound(claimed) => {
                     bound = claimed;
                     &bound
                 }
@@ -888,6 +907,12 @@ impl Engine {
         })
         .await
         .is_ok();
+        // A member a refill or a claim was still busy with when the first drain ran.
+        for member in self.pool.drain() {
+            if let Err(error) = self.backend.destroy(&member.container.container_id).await {
+                tracing::warn!(container = %member.container.container_id, %error, "could not destroy a warm-pool sandbox at shutdown");
+            }
+        }
         if !destroyed {
             tracing::warn!(
                 left = self.sandboxes.len(),
@@ -899,6 +924,21 @@ impl Engine {
 }
 
 /// `sbx_` plus 20 characters of lowercase base32 (100 random bits).
+/// What a warm-pool member was started with (its env, limits and egress policy), so that one
+/// started under another configuration is not handed out: a digest, kept in a label.
+pub(super) fn pool_fingerprint(env: &[String], limits: &Limits, egress_state: &[u8]) -> String {
+    use sha2::Digest;
+    let mut digest = sha2::Sha256::new();
+    for variable in env {
+        digest.update(variable.as_bytes());
+        digest.update([0]);
+    }
+    digest.update(format!("{limits:?}").as_bytes());
+    digest.update([0]);
+    digest.update(egress_state);
+    hex::encode(&digest.finalize()[..16])
+}
+
 /// The container name of sandbox `id` (also what a claimed warm-pool container is renamed to).
 pub(super) fn sandbox_name(id: &str) -> String {
     format!("kernelbox-{}", id.replace('_', "-"))

@@ -22,16 +22,22 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::error::EngineError;
+use super::firewall::Firewall;
 use super::labels;
-use super::lifecycle::{CreateSandbox, Engine, sandbox_name};
+use super::lifecycle::{CreateSandbox, Engine, pool_fingerprint, sandbox_name};
 use super::lifetimes::Lifetime;
 use super::sandbox::Sandbox;
 use super::tenant::Tenant;
-use super::warm_pool::{Created, PoolMember};
+use super::warm_pool::{Created, PoolMember, Reattached};
 use crate::backend::ContainerInfo;
 
 /// The record that binds a claimed pool sandbox to its caller.
 const BINDING_RECORD: &str = "binding";
+/// How often storing a binding is tried, and how long apart.
+const BINDING_ATTEMPTS: u32 = 3;
+const BINDING_RETRY: Duration = Duration::from_secs(1);
+/// How long a member's kernel has to answer the periodic check.
+const HEALTH_CHECK: Duration = Duration::from_secs(5);
 /// How long a refill waits after a failed start before it tries again.
 const REFILL_BACKOFF: Duration = Duration::from_secs(5);
 /// How long a new member's warm-up may take.
@@ -113,8 +119,9 @@ impl Engine {
         None
     }
 
-    /// Stores a claimed sandbox's binding after the caller has its answer: the rename already
-    /// keeps it from anyone else.
+    /// Stores a claimed sandbox's binding after the caller has its answer (the rename already
+    /// keeps it from anyone else), trying a few times. Should it never be stored, a restarted
+    /// server removes the sandbox rather than guess whose it is.
     fn keep_binding(
         &self,
         container_id: &str,
@@ -124,13 +131,26 @@ impl Engine {
         let backend = self.backend.clone();
         let container_id = container_id.to_string();
         let id = id.to_string();
-        let record = serde_json::to_vec(binding).unwrap_or_default();
+        let record = binding_record(binding);
+        let shutdown = self.shutdown.clone();
         self.tasks.spawn(async move {
-            if let Err(error) = backend
-                .put_record(&container_id, BINDING_RECORD, &record)
-                .await
-            {
-                tracing::warn!(sandbox_id = %id, %error, "cannot store a claimed pool sandbox's binding: a restart will remove it");
+            for attempt in 1..=BINDING_ATTEMPTS {
+                match backend
+                    .put_record(&container_id, BINDING_RECORD, &record)
+                    .await
+                {
+                    Ok(()) => return,
+                    Err(error) if attempt == BINDING_ATTEMPTS => {
+                        tracing::error!(sandbox_id = %id, %error, "cannot store a claimed pool sandbox's binding: a restart will remove the sandbox");
+                    }
+                    Err(error) => {
+                        tracing::warn!(sandbox_id = %id, %error, attempt, "cannot store a claimed pool sandbox's binding yet; trying again");
+                        tokio::select! {
+                            () = tokio::time::sleep(BINDING_RETRY) => {}
+                            () = shutdown.cancelled() => {}
+                        }
+                    }
+                }
             }
         });
     }
@@ -149,7 +169,7 @@ impl Engine {
     /// Runs a first execution in a new member's kernel, silently (the counter stays at 0, no
     /// output, no history), so that its caller's first execution does not pay for the kernel's
     /// first-run setup.
-    pub(super) async fn warm_up(&self, sandbox: &Sandbox) {
+    pub(super) async fn warm_up(&self, sandbox: &Sandbox) -> bool {
         let warmed = tokio::time::timeout(WARM_UP, async {
             let kernel = sandbox.kernel(self.config.kernel_ready_timeout).await?;
             let mut execution = kernel
@@ -165,10 +185,29 @@ impl Engine {
         })
         .await;
         match warmed {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => tracing::warn!(%error, "a warm-pool kernel's warm-up failed"),
-            Err(_) => tracing::warn!("a warm-pool kernel's warm-up did not finish in time"),
+            Ok(Ok(())) => true,
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "a warm-pool kernel's warm-up failed; not pooling it");
+                false
+            }
+            Err(_) => {
+                tracing::warn!(
+                    "a warm-pool kernel's warm-up did not finish in time; not pooling it"
+                );
+                false
+            }
         }
+    }
+
+    /// The configuration digest a member started now would carry ([`pool_fingerprint`]).
+    fn current_pool_config(&self) -> Result<String, EngineError> {
+        let env = self.sandbox_env(&std::collections::HashMap::new())?;
+        let firewall = self.firewall_for(None)?;
+        Ok(pool_fingerprint(
+            &env,
+            &self.config.limits,
+            &firewall.state(),
+        ))
     }
 
     /// How many pool members are ready, as it changes.
@@ -223,24 +262,39 @@ impl Engine {
         }
     }
 
-    /// Removes members whose kernel is gone or whose image is no longer the one the configured
-    /// name points to; the refill replaces them.
+    /// Removes members whose kernel does not answer, whose image is no longer the one the
+    /// configured name points to, or that were started under another configuration; the refill
+    /// replaces them.
     pub async fn prune_warm_pool(&self) {
-        let current = match self.backend.image_id(&self.config.image).await {
-            Ok(current) => current,
-            Err(error) => {
+        let current = match (
+            self.backend.image_id(&self.config.image).await,
+            self.current_pool_config(),
+        ) {
+            (Ok(image), Ok(config)) => (image, config),
+            (Err(error), _) => {
                 tracing::warn!(%error, "cannot inspect the image; keeping the pool as it is");
                 return;
             }
+            (_, Err(error)) => {
+                tracing::warn!(%error, "cannot work out the pool's configuration; keeping it as it is");
+                return;
+            }
         };
+        // Asked without taking them out, so that claims meanwhile still find them.
+        let mut unanswered = Vec::new();
+        for (container_id, sandbox) in self.pool.sandboxes() {
+            if !sandbox.check_alive(HEALTH_CHECK).await {
+                unanswered.push(container_id);
+            }
+        }
         let stale = self.pool.take_where(|member| {
-            current.as_deref() != Some(member.container.image_id.as_str())
-                || member.sandbox.status() == super::sandbox::SandboxStatus::Dead
+            !member_is_current(&member.container, &current)
+                || unanswered.contains(&member.container.container_id)
         });
         if !stale.is_empty() {
             tracing::info!(
                 count = stale.len(),
-                "removing warm-pool sandboxes of an old image or with no kernel"
+                "removing warm-pool sandboxes of an old image or configuration, or with no kernel"
             );
         }
         for member in stale {
@@ -248,51 +302,147 @@ impl Engine {
         }
     }
 
-    /// A pool container found at reattach: an unclaimed one goes back to the pool (`None`), a
-    /// claimed one comes back with its binding laid over its labels. One claimed but never bound
-    /// is an error, and the caller removes it.
+    /// A pool container found at reattach: an unclaimed one goes back to the pool when it is
+    /// current and the pool has room (else it is an error and the caller removes it); a claimed
+    /// one comes back with its binding laid over its labels. One claimed but never bound is an
+    /// error too; one whose binding cannot be read now is left alone for the next start.
     pub(super) async fn reattach_pooled(
         &self,
         container: &ContainerInfo,
-    ) -> Result<Option<ContainerInfo>, EngineError> {
+    ) -> Result<Reattached, EngineError> {
         if container.name.starts_with(labels::POOL_NAME_PREFIX) {
-            let current = self.backend.image_id(&self.config.image).await?;
-            if current.as_deref() != Some(container.image_id.as_str()) {
-                return Err(EngineError::ImageMissing {
-                    image: self.config.image.clone(),
-                });
+            let current = (
+                self.backend.image_id(&self.config.image).await?,
+                self.current_pool_config()?,
+            );
+            if !member_is_current(container, &current) {
+                return Err(EngineError::PoolMemberStale);
             }
             let image = container
                 .labels
                 .get(labels::IMAGE)
                 .cloned()
                 .unwrap_or_default();
-            let firewall = self.firewall_for(None)?;
+            // The policy the sidecar enforces, as for any sandbox.
+            let firewall = match self.backend.egress_state(&container.container_id).await? {
+                Some(state) => Firewall::from_state(&state).unwrap_or_else(Firewall::closed),
+                None => Firewall::closed(),
+            };
             let sandbox =
                 Sandbox::from_container(container, &image, self.kernel_link(), firewall.clone())
                     .ok_or(EngineError::Kernel(crate::kernel::KernelError::Closed))?;
             sandbox.kernel(REATTACH_KERNEL).await?;
-            self.pool.push(PoolMember {
+            let member = PoolMember {
                 container: container.clone(),
                 image,
                 firewall,
                 sandbox: Arc::new(sandbox),
-            });
-            return Ok(None);
+            };
+            return if self.pool.push_within(member, self.config.warm_pool) {
+                Ok(Reattached::Pooled)
+            } else {
+                Err(EngineError::PoolMemberStale)
+            };
         }
-        let record = self
+        let record = match self
             .backend
             .record(&container.container_id, BINDING_RECORD)
-            .await?
-            .ok_or(EngineError::Kernel(crate::kernel::KernelError::Closed))?;
-        let binding: std::collections::HashMap<String, String> = serde_json::from_slice(&record)
-            .map_err(|_| EngineError::Kernel(crate::kernel::KernelError::Closed))?;
-        let mut bound = container.clone();
-        for (name, value) in binding {
-            if labels::BINDING.contains(&name.as_str()) {
-                bound.labels.insert(name, value);
+            .await
+        {
+            Ok(Some(record)) => record,
+            Ok(None) => return Err(EngineError::PoolClaimUnbound),
+            Err(error) => {
+                tracing::warn!(container = %container.container_id, %error, "cannot read a claimed pool sandbox's binding; leaving it for the next start");
+                return Ok(Reattached::LeftAlone);
             }
+        };
+        let binding = parse_binding(&record).ok_or(EngineError::PoolClaimUnbound)?;
+        let mut bound = container.clone();
+        bound.labels.extend(binding);
+        Ok(Reattached::Bound(bound))
+    }
+}
+
+/// Whether a member runs the current image under the current configuration.
+fn member_is_current(container: &ContainerInfo, current: &(Option<String>, String)) -> bool {
+    current.0.as_deref() == Some(container.image_id.as_str())
+        && container.labels.get(labels::POOL_CONFIG) == Some(&current.1)
+}
+
+/// The binding as a record: the metadata as the object it is (not a string inside a string,
+/// whose escaping could double its size), the other labels as strings.
+fn binding_record(binding: &std::collections::HashMap<String, String>) -> Vec<u8> {
+    let record: serde_json::Map<String, serde_json::Value> = binding
+        .iter()
+        .map(|(name, value)| {
+            let value = if name == labels::METADATA {
+                serde_json::from_str(value).unwrap_or(serde_json::Value::Null)
+            } else {
+                serde_json::Value::String(value.clone())
+            };
+            (name.clone(), value)
+        })
+        .collect();
+    serde_json::to_vec(&record).unwrap_or_default()
+}
+
+/// The labels a binding record lays over: only [`labels::BINDING`] ones, as the server wrote
+/// them; `None` when the record is not one.
+fn parse_binding(record: &[u8]) -> Option<std::collections::HashMap<String, String>> {
+    let record: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(record).ok()?;
+    let mut labels = std::collections::HashMap::new();
+    for (name, value) in record {
+        if !labels::BINDING.contains(&name.as_str()) {
+            continue;
         }
-        Ok(Some(bound))
+        let value = match value {
+            serde_json::Value::String(value) if name != labels::METADATA => value,
+            serde_json::Value::Object(_) if name == labels::METADATA => value.to_string(),
+            _ => return None,
+        };
+        labels.insert(name, value);
+    }
+    Some(labels)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_binding_round_trips_and_lays_over_nothing_else() {
+        let binding = std::collections::HashMap::from([
+            (
+                labels::OWNER.to_string(),
+                "key_0123456789abcdef".to_string(),
+            ),
+            (labels::TAG.to_string(), "t".to_string()),
+            (
+                labels::METADATA.to_string(),
+                r#"{"quote":"\"\"\"","k":"v"}"#.to_string(),
+            ),
+        ]);
+        let record = binding_record(&binding);
+        let parsed = parse_binding(&record).expect("a binding");
+        assert_eq!(parsed[labels::OWNER], binding[labels::OWNER]);
+        assert_eq!(parsed[labels::TAG], "t");
+        let metadata: serde_json::Value =
+            serde_json::from_str(&parsed[labels::METADATA]).expect("JSON");
+        assert_eq!(metadata["k"], "v");
+        // A record naming labels outside the binding changes nothing of them.
+        let forged = br#"{"io.kernelbox.id":"sbx_other","io.kernelbox.kernel-key":"k","io.kernelbox.tag":"x"}"#;
+        let parsed = parse_binding(forged).expect("a binding");
+        assert_eq!(parsed.len(), 1);
+        assert!(parse_binding(b"not json").is_none());
+        assert!(parse_binding(br#"{"io.kernelbox.owner": 3}"#).is_none());
+    }
+
+    #[test]
+    fn escaped_metadata_at_its_limit_fits_a_record() {
+        // 4096 bytes of quotes, the metadata limit's worst case for escaping.
+        let value = "\"".repeat(4000);
+        let metadata = serde_json::json!({ "k": value }).to_string();
+        let binding = std::collections::HashMap::from([(labels::METADATA.to_string(), metadata)]);
+        assert!(binding_record(&binding).len() <= crate::backend::MAX_RECORD_BYTES);
     }
 }

@@ -324,11 +324,13 @@ impl Log {
 /// Where the last `capacity` bytes of `data` start, moved forward past UTF-8 continuation bytes
 /// so that a character is not cut in two.
 fn tail_start(data: &[u8], capacity: usize) -> usize {
-    let mut start = data.len().saturating_sub(capacity);
+    let cut = data.len().saturating_sub(capacity);
+    let mut start = cut;
     while start < data.len() && data[start] & 0b1100_0000 == 0b1000_0000 {
         start += 1;
     }
-    start
+    // Not text at all (only continuation bytes to the end): cut where the bytes fit.
+    if start == data.len() { cut } else { start }
 }
 
 pub(super) type Stdin = Pin<Box<dyn AsyncWrite + Send>>;

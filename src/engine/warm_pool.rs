@@ -31,6 +31,16 @@ pub(crate) enum Created {
     Pooled(PoolMember),
 }
 
+/// What became of a pool container at reattach.
+pub(crate) enum Reattached {
+    /// Unclaimed, back in the pool.
+    Pooled,
+    /// Claimed: the container with its binding laid over its labels.
+    Bound(ContainerInfo),
+    /// Its binding could not be read now; neither adopted nor removed.
+    LeftAlone,
+}
+
 /// The members waiting to be claimed, oldest first.
 #[derive(Default)]
 pub(crate) struct WarmPool {
@@ -58,6 +68,30 @@ impl WarmPool {
         let mut members = self.members();
         members.push_back(member);
         self.ready.send_replace(members.len());
+    }
+
+    /// Adds a member if the pool holds fewer than `cap`; returns whether it did.
+    pub(crate) fn push_within(&self, member: PoolMember, cap: usize) -> bool {
+        let mut members = self.members();
+        if members.len() >= cap {
+            return false;
+        }
+        members.push_back(member);
+        self.ready.send_replace(members.len());
+        true
+    }
+
+    /// Each member's container id and sandbox, leaving them in the pool.
+    pub(crate) fn sandboxes(&self) -> Vec<(String, Arc<Sandbox>)> {
+        self.members()
+            .iter()
+            .map(|member| {
+                (
+                    member.container.container_id.clone(),
+                    member.sandbox.clone(),
+                )
+            })
+            .collect()
     }
 
     /// Takes the oldest member, if any, and wakes the refiller.

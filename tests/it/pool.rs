@@ -416,3 +416,64 @@ async fn an_image_change_rebuilds_the_pool() {
     // The old image's tag-less id goes with the test.
     let _old = ImageTag(old_image);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restart_with_a_smaller_pool_or_another_policy_does_not_keep_old_members() {
+    let Some(first) = TestServer::start_with("pool-config", &[], |config| {
+        config.warm_pool = 2;
+    })
+    .await
+    else {
+        return;
+    };
+    first.engine().spawn_warm_pool();
+    pool_holds(&first, 2).await;
+    let members = unclaimed(first.instance());
+    first.engine().shutdown(false).await;
+
+    // A smaller pool keeps what fits and removes the rest.
+    let Some(second) =
+        TestServer::start_on_instance_with("pool-config", first.instance(), &[], |config| {
+            config.warm_pool = 1;
+        })
+        .await
+    else {
+        return;
+    };
+    assert_eq!(*second.engine().warm_pool().borrow(), 1);
+    let kept = unclaimed(second.instance());
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert!(members.contains(&kept[0]));
+    second.engine().shutdown(false).await;
+
+    // Under a tighter egress policy, a member started under the old one is not handed out:
+    // its sidecar enforces what it was started with.
+    let Some(third) =
+        TestServer::start_on_instance_with("pool-config", first.instance(), &[], |config| {
+            config.warm_pool = 1;
+            config.egress = kernelbox::egress::EgressPolicy::deny();
+        })
+        .await
+    else {
+        return;
+    };
+    assert_eq!(*third.engine().warm_pool().borrow(), 0);
+    assert!(unclaimed(third.instance()).is_empty());
+    // Its own members are started under the new policy.
+    third.engine().spawn_warm_pool();
+    pool_holds(&third, 1).await;
+    let sandbox = create(&third, "unused", json!({})).await;
+    let id = sandbox["id"].as_str().expect("id");
+    assert!(from_pool(id));
+    let firewall = json_of(
+        third
+            .get(&format!("/containers/{id}/firewall"))
+            .send()
+            .await
+            .expect("firewall"),
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(firewall["source"], "operator", "{firewall}");
+    assert_eq!(firewall["layers"][0]["kind"], "deny", "{firewall}");
+}

@@ -400,9 +400,28 @@ pub(crate) async fn execute_stream(
         Some((event, (!last).then_some(stream)))
     });
     let mut response = if wants_ndjson(&headers) {
-        let lines = events.map(|event| {
+        // An error the kernel did not raise (a timeout, a cancellation, a dead kernel) is known
+        // only at the end: it gets its `error` line then, before the status.
+        let mut error_sent = false;
+        let lines = events.map(move |event| {
             let mut chunk = Vec::new();
-            for line in to_ndjson(event) {
+            let lines = match event {
+                ExecEvent::Error(_) => {
+                    error_sent = true;
+                    to_ndjson(event)
+                }
+                ExecEvent::Finished(result) if !error_sent && result.error.is_some() => {
+                    let mut lines = result
+                        .error
+                        .clone()
+                        .map(|error| to_ndjson(ExecEvent::Error(error)))
+                        .unwrap_or_default();
+                    lines.extend(to_ndjson(ExecEvent::Finished(result)));
+                    lines
+                }
+                event => to_ndjson(event),
+            };
+            for line in lines {
                 // A `Value` always serializes.
                 let _ = serde_json::to_writer(&mut chunk, &line);
                 chunk.push(b'\n');
