@@ -146,6 +146,11 @@ impl EngineError {
             E::IsADirectory { .. } => "is_a_directory",
             E::PathExists { .. } => "path_exists",
             E::PermissionDenied { .. } => "permission_denied",
+            // Killed under way (the sandbox stopping or restarting, its memory limit, or its own
+            // code): not the server's failure, and worth trying again.
+            E::FileHelper(HelperFailure::Exit {
+                code: 137 | 143, ..
+            }) => "operation_interrupted",
             E::FileHelper(_) => "internal",
             E::TooLarge { .. } => "too_large",
             E::CommandTimeout { .. } => "timeout",

@@ -231,6 +231,7 @@ pub fn engine_status(error: &EngineError) -> StatusCode {
         | "shutting_down"
         | "docker_unreachable"
         | "kernel_unavailable"
+        | "operation_interrupted"
         | "spool_full"
         | "start_queue_timeout"
         | "start_abandoned" => StatusCode::SERVICE_UNAVAILABLE,
@@ -306,6 +307,16 @@ mod tests {
         assert_eq!(
             (denied.status, denied.code),
             (StatusCode::FORBIDDEN, "permission_denied")
+        );
+        let killed = ApiError::from(EngineError::FileHelper(
+            crate::engine::files::HelperFailure::Exit {
+                code: 137,
+                stderr: String::new(),
+            },
+        ));
+        assert_eq!(
+            (killed.status, killed.code),
+            (StatusCode::SERVICE_UNAVAILABLE, "operation_interrupted")
         );
         let helper = ApiError::from(EngineError::FileHelper(
             crate::engine::files::HelperFailure::NoAnswer,
