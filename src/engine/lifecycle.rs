@@ -700,6 +700,18 @@ impl Engine {
         Ok(restored)
     }
 
+    /// The policy a sandbox's sidecar enforces, read back after a restart. Where no policy was
+    /// ever applied, nothing leaves the sandbox.
+    pub(super) async fn enforced_firewall(
+        &self,
+        container_id: &str,
+    ) -> Result<Firewall, EngineError> {
+        Ok(match self.backend.egress_state(container_id).await? {
+            Some(state) => Firewall::from_state(&state).unwrap_or_else(Firewall::closed),
+            None => Firewall::closed(),
+        })
+    }
+
     async fn reattach_one(&self, container: &ContainerInfo) -> Result<(), EngineError> {
         let bound;
         let container = if container.labels.contains_key(labels::POOL) {
@@ -718,11 +730,7 @@ impl Engine {
             .get(labels::IMAGE)
             .cloned()
             .unwrap_or_default();
-        // Where no policy was ever applied, nothing leaves the sandbox.
-        let firewall = match self.backend.egress_state(&container.container_id).await? {
-            Some(state) => Firewall::from_state(&state).unwrap_or_else(Firewall::closed),
-            None => Firewall::closed(),
-        };
+        let firewall = self.enforced_firewall(&container.container_id).await?;
         let sandbox = Sandbox::from_container(container, &image, self.kernel_link(), firewall)
             .ok_or(EngineError::Kernel(KernelError::Closed))?;
         // A lifetime changed since the create is in the record; the labels keep the first one.

@@ -22,7 +22,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::error::EngineError;
-use super::firewall::Firewall;
 use super::labels;
 use super::lifecycle::{CreateSandbox, Engine, pool_fingerprint, sandbox_name};
 use super::lifetimes::Lifetime;
@@ -324,10 +323,7 @@ impl Engine {
                 .cloned()
                 .unwrap_or_default();
             // The policy the sidecar enforces, as for any sandbox.
-            let firewall = match self.backend.egress_state(&container.container_id).await? {
-                Some(state) => Firewall::from_state(&state).unwrap_or_else(Firewall::closed),
-                None => Firewall::closed(),
-            };
+            let firewall = self.enforced_firewall(&container.container_id).await?;
             let sandbox =
                 Sandbox::from_container(container, &image, self.kernel_link(), firewall.clone())
                     .ok_or(EngineError::Kernel(crate::kernel::KernelError::Closed))?;
