@@ -20,6 +20,8 @@ const INSTALL_TIMEOUT: Duration = Duration::from_secs(600);
 const MAX_PACKAGES: usize = 64;
 /// Exit status `timeout(1)` reports when it stopped the command.
 const TIMEOUT_EXIT: i64 = 124;
+/// What a process killed by SIGKILL exits with.
+const KILLED_EXIT: i64 = 128 + 9;
 /// Carries the constraints file's text to the shell that hands it to pip on its standard input.
 const CONSTRAINTS_ENV: &str = "KERNELBOX_PIP_CONSTRAINTS";
 /// Extra time the runtime gets beyond the command's own limit before we stop waiting.
@@ -57,31 +59,33 @@ impl Engine {
         tenant: &Tenant,
         request: CommandRequest,
     ) -> Result<CommandResult, EngineError> {
-        let sandbox = self.use_sandbox(id, tenant)?;
-        if request.command.trim().is_empty() {
-            return Err(EngineError::InvalidInput {
-                field: "command",
-                reason: "must not be empty".into(),
-            });
-        }
-        validate::no_nul("command", &request.command)?;
-        if let Some(cwd) = &request.cwd {
-            validate::no_nul("cwd", cwd)?;
-        }
-        let timeout = validate::timeout(
-            request.timeout,
-            self.config.exec_timeout,
-            self.config.max_exec_timeout,
-        )?;
-        let env = validate::env(&request.env)?;
-        let workdir = match request.cwd.as_deref() {
-            None | Some("") => WORKSPACE.to_string(),
-            Some(cwd) if cwd.starts_with('/') => cwd.to_string(),
-            Some(cwd) => format!("{WORKSPACE}/{cwd}"),
-        };
-        let argv = ["bash", "-c", &request.command].map(String::from).to_vec();
-        self.run_limited(&sandbox, argv, workdir, env, timeout)
-            .await
+        self.on_live(id, tenant, async |sandbox| {
+            if request.command.trim().is_empty() {
+                return Err(EngineError::InvalidInput {
+                    field: "command",
+                    reason: "must not be empty".into(),
+                });
+            }
+            validate::no_nul("command", &request.command)?;
+            if let Some(cwd) = &request.cwd {
+                validate::no_nul("cwd", cwd)?;
+            }
+            let timeout = validate::timeout(
+                request.timeout,
+                self.config.exec_timeout,
+                self.config.max_exec_timeout,
+            )?;
+            let env = validate::env(&request.env)?;
+            let workdir = match request.cwd.as_deref() {
+                None | Some("") => WORKSPACE.to_string(),
+                Some(cwd) if cwd.starts_with('/') => cwd.to_string(),
+                Some(cwd) => format!("{WORKSPACE}/{cwd}"),
+            };
+            let argv = ["bash", "-c", &request.command].map(String::from).to_vec();
+            self.run_limited(&sandbox, argv, workdir, env, timeout)
+                .await
+        })
+        .await
     }
 
     /// Installs Python packages with pip as the sandbox user (into `~/.local`, which the kernel
@@ -94,9 +98,11 @@ impl Engine {
         tenant: &Tenant,
         packages: &[String],
     ) -> Result<CommandResult, EngineError> {
-        let sandbox = self.use_sandbox(id, tenant)?;
-        let plan = self.plan_install(packages)?;
-        self.pip_install(&sandbox, &plan).await
+        self.on_live(id, tenant, async |sandbox| {
+            let plan = self.plan_install(packages)?;
+            self.pip_install(&sandbox, &plan).await
+        })
+        .await
     }
 
     /// Checks a package list against the policy: what pip is to install, and under which
@@ -199,14 +205,23 @@ impl Engine {
         .map_err(|_| EngineError::CommandTimeout {
             secs: timeout.as_secs(),
         })??;
+        let killed = output.exit_code == KILLED_EXIT;
+        if killed && sandbox.is_cancelled() {
+            // Killed because the sandbox is going away, not by its time limit or its own code:
+            // the caller learns that (as `Destroyed` once the sandbox is gone).
+            return Err(EngineError::ShuttingDown);
+        }
         sandbox.touch();
+        let duration = started.elapsed();
         Ok(CommandResult {
             stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
             stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
             exit_code: output.exit_code,
-            timed_out: output.exit_code == TIMEOUT_EXIT || output.exit_code == 128 + 9,
+            // `timeout` exits 124 when its SIGTERM ended the command, and the command's 137
+            // when its later SIGKILL had to; a command that killed itself early did not time out.
+            timed_out: output.exit_code == TIMEOUT_EXIT || (killed && duration >= timeout),
             truncated: output.truncated,
-            duration_ms: started.elapsed().as_millis() as u64,
+            duration_ms: duration.as_millis() as u64,
         })
     }
 }

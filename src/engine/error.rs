@@ -18,6 +18,12 @@ use crate::packages::PackageRefusal;
 pub enum EngineError {
     #[error("no sandbox with id {id}")]
     NotFound { id: String },
+    /// The sandbox was removed (its lifetime ended, or its owner or the idle reaper closed it)
+    /// while a request was using it: whatever broke inside broke because of that.
+    #[error(
+        "sandbox {id} was destroyed while the request ran (its lifetime ended, or it was closed)"
+    )]
+    Destroyed { id: String },
     #[error("no execution with id {id} (only recent executions are kept)")]
     ExecutionNotFound { id: String },
     #[error(
@@ -136,7 +142,7 @@ impl EngineError {
     pub fn code(&self) -> &'static str {
         use EngineError as E;
         match self {
-            E::NotFound { .. } | E::ExecutionNotFound { .. } => "not_found",
+            E::NotFound { .. } | E::Destroyed { .. } | E::ExecutionNotFound { .. } => "not_found",
             E::PathNotFound { .. } => "path_not_found",
             E::Busy { .. } => "busy",
             E::TooManySandboxes { .. } => "too_many_sandboxes",

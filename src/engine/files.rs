@@ -143,11 +143,13 @@ impl Engine {
         path: &str,
         content: Bytes,
     ) -> Result<String, EngineError> {
-        let sandbox = self.use_sandbox(id, tenant)?;
-        let size = content.len() as u64;
-        let input: ByteStream = Box::pin(futures::stream::once(async move { Ok(content) }));
-        let written = self.write_in(&sandbox, path, size, input).await?;
-        Ok(written.path)
+        self.on_live(id, tenant, async |sandbox| {
+            let size = content.len() as u64;
+            let input: ByteStream = Box::pin(futures::stream::once(async move { Ok(content) }));
+            let written = self.write_in(&sandbox, path, size, input).await?;
+            Ok(written.path)
+        })
+        .await
     }
 
     /// Writes `size` bytes of `input` to `path` through the helper: into a temporary file in
@@ -184,24 +186,26 @@ impl Engine {
         path: &str,
         limit: u64,
     ) -> Result<Vec<u8>, EngineError> {
-        let sandbox = self.use_sandbox(id, tenant)?;
-        let (helper, opened) = self.open_for_read(&sandbox, path, limit).await?;
-        if opened.size > limit {
-            return Err(EngineError::TooLarge {
-                what: "the file",
-                limit,
-            });
-        }
-        let mut content = Vec::with_capacity(opened.size.min(1 << 20) as usize);
-        let mut bytes = helper.payload(Some(opened.size));
-        while let Some(chunk) = bytes.next().await {
-            let chunk = chunk.map_err(|error| EngineError::InvalidInput {
-                field: "path",
-                reason: format!("cannot read {path}: {error}"),
-            })?;
-            content.extend_from_slice(&chunk);
-        }
-        Ok(content)
+        self.on_live(id, tenant, async |sandbox| {
+            let (helper, opened) = self.open_for_read(&sandbox, path, limit).await?;
+            if opened.size > limit {
+                return Err(EngineError::TooLarge {
+                    what: "the file",
+                    limit,
+                });
+            }
+            let mut content = Vec::with_capacity(opened.size.min(1 << 20) as usize);
+            let mut bytes = helper.payload(Some(opened.size));
+            while let Some(chunk) = bytes.next().await {
+                let chunk = chunk.map_err(|error| EngineError::InvalidInput {
+                    field: "path",
+                    reason: format!("cannot read {path}: {error}"),
+                })?;
+                content.extend_from_slice(&chunk);
+            }
+            Ok(content)
+        })
+        .await
     }
 
     /// Lists a directory (default `/workspace`).
@@ -211,35 +215,37 @@ impl Engine {
         tenant: &Tenant,
         path: &str,
     ) -> Result<Vec<FileEntry>, EngineError> {
-        let sandbox = self.use_sandbox(id, tenant)?;
-        let lexical = workspace_path(path)?;
-        let listing = run::<Listing>(
-            self.backend(),
-            &sandbox,
-            "list",
-            &[relative(&lexical)],
-            LISTING_LIMIT,
-        )
-        .await?
-        .map_err(|refused| match refused.kind {
-            Refusal::NotDir => EngineError::InvalidInput {
-                field: "path",
-                reason: format!("{path} is a file, not a directory"),
-            },
-            _ => refused.into_error(path),
-        })?;
-        let base = listing.path.trim_end_matches('/').to_string();
-        Ok(listing
-            .entries
-            .into_iter()
-            .map(|entry| FileEntry {
-                path: format!("{base}/{}", entry.name),
-                name: entry.name,
-                kind: entry.kind,
-                size: entry.size,
-                modified: entry.modified,
-            })
-            .collect())
+        self.on_live(id, tenant, async |sandbox| {
+            let lexical = workspace_path(path)?;
+            let listing = run::<Listing>(
+                self.backend(),
+                &sandbox,
+                "list",
+                &[relative(&lexical)],
+                LISTING_LIMIT,
+            )
+            .await?
+            .map_err(|refused| match refused.kind {
+                Refusal::NotDir => EngineError::InvalidInput {
+                    field: "path",
+                    reason: format!("{path} is a file, not a directory"),
+                },
+                _ => refused.into_error(path),
+            })?;
+            let base = listing.path.trim_end_matches('/').to_string();
+            Ok(listing
+                .entries
+                .into_iter()
+                .map(|entry| FileEntry {
+                    path: format!("{base}/{}", entry.name),
+                    name: entry.name,
+                    kind: entry.kind,
+                    size: entry.size,
+                    modified: entry.modified,
+                })
+                .collect())
+        })
+        .await
     }
 
     /// Deletes a file or a directory tree. The workspace itself cannot be deleted. A symlink
@@ -250,30 +256,34 @@ impl Engine {
         tenant: &Tenant,
         path: &str,
     ) -> Result<(), EngineError> {
-        let sandbox = self.use_sandbox(id, tenant)?;
-        let lexical = workspace_path(path)?;
-        if lexical == WORKSPACE {
-            return Err(EngineError::InvalidInput {
-                field: "path",
-                reason: "the workspace itself cannot be deleted".into(),
-            });
-        }
-        run::<Done>(
-            self.backend(),
-            &sandbox,
-            "delete",
-            &[relative(&lexical)],
-            ANSWER_LIMIT,
-        )
-        .await?
-        .map_err(|refused| match refused.kind {
-            Refusal::Invalid | Refusal::Io | Refusal::Interrupted => EngineError::InvalidInput {
-                field: "path",
-                reason: format!("cannot delete {path}: {}", refused.message),
-            },
-            _ => refused.into_error(path),
-        })?;
-        Ok(())
+        self.on_live(id, tenant, async |sandbox| {
+            let lexical = workspace_path(path)?;
+            if lexical == WORKSPACE {
+                return Err(EngineError::InvalidInput {
+                    field: "path",
+                    reason: "the workspace itself cannot be deleted".into(),
+                });
+            }
+            run::<Done>(
+                self.backend(),
+                &sandbox,
+                "delete",
+                &[relative(&lexical)],
+                ANSWER_LIMIT,
+            )
+            .await?
+            .map_err(|refused| match refused.kind {
+                Refusal::Invalid | Refusal::Io | Refusal::Interrupted => {
+                    EngineError::InvalidInput {
+                        field: "path",
+                        reason: format!("cannot delete {path}: {}", refused.message),
+                    }
+                }
+                _ => refused.into_error(path),
+            })?;
+            Ok(())
+        })
+        .await
     }
 
     /// A tar stream of the helper's `tar` on `path` in `mode` (`tree` or `dir`).
@@ -304,8 +314,10 @@ impl Engine {
         tenant: &Tenant,
         path: &str,
     ) -> Result<ByteStream, EngineError> {
-        let sandbox = self.use_sandbox(id, tenant)?;
-        self.tar_of(&sandbox, path, "tree").await
+        self.on_live(id, tenant, async |sandbox| {
+            self.tar_of(&sandbox, path, "tree").await
+        })
+        .await
     }
 
     /// Writes a file from a stream of any length (up to the configured upload limit) without
@@ -322,21 +334,23 @@ impl Engine {
     where
         S: Stream<Item = io::Result<Bytes>> + Send,
     {
-        let sandbox = self.use_sandbox(id, tenant)?;
-        workspace_path(path)?;
-        let (spooled, size, _spool_share) =
-            spool(content, self.config.max_upload_bytes, &self.spool).await?;
-        sandbox.touch();
-        let input: ByteStream = Box::pin(ReaderStream::with_capacity(
-            tokio::fs::File::from_std(spooled),
-            PIPE_BUFFER,
-        ));
-        let written = self.write_in(&sandbox, path, size, input).await?;
-        sandbox.touch();
-        Ok(UploadedFile {
-            path: written.path,
-            size: written.size,
+        self.on_live(id, tenant, async |sandbox| {
+            workspace_path(path)?;
+            let (spooled, size, _spool_share) =
+                spool(content, self.config.max_upload_bytes, &self.spool).await?;
+            sandbox.touch();
+            let input: ByteStream = Box::pin(ReaderStream::with_capacity(
+                tokio::fs::File::from_std(spooled),
+                PIPE_BUFFER,
+            ));
+            let written = self.write_in(&sandbox, path, size, input).await?;
+            sandbox.touch();
+            Ok(UploadedFile {
+                path: written.path,
+                size: written.size,
+            })
         })
+        .await
     }
 
     /// Opens a file for a streamed read of any size.
@@ -346,12 +360,14 @@ impl Engine {
         tenant: &Tenant,
         path: &str,
     ) -> Result<FileDownload, EngineError> {
-        let sandbox = self.use_sandbox(id, tenant)?;
-        let (helper, opened) = self.open_for_read(&sandbox, path, u64::MAX).await?;
-        Ok(FileDownload {
-            size: opened.size,
-            stream: helper.payload(Some(opened.size)),
+        self.on_live(id, tenant, async |sandbox| {
+            let (helper, opened) = self.open_for_read(&sandbox, path, u64::MAX).await?;
+            Ok(FileDownload {
+                size: opened.size,
+                stream: helper.payload(Some(opened.size)),
+            })
         })
+        .await
     }
 
     /// A tar stream of a directory's contents, entries named relative to it (`./a/b.txt`), so
@@ -362,8 +378,10 @@ impl Engine {
         tenant: &Tenant,
         path: &str,
     ) -> Result<ByteStream, EngineError> {
-        let sandbox = self.use_sandbox(id, tenant)?;
-        self.tar_of(&sandbox, path, "dir").await
+        self.on_live(id, tenant, async |sandbox| {
+            self.tar_of(&sandbox, path, "dir").await
+        })
+        .await
     }
 
     /// Extracts a tar stream under directory `path` (created when missing). Entries with `..`,
@@ -377,62 +395,65 @@ impl Engine {
         path: &str,
         tar: ByteStream,
     ) -> Result<(), EngineError> {
-        let sandbox = self.use_sandbox(id, tenant)?;
-        let lexical = workspace_path(path)?;
-        let mut helper = start(self.backend(), &sandbox, "untar", &[relative(&lexical)]).await?;
-        let limit = self.config.max_upload_bytes;
-        let exceeded = Arc::new(AtomicBool::new(false));
-        let tar = limit_stream(tar, limit, exceeded.clone());
-        let (writer, reader) = tokio::io::duplex(PIPE_BUFFER);
-        let input = SyncIoBridge::new(StreamReader::new(tar));
-        let output = SyncIoBridge::new(writer);
-        let sanitizer = tokio::task::spawn_blocking(move || sanitize_archive(input, output));
-        let sanitized: ByteStream =
-            Box::pin(ReaderStream::new(reader).map_err(io::Error::other).boxed());
-        let (_fed, answer) = helper
-            .feed_and_answer::<Done>(sanitized, ANSWER_LIMIT)
-            .await;
-        let checked = sanitizer.await.map_err(|_| EngineError::ShuttingDown)?;
-        sandbox.touch();
-        if exceeded.load(Ordering::SeqCst) {
-            return Err(EngineError::TooLarge {
-                what: "archive",
-                limit,
-            });
-        }
-        let answer = answer?;
-        // A refusal about the target itself comes first: the sanitizer only failed then because
-        // the helper stopped reading. So does an entry led out of the workspace on disk.
-        if let Err(refused) = answer {
-            return Err(match (refused.kind, refused.entry.clone()) {
-                (Refusal::Invalid | Refusal::Io | Refusal::Interrupted, _) => {
-                    checked.err().map_or_else(
-                        || EngineError::InvalidInput {
-                            field: "archive",
-                            reason: refused.message,
-                        },
-                        |reason| EngineError::InvalidInput {
-                            field: "archive",
-                            reason,
-                        },
-                    )
-                }
-                (Refusal::NotDir, None) => EngineError::InvalidInput {
-                    field: "path",
-                    reason: format!("{path} is not a directory"),
-                },
-                (_, None) => refused.into_error(path),
-                (_, Some(entry)) => {
-                    let entry_path = format!("{}/{entry}", lexical.trim_end_matches('/'));
-                    refused.into_error(&entry_path)
-                }
-            });
-        }
-        checked.map_err(|reason| EngineError::InvalidInput {
-            field: "archive",
-            reason,
-        })?;
-        within(IDLE_TIMEOUT, helper.finish()).await
+        self.on_live(id, tenant, async |sandbox| {
+            let lexical = workspace_path(path)?;
+            let mut helper =
+                start(self.backend(), &sandbox, "untar", &[relative(&lexical)]).await?;
+            let limit = self.config.max_upload_bytes;
+            let exceeded = Arc::new(AtomicBool::new(false));
+            let tar = limit_stream(tar, limit, exceeded.clone());
+            let (writer, reader) = tokio::io::duplex(PIPE_BUFFER);
+            let input = SyncIoBridge::new(StreamReader::new(tar));
+            let output = SyncIoBridge::new(writer);
+            let sanitizer = tokio::task::spawn_blocking(move || sanitize_archive(input, output));
+            let sanitized: ByteStream =
+                Box::pin(ReaderStream::new(reader).map_err(io::Error::other).boxed());
+            let (_fed, answer) = helper
+                .feed_and_answer::<Done>(sanitized, ANSWER_LIMIT)
+                .await;
+            let checked = sanitizer.await.map_err(|_| EngineError::ShuttingDown)?;
+            sandbox.touch();
+            if exceeded.load(Ordering::SeqCst) {
+                return Err(EngineError::TooLarge {
+                    what: "archive",
+                    limit,
+                });
+            }
+            let answer = answer?;
+            // A refusal about the target itself comes first: the sanitizer only failed then because
+            // the helper stopped reading. So does an entry led out of the workspace on disk.
+            if let Err(refused) = answer {
+                return Err(match (refused.kind, refused.entry.clone()) {
+                    (Refusal::Invalid | Refusal::Io | Refusal::Interrupted, _) => {
+                        checked.err().map_or_else(
+                            || EngineError::InvalidInput {
+                                field: "archive",
+                                reason: refused.message,
+                            },
+                            |reason| EngineError::InvalidInput {
+                                field: "archive",
+                                reason,
+                            },
+                        )
+                    }
+                    (Refusal::NotDir, None) => EngineError::InvalidInput {
+                        field: "path",
+                        reason: format!("{path} is not a directory"),
+                    },
+                    (_, None) => refused.into_error(path),
+                    (_, Some(entry)) => {
+                        let entry_path = format!("{}/{entry}", lexical.trim_end_matches('/'));
+                        refused.into_error(&entry_path)
+                    }
+                });
+            }
+            checked.map_err(|reason| EngineError::InvalidInput {
+                field: "archive",
+                reason,
+            })?;
+            within(IDLE_TIMEOUT, helper.finish()).await
+        })
+        .await
     }
 
     /// The size of the file a download of `path` would send (a final link followed, as a read
@@ -444,11 +465,13 @@ impl Engine {
         tenant: &Tenant,
         path: &str,
     ) -> Result<u64, EngineError> {
-        let sandbox = self.use_sandbox(id, tenant)?;
-        // With a limit of 0 the helper sends no byte after its answer (an empty file has none).
-        let (helper, opened) = self.open_for_read(&sandbox, path, 0).await?;
-        within(OPERATION_TIMEOUT, helper.finish()).await?;
-        Ok(opened.size)
+        self.on_live(id, tenant, async |sandbox| {
+            // With a limit of 0 the helper sends no byte after its answer (an empty file has none).
+            let (helper, opened) = self.open_for_read(&sandbox, path, 0).await?;
+            within(OPERATION_TIMEOUT, helper.finish()).await?;
+            Ok(opened.size)
+        })
+        .await
     }
 
     /// What is at `path`, without reading it: `None` when nothing is (or a parent is missing or
@@ -460,32 +483,34 @@ impl Engine {
         tenant: &Tenant,
         path: &str,
     ) -> Result<Option<PathStat>, EngineError> {
-        let sandbox = self.use_sandbox(id, tenant)?;
-        let lexical = workspace_path(path)?;
-        let stated = run::<Stated>(
-            self.backend(),
-            &sandbox,
-            "stat",
-            &[relative(&lexical)],
-            ANSWER_LIMIT,
-        )
-        .await?
-        .map_err(|refused| refused.into_error(path))?;
-        if !stated.exists {
-            return Ok(None);
-        }
-        let (Some(kind), Some(size), Some(mode), Some(modified)) =
-            (stated.kind, stated.size, stated.mode, stated.modified)
-        else {
-            return Err(HelperFailure::NoAnswer.into());
-        };
-        Ok(Some(PathStat {
-            path: lexical,
-            kind,
-            size,
-            mode: mode & 0o7777,
-            modified: if modified.is_finite() { modified } else { 0.0 },
-        }))
+        self.on_live(id, tenant, async |sandbox| {
+            let lexical = workspace_path(path)?;
+            let stated = run::<Stated>(
+                self.backend(),
+                &sandbox,
+                "stat",
+                &[relative(&lexical)],
+                ANSWER_LIMIT,
+            )
+            .await?
+            .map_err(|refused| refused.into_error(path))?;
+            if !stated.exists {
+                return Ok(None);
+            }
+            let (Some(kind), Some(size), Some(mode), Some(modified)) =
+                (stated.kind, stated.size, stated.mode, stated.modified)
+            else {
+                return Err(HelperFailure::NoAnswer.into());
+            };
+            Ok(Some(PathStat {
+                path: lexical,
+                kind,
+                size,
+                mode: mode & 0o7777,
+                modified: if modified.is_finite() { modified } else { 0.0 },
+            }))
+        })
+        .await
     }
 
     /// Makes directory `path` and its missing parents, owned by the sandbox user; a directory
@@ -496,21 +521,23 @@ impl Engine {
         tenant: &Tenant,
         path: &str,
     ) -> Result<MadeDirectory, EngineError> {
-        let sandbox = self.use_sandbox(id, tenant)?;
-        let lexical = workspace_path(path)?;
-        let made = run::<Made>(
-            self.backend(),
-            &sandbox,
-            "mkdir",
-            &[relative(&lexical)],
-            ANSWER_LIMIT,
-        )
-        .await?
-        .map_err(|refused| refused.into_error(path))?;
-        Ok(MadeDirectory {
-            path: lexical,
-            created: made.created,
+        self.on_live(id, tenant, async |sandbox| {
+            let lexical = workspace_path(path)?;
+            let made = run::<Made>(
+                self.backend(),
+                &sandbox,
+                "mkdir",
+                &[relative(&lexical)],
+                ANSWER_LIMIT,
+            )
+            .await?
+            .map_err(|refused| refused.into_error(path))?;
+            Ok(MadeDirectory {
+                path: lexical,
+                created: made.created,
+            })
         })
+        .await
     }
 
     /// Copies or moves `source` to `destination` inside the workspace (the destination's missing
@@ -528,41 +555,43 @@ impl Engine {
         destination: &str,
         overwrite: bool,
     ) -> Result<Transfer, EngineError> {
-        let sandbox = self.use_sandbox(id, tenant)?;
-        let from = workspace_path(source)?;
-        let to = workspace_path(destination)?;
-        if to == WORKSPACE {
-            return Err(EngineError::InvalidInput {
-                field: "destination",
-                reason: "the workspace itself cannot be replaced".into(),
-            });
-        }
-        if kind == TransferKind::Move && from == WORKSPACE {
-            return Err(EngineError::InvalidInput {
-                field: "source",
-                reason: "the workspace itself cannot be moved".into(),
-            });
-        }
-        let op = match kind {
-            TransferKind::Copy => "copy",
-            TransferKind::Move => "move",
-        };
-        let overwrite = if overwrite { "1" } else { "0" };
-        let moved = run::<Moved>(
-            self.backend(),
-            &sandbox,
-            op,
-            &[relative(&from), relative(&to), overwrite],
-            ANSWER_LIMIT,
-        )
-        .await?
-        .map_err(|refused| transfer_error(refused, source, destination))?;
-        sandbox.touch();
-        Ok(Transfer {
-            source: from,
-            destination: to,
-            kind: moved.kind,
+        self.on_live(id, tenant, async |sandbox| {
+            let from = workspace_path(source)?;
+            let to = workspace_path(destination)?;
+            if to == WORKSPACE {
+                return Err(EngineError::InvalidInput {
+                    field: "destination",
+                    reason: "the workspace itself cannot be replaced".into(),
+                });
+            }
+            if kind == TransferKind::Move && from == WORKSPACE {
+                return Err(EngineError::InvalidInput {
+                    field: "source",
+                    reason: "the workspace itself cannot be moved".into(),
+                });
+            }
+            let op = match kind {
+                TransferKind::Copy => "copy",
+                TransferKind::Move => "move",
+            };
+            let overwrite = if overwrite { "1" } else { "0" };
+            let moved = run::<Moved>(
+                self.backend(),
+                &sandbox,
+                op,
+                &[relative(&from), relative(&to), overwrite],
+                ANSWER_LIMIT,
+            )
+            .await?
+            .map_err(|refused| transfer_error(refused, source, destination))?;
+            sandbox.touch();
+            Ok(Transfer {
+                source: from,
+                destination: to,
+                kind: moved.kind,
+            })
         })
+        .await
     }
 }
 

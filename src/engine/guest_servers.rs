@@ -124,54 +124,56 @@ impl Engine {
     ) -> Result<GuestServer, EngineError> {
         validate::server_name(server)?;
         let launch = launch_for(&params)?;
-        let sandbox = self.use_sandbox(sandbox_id, tenant)?;
-        let key = (sandbox_id.to_string(), server.to_string());
-        let registered_here = self
-            .guests
-            .registrations
-            .iter()
-            .filter(|entry| entry.key().0 == sandbox_id)
-            .count();
-        if !self.guests.registrations.contains_key(&key)
-            && registered_here >= MAX_SERVERS_PER_SANDBOX
-        {
-            return Err(GuestServerError::TooMany {
-                sandbox_id: sandbox_id.to_string(),
-                what: "registered MCP servers",
-                limit: MAX_SERVERS_PER_SANDBOX,
-            }
-            .into());
-        }
-        let span =
-            tracing::info_span!("guest_register", sandbox_id = %sandbox_id, server = %server);
-        async {
-            let helper = self
-                .start_helper(sandbox.container_id(), sandbox_id, server, &launch)
-                .await?;
-            let tools = match list_tools(server, helper.process.peer()).await {
-                Ok(tools) => tools,
-                Err(error) => {
-                    helper.process.close(self.backend()).await;
-                    return Err(error.into());
-                }
-            };
-            let registration = Arc::new(Registration {
-                launch,
-                helper: tokio::sync::Mutex::new(Some(helper.clone())),
-            });
-            if let Some(old) = self.guests.registrations.insert(key, registration)
-                && let Some(old) = old.helper.lock().await.take()
+        self.on_live(sandbox_id, tenant, async |sandbox| {
+            let key = (sandbox_id.to_string(), server.to_string());
+            let registered_here = self
+                .guests
+                .registrations
+                .iter()
+                .filter(|entry| entry.key().0 == sandbox_id)
+                .count();
+            if !self.guests.registrations.contains_key(&key)
+                && registered_here >= MAX_SERVERS_PER_SANDBOX
             {
-                old.process.close(self.backend()).await;
+                return Err(GuestServerError::TooMany {
+                    sandbox_id: sandbox_id.to_string(),
+                    what: "registered MCP servers",
+                    limit: MAX_SERVERS_PER_SANDBOX,
+                }
+                .into());
             }
-            tracing::info!(tools = tools.len(), "guest server registered");
-            Ok(GuestServer {
-                name: server.to_string(),
-                initialize: helper.initialize,
-                tools,
-            })
-        }
-        .instrument(span)
+            let span =
+                tracing::info_span!("guest_register", sandbox_id = %sandbox_id, server = %server);
+            async {
+                let helper = self
+                    .start_helper(sandbox.container_id(), sandbox_id, server, &launch)
+                    .await?;
+                let tools = match list_tools(server, helper.process.peer()).await {
+                    Ok(tools) => tools,
+                    Err(error) => {
+                        helper.process.close(self.backend()).await;
+                        return Err(error.into());
+                    }
+                };
+                let registration = Arc::new(Registration {
+                    launch,
+                    helper: tokio::sync::Mutex::new(Some(helper.clone())),
+                });
+                if let Some(old) = self.guests.registrations.insert(key, registration)
+                    && let Some(old) = old.helper.lock().await.take()
+                {
+                    old.process.close(self.backend()).await;
+                }
+                tracing::info!(tools = tools.len(), "guest server registered");
+                Ok(GuestServer {
+                    name: server.to_string(),
+                    initialize: helper.initialize,
+                    tools,
+                })
+            }
+            .instrument(span)
+            .await
+        })
         .await
     }
 
@@ -234,24 +236,26 @@ impl Engine {
         tenant: &Tenant,
         server: &str,
     ) -> Result<Helper, EngineError> {
-        let sandbox = self.use_sandbox(sandbox_id, tenant)?;
-        let registration = self.guests.registration(sandbox_id, server)?;
-        let mut helper = registration.helper.lock().await;
-        if let Some(running) = helper.as_ref()
-            && !running.process.peer().has_exited()
-        {
-            return Ok(running.clone());
-        }
-        let started = self
-            .start_helper(
-                sandbox.container_id(),
-                sandbox_id,
-                server,
-                &registration.launch,
-            )
-            .await?;
-        *helper = Some(started.clone());
-        Ok(started)
+        self.on_live(sandbox_id, tenant, async |sandbox| {
+            let registration = self.guests.registration(sandbox_id, server)?;
+            let mut helper = registration.helper.lock().await;
+            if let Some(running) = helper.as_ref()
+                && !running.process.peer().has_exited()
+            {
+                return Ok(running.clone());
+            }
+            let started = self
+                .start_helper(
+                    sandbox.container_id(),
+                    sandbox_id,
+                    server,
+                    &registration.launch,
+                )
+                .await?;
+            *helper = Some(started.clone());
+            Ok(started)
+        })
+        .await
     }
 
     /// Starts a process and performs the handshake on it.

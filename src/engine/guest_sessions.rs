@@ -40,7 +40,7 @@ impl Engine {
         tenant: &Tenant,
         server: &str,
     ) -> Result<ProxySession, EngineError> {
-        let sandbox = self.use_sandbox(sandbox_id, tenant)?;
+        self.on_live(sandbox_id, tenant, async |sandbox| {
         let registration = self.guests.registration(sandbox_id, server)?;
         let live = self
             .guests
@@ -83,6 +83,8 @@ impl Engine {
             session_id,
             process,
         })
+        })
+        .await
     }
 
     /// The process of a live proxy session of this sandbox and server. A session whose process

@@ -565,6 +565,31 @@ impl Engine {
         Ok(sandbox)
     }
 
+    /// Runs `work` on a live sandbox of `tenant` (marked as used, as [`Engine::use_sandbox`]
+    /// does). A failure once the sandbox is no longer live (its lifetime ended, or it was
+    /// closed, while the work ran: its container and every process in it were removed) is
+    /// reported as [`EngineError::Destroyed`], not as whatever broke inside because of that.
+    pub(super) async fn on_live<T>(
+        &self,
+        id: &str,
+        tenant: &Tenant,
+        work: impl AsyncFnOnce(Arc<Sandbox>) -> Result<T, EngineError>,
+    ) -> Result<T, EngineError> {
+        let sandbox = self.use_sandbox(id, tenant)?;
+        let outcome = work(sandbox.clone()).await;
+        match outcome {
+            Err(_) if !self.is_live(&sandbox) => Err(EngineError::Destroyed { id: id.to_string() }),
+            outcome => outcome,
+        }
+    }
+
+    /// Whether `sandbox` is still the engine's live sandbox of its id.
+    pub(super) fn is_live(&self, sandbox: &Arc<Sandbox>) -> bool {
+        self.sandboxes
+            .get(sandbox.id())
+            .is_some_and(|entry| Arc::ptr_eq(entry.value(), sandbox))
+    }
+
     /// A recent execution of `tenant`; another tenant's execution is reported as not found.
     pub fn execution(
         &self,

@@ -32,13 +32,15 @@ impl Engine {
         tenant: &Tenant,
         request: EgressRequest,
     ) -> Result<Firewall, EngineError> {
-        let sandbox = self.use_sandbox(id, tenant)?;
-        let firewall = self.firewall_for(Some(&request))?;
-        self.backend
-            .apply_egress(sandbox.container_id(), &firewall.policy, &firewall.state())
-            .await?;
-        tracing::info!(sandbox_id = %id, source = ?firewall.source, "egress policy applied");
-        sandbox.set_firewall(firewall.clone());
-        Ok(firewall)
+        self.on_live(id, tenant, async |sandbox| {
+            let firewall = self.firewall_for(Some(&request))?;
+            self.backend
+                .apply_egress(sandbox.container_id(), &firewall.policy, &firewall.state())
+                .await?;
+            tracing::info!(sandbox_id = %id, source = ?firewall.source, "egress policy applied");
+            sandbox.set_firewall(firewall.clone());
+            Ok(firewall)
+        })
+        .await
     }
 }

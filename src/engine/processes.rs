@@ -40,7 +40,7 @@ impl Engine {
         tenant: &Tenant,
         request: StartProcess,
     ) -> Result<ProcessInfo, EngineError> {
-        let sandbox = self.use_sandbox(id, tenant)?;
+        self.on_live(id, tenant, async |sandbox| {
         if request.command.trim().is_empty() {
             return Err(EngineError::InvalidInput {
                 field: "command",
@@ -141,6 +141,8 @@ impl Engine {
             reader.finish(ExitStatus::from_code(code));
         });
         Ok(process.info())
+        })
+        .await
     }
 
     fn check_room(
@@ -190,7 +192,7 @@ impl Engine {
         signal: Option<&str>,
     ) -> Result<ProcessInfo, EngineError> {
         let signal = parse_signal(signal)?;
-        let sandbox = self.use_sandbox(id, tenant)?;
+        self.on_live(id, tenant, async |sandbox| {
         let process = self.processes.find(id, key)?;
         if !process.running() {
             return Err(ProcessError::Ended { pid: process.pid }.into());
@@ -209,6 +211,8 @@ impl Engine {
         })??;
         tracing::info!(sandbox_id = %id, pid = process.pid, signal, "signal sent to background process");
         Ok(process.info())
+        })
+        .await
     }
 
     /// Writes `data` to a running process's stdin, then closes it when `close` says so.

@@ -420,6 +420,11 @@ impl Sandbox {
         self.cancel.cancelled()
     }
 
+    /// Whether the sandbox is being destroyed or the server is shutting down.
+    pub(crate) fn is_cancelled(&self) -> bool {
+        self.cancel.is_cancelled()
+    }
+
     pub(crate) fn cancel(&self) {
         self.cancel.cancel();
     }

@@ -156,6 +156,99 @@ async fn a_sandbox_is_destroyed_within_two_seconds_of_its_expiry_even_when_busy(
     assert_eq!(ended["status"], "cancelled", "{ended}");
 }
 
+/// A hostile schedule for the server: requests on a sandbox keep coming while its lifetime
+/// ends. Whatever is under way when it is destroyed (a command, file operations) is told that
+/// the sandbox is gone (404), never a 5xx, and never a made-up result: a command killed by the
+/// destruction is not reported as having timed out.
+#[tokio::test(flavor = "multi_thread")]
+async fn requests_under_way_when_a_sandbox_expires_are_told_it_is_gone() {
+    let Some(server) = TestServer::start("life-underway", &[]).await else {
+        return;
+    };
+    let created = create(&server, None, json!({"timeout": 6})).await;
+    let id = created["id"].as_str().expect("id").to_string();
+    let expires_at = time_of(&created["expires_at"]);
+    let wrote = json_of(
+        server
+            .post(&format!("/containers/{id}/commands"))
+            .json(&json!({"cmd": "mkdir tree && echo a > tree/a.txt"}))
+            .send()
+            .await
+            .expect("command"),
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(wrote["exit_code"], 0, "{wrote}");
+
+    // A command that outlives the sandbox: the destruction kills it.
+    let command = tokio::spawn(
+        server
+            .post(&format!("/containers/{id}/commands"))
+            .json(&json!({"cmd": "sleep 60", "timeout": 90}))
+            .send(),
+    );
+    // File operations back to back, through the expiry and until the sandbox is gone.
+    let mut statuses = Vec::new();
+    let mut gone = None;
+    let give_up = expires_at + EXPIRY_SLACK + chrono::Duration::seconds(5);
+    for round in 0.. {
+        let answers = [
+            server
+                .get(&format!("/containers/{id}/directories/tree"))
+                .send()
+                .await,
+            server
+                .get(&format!("/containers/{id}/stat/tree/a.txt"))
+                .send()
+                .await,
+            server
+                .post(&format!("/containers/{id}/copy"))
+                .json(&json!({"source": "tree", "destination": format!("copy-{round}")}))
+                .send()
+                .await,
+        ];
+        for answer in answers {
+            let answer = answer.expect("an answer");
+            let status = answer.status();
+            let body = answer.bytes().await.unwrap_or_default();
+            assert!(
+                !status.is_server_error(),
+                "{status} while the sandbox expired: {}",
+                String::from_utf8_lossy(&body)
+            );
+            if status == StatusCode::NOT_FOUND {
+                let error: Value = serde_json::from_slice(&body).expect("a JSON error");
+                assert_eq!(error["error"]["code"], "not_found", "{error}");
+                gone.get_or_insert(Utc::now());
+            }
+            statuses.push(status.as_u16());
+        }
+        if gone.is_some() || Utc::now() > give_up {
+            break;
+        }
+    }
+    assert!(gone.is_some(), "the sandbox never went: {statuses:?}");
+    assert!(
+        statuses.contains(&200),
+        "nothing ran before the expiry: {statuses:?}"
+    );
+
+    let answered = tokio::time::timeout(Duration::from_secs(30), command)
+        .await
+        .expect("the command answers once its sandbox is gone")
+        .expect("join")
+        .expect("an answer");
+    let status = answered.status();
+    let body: Value = answered.json().await.expect("JSON");
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert_eq!(body["error"]["code"], "not_found", "{body}");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("destroyed while the request ran"),
+        "{message}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn extending_the_timeout_keeps_the_sandbox_and_shortening_it_ends_it_early() {
     let Some(server) = TestServer::start("life-extend", &[]).await else {
