@@ -22,6 +22,13 @@ const REFILL: Duration = Duration::from_secs(120);
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // Opt-in timeline of each create (`KERNELBOX_BENCH_LOG=kernelbox=debug`), on stderr.
+    if let Ok(filter) = std::env::var("KERNELBOX_BENCH_LOG") {
+        kernelbox::logging::init(&kernelbox::config::LogArgs {
+            filter,
+            log_format: Default::default(),
+        });
+    }
     let instance = format!(
         "bench-pool-{}",
         &uuid::Uuid::new_v4().simple().to_string()[..8]
@@ -72,6 +79,8 @@ async fn run(engine: &Arc<Engine>) -> anyhow::Result<()> {
         pooled_creates.push(created);
         pooled.push(took);
         if index % (POOLED / COLD) == 0 {
+            // A full pool first: the cold start is not timed against a refill either.
+            tokio::time::timeout(REFILL, ready.wait_for(|ready| *ready >= 2)).await??;
             let mut request = CreateSandbox::new(Tenant::Local);
             request.env = HashMap::from([("COLD".to_string(), "1".to_string())]);
             cold.push(first_result(engine, request).await?.1);

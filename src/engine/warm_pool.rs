@@ -5,6 +5,7 @@
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, watch};
 
@@ -49,6 +50,8 @@ pub(crate) struct WarmPool {
     ready: watch::Sender<usize>,
     /// Wakes the refiller when a member was taken or removed.
     wanted: Notify,
+    /// When a caller last took a member: the refill keeps off the machine for a while after.
+    last_claim: Mutex<Option<Instant>>,
 }
 
 impl WarmPool {
@@ -100,9 +103,22 @@ impl WarmPool {
         let member = members.pop_front();
         self.ready.send_replace(members.len());
         if member.is_some() {
+            if let Ok(mut last) = self.last_claim.lock() {
+                *last = Some(Instant::now());
+            }
             self.wanted.notify_one();
         }
         member
+    }
+
+    /// How long after the last claim a refill should still wait so that it is `settle` past
+    /// it: zero when no claim is that recent.
+    pub(crate) fn settling_for(&self, settle: Duration) -> Duration {
+        self.last_claim
+            .lock()
+            .ok()
+            .and_then(|last| *last)
+            .map_or(Duration::ZERO, |last| settle.saturating_sub(last.elapsed()))
     }
 
     /// Takes every member for which `stale` holds.
