@@ -413,6 +413,10 @@ mkdir -p /etc/ipython
 cat > /etc/ipython/ipython_kernel_config.py <<'PY'
 # kernelbox: load the output bound into every kernel, leaving the user namespace clean.
 c.IPKernelApp.exec_lines = ["import kernelbox_output as _kernelbox_output; del _kernelbox_output"]
+# History in memory: In, Out and %history work for the kernel's life, and no cell waits on an
+# SQLite commit to the container's disk (measured here: 1+1 p50 7.2-9.1 ms with the file,
+# 6.3-6.6 ms without).
+c.HistoryManager.hist_file = ":memory:"
 PY
 
 # Build matplotlib's font cache and IPython's profile as the sandbox user, so the first plot

@@ -34,6 +34,31 @@ async fn state_persists_and_sandboxes_are_isolated() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn history_works_in_memory_and_nothing_is_written_to_disk() {
+    let Some(t) = TestEngine::start("history").await else {
+        return;
+    };
+    let id = t.sandbox().await;
+    t.run(&id, "x = 'remembered'").await;
+    let shown = t
+        .run(
+            &id,
+            "import glob, os\n\
+             h = get_ipython().history_manager\n\
+             print(h.hist_file)\n\
+             print([source for _, _, source in h.get_range()][-2])\n\
+             print(In[-2])\n\
+             print(glob.glob(os.path.expanduser('~/.ipython/profile_*/history.sqlite*')))",
+        )
+        .await;
+    assert_eq!(shown.outcome, ExecutionOutcome::Completed, "{shown:?}");
+    assert_eq!(
+        shown.stdout, ":memory:\nx = 'remembered'\nx = 'remembered'\n[]\n",
+        "{shown:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn matplotlib_plot_gives_a_png() {
     let Some(t) = TestEngine::start("plot").await else {
         return;
