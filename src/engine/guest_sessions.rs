@@ -41,48 +41,48 @@ impl Engine {
         server: &str,
     ) -> Result<ProxySession, EngineError> {
         self.on_live(sandbox_id, tenant, async |sandbox| {
-        let registration = self.guests.registration(sandbox_id, server)?;
-        let live = self
-            .guests
-            .sessions
-            .iter()
-            .filter(|entry| entry.value().sandbox_id == sandbox_id)
-            .count();
-        if live >= MAX_SESSIONS_PER_SANDBOX {
-            return Err(GuestServerError::TooMany {
-                sandbox_id: sandbox_id.to_string(),
-                what: "MCP proxy sessions",
-                limit: MAX_SESSIONS_PER_SANDBOX,
+            let registration = self.guests.registration(sandbox_id, server)?;
+            let live = self
+                .guests
+                .sessions
+                .iter()
+                .filter(|entry| entry.value().sandbox_id == sandbox_id)
+                .count();
+            if live >= MAX_SESSIONS_PER_SANDBOX {
+                return Err(GuestServerError::TooMany {
+                    sandbox_id: sandbox_id.to_string(),
+                    what: "MCP proxy sessions",
+                    limit: MAX_SESSIONS_PER_SANDBOX,
+                }
+                .into());
             }
-            .into());
-        }
-        let process = Arc::new(
-            GuestProcess::start(
-                &self.backend,
-                sandbox.container_id(),
-                sandbox_id,
-                server,
-                &registration.launch,
-            )
-            .await?,
-        );
-        let session_id = new_session_id();
-        let watcher = CancellationToken::new();
-        self.spawn_session_watcher(session_id.clone(), process.clone(), watcher.clone());
-        self.guests.sessions.insert(
-            session_id.clone(),
-            SessionEntry {
-                sandbox_id: sandbox_id.to_string(),
-                server: server.to_string(),
-                process: process.clone(),
-                _watcher: watcher.drop_guard(),
-            },
-        );
-        tracing::info!(sandbox_id = %sandbox_id, server = %server, session_id = %session_id, pid = process.pid(), "guest proxy session opened");
-        Ok(ProxySession {
-            session_id,
-            process,
-        })
+            let process = Arc::new(
+                GuestProcess::start(
+                    &self.backend,
+                    sandbox.container_id(),
+                    sandbox_id,
+                    server,
+                    &registration.launch,
+                )
+                .await?,
+            );
+            let session_id = new_session_id();
+            let watcher = CancellationToken::new();
+            self.spawn_session_watcher(session_id.clone(), process.clone(), watcher.clone());
+            self.guests.sessions.insert(
+                session_id.clone(),
+                SessionEntry {
+                    sandbox_id: sandbox_id.to_string(),
+                    server: server.to_string(),
+                    process: process.clone(),
+                    _watcher: watcher.drop_guard(),
+                },
+            );
+            tracing::info!(sandbox_id = %sandbox_id, server = %server, session_id = %session_id, pid = process.pid(), "guest proxy session opened");
+            Ok(ProxySession {
+                session_id,
+                process,
+            })
         })
         .await
     }

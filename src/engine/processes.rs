@@ -41,106 +41,107 @@ impl Engine {
         request: StartProcess,
     ) -> Result<ProcessInfo, EngineError> {
         self.on_live(id, tenant, async |sandbox| {
-        if request.command.trim().is_empty() {
-            return Err(EngineError::InvalidInput {
-                field: "command",
-                reason: "must not be empty".into(),
-            });
-        }
-        validate::no_nul("command", &request.command)?;
-        let cwd = workspace_path(request.cwd.as_deref().unwrap_or(""))?;
-        let env = validate::env(&request.env)?;
-        if let Some(tag) = &request.tag {
-            validate_tag(tag)?;
-        }
-        let processes = self.processes.of(id, &self.shutdown);
-        // Claim the slot (and the tag) before starting, so concurrent starts cannot pass the
-        // limit; the claim is a placeholder-free check under the lock, repeated after the start.
-        self.check_room(id, &processes, request.tag.as_deref())?;
-        let spec = ExecSpec {
-            argv: ["bash", "-c", CD_WRAPPER, "bash", &cwd, &request.command]
-                .map(String::from)
-                .to_vec(),
-            workdir: super::paths::WORKSPACE.to_string(),
-            env,
-            user: None,
-            output_limit: 0,
-        };
-        let attached = self
-            .backend
-            .exec_attached(sandbox.container_id(), spec)
-            .await?;
-        let (changed, _) = tokio::sync::watch::channel(0);
-        let process = Arc::new(Process {
-            pid: processes
-                .next_pid
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-            os_pid: attached.pid,
-            tag: request.tag.clone(),
-            command: request.command,
-            cwd,
-            started_at: Utc::now(),
-            container_id: sandbox.container_id().to_string(),
-            log: Mutex::new(Log {
-                chunks: VecDeque::new(),
-                first_seq: 0,
-                next_seq: 0,
-                kept_bytes: 0,
-                capacity: self.config.output_limit_bytes.max(1),
-                output_bytes: 0,
-                exit: None,
-            }),
-            changed,
-            stdin: tokio::sync::Mutex::new(Some(attached.stdin)),
-            stdin_open: std::sync::atomic::AtomicBool::new(true),
-        });
-        let admitted = {
-            let mut list = lock(&processes.list);
-            let room = room_error(id, &list, request.tag.as_deref());
-            if room.is_none() {
-                list.push(process.clone());
-                forget_oldest_ended(&mut list);
+            if request.command.trim().is_empty() {
+                return Err(EngineError::InvalidInput {
+                    field: "command",
+                    reason: "must not be empty".into(),
+                });
             }
-            room
-        };
-        let gone = processes.gone.clone();
-        if let Some(error) = admitted {
-            // Lost a race for the last slot or the tag: stop what was started.
-            let _ = tokio::time::timeout(
-                SIGNAL_TIMEOUT,
-                self.backend
-                    .kill_process_group(&process.container_id, process.os_pid),
-            )
-            .await;
-            return Err(error);
-        }
-        tracing::info!(sandbox_id = %id, pid = process.pid, os_pid = process.os_pid, "background process started");
-        let reader = process.clone();
-        let mut output = attached.output;
-        let exit = attached.exit;
-        self.tasks.spawn(async move {
-            loop {
-                let chunk = tokio::select! {
-                    chunk = output.next() => chunk,
-                    () = gone.cancelled() => {
-                        reader.finish(ExitStatus::from_code(None));
-                        return;
-                    }
-                };
-                match chunk {
-                    Some(Ok(ExecChunk::Stdout(data))) => reader.record(OutputStream::Stdout, data),
-                    Some(Ok(ExecChunk::Stderr(data))) => reader.record(OutputStream::Stderr, data),
-                    Some(Err(_)) | None => break,
-                }
+            validate::no_nul("command", &request.command)?;
+            let cwd = workspace_path(request.cwd.as_deref().unwrap_or(""))?;
+            let env = validate::env(&request.env)?;
+            if let Some(tag) = &request.tag {
+                validate_tag(tag)?;
             }
-            drop(output);
-            let code = tokio::select! {
-                code = exit => code.ok().filter(|code| *code >= 0),
-                () = gone.cancelled() => None,
+            let processes = self.processes.of(id, &self.shutdown);
+            // Claim the slot (and the tag) before starting, so concurrent starts cannot pass
+            // the limit; the claim is a placeholder-free check under the lock, repeated after
+            // the start.
+            self.check_room(id, &processes, request.tag.as_deref())?;
+            let spec = ExecSpec {
+                argv: ["bash", "-c", CD_WRAPPER, "bash", &cwd, &request.command]
+                    .map(String::from)
+                    .to_vec(),
+                workdir: super::paths::WORKSPACE.to_string(),
+                env,
+                user: None,
+                output_limit: 0,
             };
-            reader.finish(ExitStatus::from_code(code));
-        });
-        Ok(process.info())
+            let attached = self
+                .backend
+                .exec_attached(sandbox.container_id(), spec)
+                .await?;
+            let (changed, _) = tokio::sync::watch::channel(0);
+            let process = Arc::new(Process {
+                pid: processes
+                    .next_pid
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+                os_pid: attached.pid,
+                tag: request.tag.clone(),
+                command: request.command,
+                cwd,
+                started_at: Utc::now(),
+                container_id: sandbox.container_id().to_string(),
+                log: Mutex::new(Log {
+                    chunks: VecDeque::new(),
+                    first_seq: 0,
+                    next_seq: 0,
+                    kept_bytes: 0,
+                    capacity: self.config.output_limit_bytes.max(1),
+                    output_bytes: 0,
+                    exit: None,
+                }),
+                changed,
+                stdin: tokio::sync::Mutex::new(Some(attached.stdin)),
+                stdin_open: std::sync::atomic::AtomicBool::new(true),
+            });
+            let admitted = {
+                let mut list = lock(&processes.list);
+                let room = room_error(id, &list, request.tag.as_deref());
+                if room.is_none() {
+                    list.push(process.clone());
+                    forget_oldest_ended(&mut list);
+                }
+                room
+            };
+            let gone = processes.gone.clone();
+            if let Some(error) = admitted {
+                // Lost a race for the last slot or the tag: stop what was started.
+                let _ = tokio::time::timeout(
+                    SIGNAL_TIMEOUT,
+                    self.backend
+                        .kill_process_group(&process.container_id, process.os_pid),
+                )
+                .await;
+                return Err(error);
+            }
+            tracing::info!(sandbox_id = %id, pid = process.pid, os_pid = process.os_pid, "background process started");
+            let reader = process.clone();
+            let mut output = attached.output;
+            let exit = attached.exit;
+            self.tasks.spawn(async move {
+                loop {
+                    let chunk = tokio::select! {
+                        chunk = output.next() => chunk,
+                        () = gone.cancelled() => {
+                            reader.finish(ExitStatus::from_code(None));
+                            return;
+                        }
+                    };
+                    match chunk {
+                        Some(Ok(ExecChunk::Stdout(data))) => reader.record(OutputStream::Stdout, data),
+                        Some(Ok(ExecChunk::Stderr(data))) => reader.record(OutputStream::Stderr, data),
+                        Some(Err(_)) | None => break,
+                    }
+                }
+                drop(output);
+                let code = tokio::select! {
+                    code = exit => code.ok().filter(|code| *code >= 0),
+                    () = gone.cancelled() => None,
+                };
+                reader.finish(ExitStatus::from_code(code));
+            });
+            Ok(process.info())
         })
         .await
     }
@@ -193,24 +194,24 @@ impl Engine {
     ) -> Result<ProcessInfo, EngineError> {
         let signal = parse_signal(signal)?;
         self.on_live(id, tenant, async |sandbox| {
-        let process = self.processes.find(id, key)?;
-        if !process.running() {
-            return Err(ProcessError::Ended { pid: process.pid }.into());
-        }
-        tokio::time::timeout(
-            SIGNAL_TIMEOUT,
-            self.backend
-                .signal_process_group(sandbox.container_id(), process.os_pid, signal),
-        )
-        .await
-        .map_err(|_| {
-            EngineError::Backend(BackendError::Timeout {
-                operation: "signal",
-                waited: SIGNAL_TIMEOUT,
-            })
-        })??;
-        tracing::info!(sandbox_id = %id, pid = process.pid, signal, "signal sent to background process");
-        Ok(process.info())
+            let process = self.processes.find(id, key)?;
+            if !process.running() {
+                return Err(ProcessError::Ended { pid: process.pid }.into());
+            }
+            tokio::time::timeout(
+                SIGNAL_TIMEOUT,
+                self.backend
+                    .signal_process_group(sandbox.container_id(), process.os_pid, signal),
+            )
+            .await
+            .map_err(|_| {
+                EngineError::Backend(BackendError::Timeout {
+                    operation: "signal",
+                    waited: SIGNAL_TIMEOUT,
+                })
+            })??;
+            tracing::info!(sandbox_id = %id, pid = process.pid, signal, "signal sent to background process");
+            Ok(process.info())
         })
         .await
     }
