@@ -60,13 +60,7 @@ impl Engine {
         request: CommandRequest,
     ) -> Result<CommandResult, EngineError> {
         self.on_live(id, tenant, async |sandbox| {
-            if request.command.trim().is_empty() {
-                return Err(EngineError::InvalidInput {
-                    field: "command",
-                    reason: "must not be empty".into(),
-                });
-            }
-            validate::no_nul("command", &request.command)?;
+            validate::command(&request.command)?;
             if let Some(cwd) = &request.cwd {
                 validate::no_nul("cwd", cwd)?;
             }

@@ -51,14 +51,7 @@ pub struct GuestServer {
 }
 
 fn launch_for(params: &GuestServerParams) -> Result<Launch, EngineError> {
-    let invalid = |field: &'static str, reason: &str| EngineError::InvalidInput {
-        field,
-        reason: reason.to_string(),
-    };
-    if params.command.trim().is_empty() {
-        return Err(invalid("command", "must not be empty"));
-    }
-    validate::no_nul("command", &params.command)?;
+    validate::command(&params.command)?;
     for arg in &params.args {
         validate::no_nul("args", arg)?;
     }

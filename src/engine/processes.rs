@@ -41,13 +41,7 @@ impl Engine {
         request: StartProcess,
     ) -> Result<ProcessInfo, EngineError> {
         self.on_live(id, tenant, async |sandbox| {
-            if request.command.trim().is_empty() {
-                return Err(EngineError::InvalidInput {
-                    field: "command",
-                    reason: "must not be empty".into(),
-                });
-            }
-            validate::no_nul("command", &request.command)?;
+            validate::command(&request.command)?;
             let cwd = workspace_path(request.cwd.as_deref().unwrap_or(""))?;
             let env = validate::env(&request.env)?;
             if let Some(tag) = &request.tag {

@@ -64,6 +64,14 @@ pub fn no_nul(field: &'static str, value: &str) -> Result<(), EngineError> {
     })
 }
 
+/// A shell command to run in a sandbox: not blank, and carried by the runtime (no NUL bytes).
+pub fn command(command: &str) -> Result<(), EngineError> {
+    check(!command.trim().is_empty(), "command", || {
+        "must not be empty".into()
+    })?;
+    no_nul("command", command)
+}
+
 /// A sandbox tag: at most [`MAX_TAG_CHARS`] characters, no control characters.
 pub fn tag(tag: &str) -> Result<(), EngineError> {
     let valid = tag.chars().count() <= MAX_TAG_CHARS && !tag.chars().any(char::is_control);

@@ -35,7 +35,8 @@ pub struct CommandOutput {
     pub stdout: String,
     pub stderr: String,
     pub exit_code: i64,
-    /// The command ran past its time limit and was killed (`exit_code` 124 or 137).
+    /// The command ran past its time limit and was stopped: `exit_code` 124, or 137 when it had
+    /// to be killed after that limit.
     pub timed_out: bool,
     /// Output past the cap was dropped.
     pub truncated: bool,
