@@ -584,7 +584,7 @@ impl Engine {
     }
 
     /// Whether `sandbox` is still the engine's live sandbox of its id.
-    pub(super) fn is_live(&self, sandbox: &Arc<Sandbox>) -> bool {
+    fn is_live(&self, sandbox: &Arc<Sandbox>) -> bool {
         self.sandboxes
             .get(sandbox.id())
             .is_some_and(|entry| Arc::ptr_eq(entry.value(), sandbox))
