@@ -848,3 +848,86 @@ print("jammed", len(jam_clients))
     let detail = format!("{:?}", std::error::Error::source(&error));
     assert!(detail.contains("NotListening"), "{detail}");
 }
+
+/// Tries every way a sandbox's code has to change `/usr`, which all sandboxes of the image share
+/// (the image layer's own tree, bind-mounted): a write, a remount, a remount from a new user
+/// namespace. Each outcome is printed as JSON.
+const USR_ATTACK: &str = r#"
+import json, os, subprocess
+outcome = {}
+def mount_of(path):
+    with open("/proc/self/mountinfo") as mounts:
+        for line in mounts:
+            fields = line.split()
+            if fields[4] == path:
+                return fields[5]
+    return None
+outcome["usr_mount"] = mount_of("/usr")
+for target in ["/usr/kbx-planted", "/usr/lib/python3/dist-packages/kbx_planted.py"]:
+    try:
+        with open(target, "w") as planted:
+            planted.write("import os\n")
+        outcome[target] = "written"
+    except OSError as error:
+        outcome[target] = error.errno
+def run(*argv):
+    done = subprocess.run(list(argv), capture_output=True, text=True)
+    return [done.returncode, (done.stdout + done.stderr)[-300:]]
+outcome["remount"] = run("mount", "-o", "remount,rw", "/usr")
+outcome["userns_remount"] = run("unshare", "-rm", "sh", "-c", "mount -o remount,rw,bind /usr && touch /usr/kbx-planted")
+outcome["planted"] = os.path.exists("/usr/kbx-planted")
+print(json.dumps(outcome))
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_shared_usr_is_read_only_to_everything_in_a_sandbox() {
+    let Some(t) = TestEngine::start("sharedusr").await else {
+        return;
+    };
+    let (attacker, neighbour) = (t.sandbox().await, t.sandbox().await);
+    let result = t.run(&attacker, USR_ATTACK).await;
+    assert!(result.error.is_none(), "{:?}", result.error);
+    let outcome: Value = serde_json::from_str(result.stdout.trim()).expect(&result.stdout);
+    // The image is one layer: its `/usr` is the shared, read-only mount, not the container's own.
+    let options = outcome["usr_mount"].as_str().unwrap_or_default();
+    assert!(
+        options.split(',').any(|option| option == "ro"),
+        "/usr is not a read-only mount of its own: {outcome}"
+    );
+    for target in [
+        "/usr/kbx-planted",
+        "/usr/lib/python3/dist-packages/kbx_planted.py",
+    ] {
+        assert!(outcome[target].is_i64(), "{target}: {outcome}");
+    }
+    for attempt in ["remount", "userns_remount"] {
+        assert_ne!(outcome[attempt][0], 0, "{attempt}: {outcome}");
+    }
+    assert_eq!(outcome["planted"], false, "{outcome}");
+
+    // Root in the sidecar, the most privileged process a sandbox has, cannot write it either.
+    let sidecar = crate::net::sidecar_of(&container_of(&t, &attacker));
+    let as_root = crate::net::docker(&[
+        "exec",
+        "-u",
+        "0",
+        &sidecar,
+        "sh",
+        "-c",
+        "echo planted > /usr/kbx-planted",
+    ]);
+    assert!(
+        !as_root.status.success()
+            && String::from_utf8_lossy(&as_root.stderr).contains("Read-only file system"),
+        "root in the sidecar wrote the shared /usr: {as_root:?}"
+    );
+
+    // And the neighbour, reading the same layer, sees none of it.
+    let seen = t
+        .run(
+            &neighbour,
+            "import os; print(os.path.exists('/usr/kbx-planted'), os.path.exists('/usr/lib/python3/dist-packages/kbx_planted.py'))",
+        )
+        .await;
+    assert_eq!(seen.stdout.trim(), "False False", "{seen:?}");
+}
