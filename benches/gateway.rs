@@ -1,12 +1,14 @@
 //! `1+1` three ways in one run, against real Docker: through kernelbox's REST route (the real
-//! router on loopback), on the raw kernel channel of the same sandbox (the floor), and through a
-//! Jupyter Kernel Gateway (PyPI `jupyter_kernel_gateway`) in a container of the same image, its
-//! port published on 127.0.0.1 and reached over HTTP and WebSocket: the path the ipybox server
-//! takes to its kernels. The interleaving gives all three the same machine.
+//! `kernelbox serve` binary in a process of its own, reached over loopback HTTP as any client
+//! reaches it), on the raw kernel channel of the same sandbox (the floor), and through a Jupyter
+//! Kernel Gateway (PyPI `jupyter_kernel_gateway`) in a container of the same image, its port
+//! published on 127.0.0.1 and reached over HTTP and WebSocket: the path the ipybox server takes
+//! to its kernels. The interleaving gives all three the same machine.
 //! Run with `cargo bench --bench gateway` (needs the sandbox image and PyPI for the wheels).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,12 +20,13 @@ use bollard::query_parameters::{
 use futures::{SinkExt, StreamExt};
 use kernelbox::backend::docker::DockerBackend;
 use kernelbox::config::EngineConfig;
-use kernelbox::engine::{CreateSandbox, Engine, Tenant};
+use kernelbox::engine::Engine;
 use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio_tungstenite::tungstenite::Message;
 
 mod support;
-use support::{LoopbackServer, kernels, ms, percentile, raw_execute};
+use support::{kernels, ms, percentile, raw_execute};
 
 const ITERATIONS: usize = 500;
 const WARMUP: usize = 30;
@@ -31,6 +34,8 @@ const TARGET: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/target");
 const GATEWAY_PORT: u16 = 8888;
 /// How long the gateway has to install and start.
 const GATEWAY_START: Duration = Duration::from_secs(300);
+/// How long `kernelbox serve` has to listen, and to stop.
+const SERVE_START: Duration = Duration::from_secs(60);
 /// How long one `1+1` may take before the run is abandoned.
 const CALL_DEADLINE: Duration = Duration::from_secs(30);
 
@@ -48,7 +53,10 @@ async fn main() -> anyhow::Result<()> {
     let name = format!("{instance}-jkg");
     let outcome = async {
         let gateway = Gateway::start(&docker, &engine.config().image, &name, &wheels).await?;
-        compare(&engine, backend.as_ref(), &gateway).await
+        let served = Served::start(&format!("{instance}-serve")).await?;
+        let compared = compare(&served, backend.as_ref(), &docker, &gateway).await;
+        served.stop().await;
+        compared
     }
     .await;
     let _ = docker
@@ -78,6 +86,97 @@ fn gateway_wheels() -> anyhow::Result<PathBuf> {
         std::fs::write(wheels.join(".downloaded"), b"")?;
     }
     Ok(wheels)
+}
+
+/// `kernelbox serve`, the real binary, on a free loopback port, with one sandbox created over
+/// REST.
+struct Served {
+    child: tokio::process::Child,
+    base: String,
+    id: String,
+    client: reqwest::Client,
+}
+
+impl Served {
+    async fn start(instance: &str) -> anyhow::Result<Self> {
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_kernelbox"))
+            .args(["serve", "--port", "0", "--instance", instance])
+            .args(["--no-image-build", "--log", "info", "--log-format", "text"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()?;
+        let stderr = child
+            .stderr
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("no stderr"))?;
+        let mut lines = BufReader::new(stderr).lines();
+        // Its own word, in its log, that it listens, and where.
+        let local = tokio::time::timeout(SERVE_START, async {
+            while let Some(line) = lines.next_line().await? {
+                if let Some((_, local)) = line.split_once("listening local=") {
+                    return Ok(local.trim().to_string());
+                }
+            }
+            anyhow::bail!("kernelbox serve exited before it listened")
+        })
+        .await
+        .map_err(|_| anyhow::anyhow!("kernelbox serve did not listen within {SERVE_START:?}"))??;
+        // The rest of its log goes on being read, so the server never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let base = format!("http://{local}");
+        let client = reqwest::Client::builder().tcp_nodelay(true).build()?;
+        let created: Value = client
+            .post(format!("{base}/containers"))
+            .json(&json!({}))
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        let id = created["id"]
+            .as_str()
+            .ok_or_else(|| anyhow::anyhow!("no id in {created}"))?
+            .to_string();
+        Ok(Self {
+            child,
+            base,
+            id,
+            client,
+        })
+    }
+
+    /// Destroys the sandbox, then stops the server as an operator does (SIGTERM).
+    async fn stop(mut self) {
+        let _ = self
+            .client
+            .delete(format!("{}/containers/{}", self.base, self.id))
+            .send()
+            .await;
+        if let Some(pid) = self.child.id() {
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status();
+        }
+        let _ = tokio::time::timeout(SERVE_START, self.child.wait()).await;
+    }
+}
+
+/// The container of the sandbox `id` (its label), for the raw channel to the same kernel.
+async fn container_of(docker: &Docker, id: &str) -> anyhow::Result<String> {
+    let options = bollard::query_parameters::ListContainersOptionsBuilder::default()
+        .filters(&HashMap::from([(
+            "label".to_string(),
+            vec![format!("io.kernelbox.id={id}")],
+        )]))
+        .build();
+    docker
+        .list_containers(Some(options))
+        .await?
+        .into_iter()
+        .find_map(|container| container.id)
+        .ok_or_else(|| anyhow::anyhow!("no container for {id}"))
 }
 
 /// A Kernel Gateway in a container, with one kernel started.
@@ -236,17 +335,15 @@ impl GatewayClient {
 }
 
 async fn compare(
-    engine: &Arc<Engine>,
+    served: &Served,
     backend: &dyn kernelbox::backend::Backend,
+    docker: &Docker,
     gateway: &Gateway,
 ) -> anyhow::Result<()> {
-    let id = engine.create(CreateSandbox::new(Tenant::Local)).await?.id;
-    let kernel =
-        kernels::current_transport(backend, engine.get(&id, &Tenant::Local)?.container_id())
-            .await?;
-    let server = LoopbackServer::start(engine).await?;
-    let client = reqwest::Client::builder().tcp_nodelay(true).build()?;
-    let url = format!("{}/containers/{id}/execute", server.base);
+    let container = container_of(docker, &served.id).await?;
+    let kernel = kernels::current_transport(backend, &container).await?;
+    let client = &served.client;
+    let url = format!("{}/containers/{}/execute", served.base, served.id);
     // One gateway client at a time, as a Jupyter client holds one socket per kernel: first with
     // TCP_NODELAY, as the REST client has, then with the socket's defaults, as a plain WebSocket
     // library opens it. Each pass interleaves the three paths, so all see the same machine.
@@ -291,8 +388,6 @@ async fn compare(
         }
         passes.push((nodelay, rest, raw, jkg));
     }
-    server.stop().await;
-    engine.destroy(&id, &Tenant::Local).await?;
     let line = |name: &str, samples: &mut Vec<Duration>| {
         let (p50, p99) = (percentile(samples, 0.5), percentile(samples, 0.99));
         println!(
@@ -305,7 +400,10 @@ async fn compare(
     for (nodelay, mut rest, mut raw, mut jkg) in passes {
         let socket = if nodelay { "TCP_NODELAY" } else { "defaults" };
         println!("gateway client socket: {socket}");
-        let rest_p50 = line("kernelbox REST (loopback HTTP)", &mut rest);
+        let rest_p50 = line(
+            "kernelbox REST (`kernelbox serve`, loopback HTTP)",
+            &mut rest,
+        );
         let raw_p50 = line("raw kernel channel (same sandbox)", &mut raw);
         let gateway_p50 = line("Jupyter Kernel Gateway (HTTP + WebSocket)", &mut jkg);
         println!(
