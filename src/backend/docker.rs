@@ -75,6 +75,8 @@ while :; do python3 -m ipykernel_launcher -f /tmp/kernel.json; done"#;
 const EGRESS_APPLY_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long inspecting an image may take (the daemon answers from its own store).
 const IMAGE_INSPECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How many times a container's removal is tried when the daemon fails to delete its directory.
+const REMOVE_ATTEMPTS: u32 = 3;
 /// How long renaming a container may take (the daemon does it at once).
 const RENAME_TIMEOUT: Duration = Duration::from_secs(10);
 /// Seconds a restarting sandbox's processes get after SIGTERM before SIGKILL.
@@ -367,12 +369,32 @@ impl DockerBackend {
             .force(true)
             .v(true)
             .build();
-        match self.docker.remove_container(id, Some(options)).await {
-            Ok(()) => Ok(()),
-            Err(DockerError::DockerResponseServerError {
-                status_code: 404, ..
-            }) => Ok(()),
-            Err(error) => Err(classify("container remove", "container", error)),
+        let mut attempt = 1;
+        loop {
+            match self
+                .docker
+                .remove_container(id, Some(options.clone()))
+                .await
+            {
+                Ok(()) => return Ok(()),
+                Err(DockerError::DockerResponseServerError {
+                    status_code: 404, ..
+                }) => return Ok(()),
+                // The daemon kills the container, then deletes its directory while its own log
+                // writer may still add a file there: "unable to remove filesystem … directory
+                // not empty" (seen here in 2 of 300 removals at once). The container is dead by
+                // then, and removing it again deletes what was left.
+                Err(DockerError::DockerResponseServerError {
+                    status_code: 500,
+                    message,
+                }) if message.contains("unable to remove filesystem")
+                    && attempt < REMOVE_ATTEMPTS =>
+                {
+                    tracing::debug!(container = %id, attempt, %message, "removing the container again");
+                    attempt += 1;
+                }
+                Err(error) => return Err(classify("container remove", "container", error)),
+            }
         }
     }
 
