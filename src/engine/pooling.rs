@@ -125,25 +125,28 @@ impl Engine {
                 continue;
             };
             sandbox.adopt_kernel(&member.sandbox);
-            self.keep_binding(&member.container.container_id, &id, &binding);
+            let sandbox = Arc::new(sandbox);
+            self.keep_binding(&member.container.container_id, &sandbox, &binding);
             tracing::info!(sandbox_id = %id, "claimed from the warm pool");
-            return Some(Arc::new(sandbox));
+            return Some(sandbox);
         }
         None
     }
 
     /// Stores a claimed sandbox's binding after the caller has its answer (the rename already
     /// keeps it from anyone else), trying a few times. Should it never be stored, a restarted
-    /// server removes the sandbox rather than guess whose it is.
+    /// server removes the sandbox rather than guess whose it is. A sandbox destroyed before its
+    /// binding is stored needs none.
     fn keep_binding(
         &self,
         container_id: &str,
-        id: &str,
+        sandbox: &Arc<Sandbox>,
         binding: &std::collections::HashMap<String, String>,
     ) {
         let backend = self.backend.clone();
         let container_id = container_id.to_string();
-        let id = id.to_string();
+        let sandbox = sandbox.clone();
+        let id = sandbox.id().to_string();
         let record = binding_record(binding);
         let shutdown = self.shutdown.clone();
         self.tasks.spawn(async move {
@@ -160,6 +163,12 @@ impl Engine {
                     .await
                 {
                     Ok(()) => return,
+                    // Destroyed by its owner meanwhile (not stopped with the server): nothing
+                    // is left to bind.
+                    Err(error) if sandbox.is_cancelled() && !shutdown.is_cancelled() => {
+                        tracing::debug!(sandbox_id = %id, %error, "a claimed pool sandbox was destroyed before its binding was stored");
+                        return;
+                    }
                     Err(error) if attempt == BINDING_ATTEMPTS => {
                         tracing::error!(sandbox_id = %id, %error, "cannot store a claimed pool sandbox's binding: a restart will remove the sandbox");
                     }
