@@ -168,7 +168,7 @@ async fn container_of(docker: &Docker, id: &str) -> anyhow::Result<String> {
     let options = bollard::query_parameters::ListContainersOptionsBuilder::default()
         .filters(&HashMap::from([(
             "label".to_string(),
-            vec![format!("io.kernelbox.id={id}")],
+            vec![format!("{}={id}", kernelbox::engine::labels::ID)],
         )]))
         .build();
     docker

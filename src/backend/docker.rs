@@ -35,7 +35,7 @@ use bollard::container::LogOutput;
 use bollard::errors::Error as DockerError;
 use bollard::exec::{StartExecOptions, StartExecResults};
 use bollard::models::{
-    ContainerCreateBody, ContainerInspectResponse, ExecConfig, HostConfig, Mount,
+    ContainerCreateBody, ContainerInspectResponse, ExecConfig, HostConfig, ImageInspect, Mount,
 };
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, ListContainersOptionsBuilder, ListNetworksOptionsBuilder,
@@ -452,21 +452,33 @@ impl DockerBackend {
         })
     }
 
+    /// An image as the daemon describes it; `None` when there is no such image.
+    async fn inspect_image(&self, image: &str) -> Result<Option<ImageInspect>, BackendError> {
+        let inspected =
+            tokio::time::timeout(IMAGE_INSPECT_TIMEOUT, self.docker.inspect_image(image))
+                .await
+                .map_err(|_| BackendError::Timeout {
+                    operation: "image inspect",
+                    waited: IMAGE_INSPECT_TIMEOUT,
+                })?;
+        match inspected {
+            Ok(inspect) => Ok(Some(inspect)),
+            Err(DockerError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(None),
+            Err(error) => Err(classify("image inspect", "image", error)),
+        }
+    }
+
     /// What a sandbox's two containers are made from: the image as inspected now, and the mount
     /// that shares its `/usr` when it can be shared.
     async fn image_root(&self, image: &str) -> Result<ImageRoot, BackendError> {
-        let inspect = tokio::time::timeout(IMAGE_INSPECT_TIMEOUT, self.docker.inspect_image(image))
-            .await
-            .map_err(|_| BackendError::Timeout {
-                operation: "image inspect",
-                waited: IMAGE_INSPECT_TIMEOUT,
-            })?
-            .map_err(|error| match classify("image inspect", "image", error) {
-                BackendError::NotFound { .. } => BackendError::ImageMissing {
+        let inspect =
+            self.inspect_image(image)
+                .await?
+                .ok_or_else(|| BackendError::ImageMissing {
                     image: image.to_string(),
-                },
-                other => other,
-            })?;
+                })?;
         Ok(match (shared_usr::usr_mount(&inspect), inspect.id) {
             // By id: the `/usr` mounted is the layer of the image the containers run, even if
             // the tag moves meanwhile.
@@ -684,28 +696,19 @@ impl Backend for DockerBackend {
         &self,
         image: &str,
     ) -> Result<Option<HashMap<String, String>>, BackendError> {
-        match self.docker.inspect_image(image).await {
-            Ok(inspect) => Ok(Some(
-                inspect
-                    .config
-                    .and_then(|config| config.labels)
-                    .unwrap_or_default(),
-            )),
-            Err(DockerError::DockerResponseServerError {
-                status_code: 404, ..
-            }) => Ok(None),
-            Err(error) => Err(classify("image inspect", "image", error)),
-        }
+        Ok(self.inspect_image(image).await?.map(|inspect| {
+            inspect
+                .config
+                .and_then(|config| config.labels)
+                .unwrap_or_default()
+        }))
     }
 
     async fn image_id(&self, image: &str) -> Result<Option<String>, BackendError> {
-        match self.docker.inspect_image(image).await {
-            Ok(inspect) => Ok(inspect.id),
-            Err(DockerError::DockerResponseServerError {
-                status_code: 404, ..
-            }) => Ok(None),
-            Err(error) => Err(classify("image inspect", "image", error)),
-        }
+        Ok(self
+            .inspect_image(image)
+            .await?
+            .and_then(|inspect| inspect.id))
     }
 
     async fn rename(&self, container_id: &str, name: &str) -> Result<(), BackendError> {

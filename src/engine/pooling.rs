@@ -126,7 +126,7 @@ impl Engine {
             };
             sandbox.adopt_kernel(&member.sandbox);
             let sandbox = Arc::new(sandbox);
-            self.keep_binding(&member.container.container_id, &sandbox, &binding);
+            self.keep_binding(&sandbox, &binding);
             tracing::info!(sandbox_id = %id, "claimed from the warm pool");
             return Some(sandbox);
         }
@@ -139,13 +139,12 @@ impl Engine {
     /// binding is stored needs none.
     fn keep_binding(
         &self,
-        container_id: &str,
         sandbox: &Arc<Sandbox>,
         binding: &std::collections::HashMap<String, String>,
     ) {
         let backend = self.backend.clone();
-        let container_id = container_id.to_string();
         let sandbox = sandbox.clone();
+        let container_id = sandbox.container_id().to_string();
         let id = sandbox.id().to_string();
         let record = binding_record(binding);
         let shutdown = self.shutdown.clone();
