@@ -157,11 +157,9 @@ impl Engine {
             sandbox.interrupt_execution(execution_id);
         }
         // A sandbox that is gone cancels its execution itself; either way it ends soon.
-        let ended = tokio::time::timeout(
-            INTERRUPT_GRACE * 2 + self.config.kernel_ready_timeout,
-            self.history.wait_finished(execution_id),
-        )
-        .await;
+        let ended =
+            tokio::time::timeout(self.stop_within(), self.history.wait_finished(execution_id))
+                .await;
         match ended {
             Ok(Some(record)) => Ok(record),
             Ok(None) => Err(EngineError::ExecutionNotFound {
@@ -174,6 +172,12 @@ impl Engine {
                 ),
             }),
         }
+    }
+
+    /// How long a stopped execution may take to end: the wait for its start, the interrupt's
+    /// reply and the wait for the end, each within the grace, then perhaps a kernel restart.
+    fn stop_within(&self) -> Duration {
+        INTERRUPT_GRACE * 3 + self.config.kernel_ready_timeout
     }
 
     /// Stops the execution running in a sandbox, keeping the kernel's state: the kernel is
@@ -189,11 +193,8 @@ impl Engine {
             return Ok(None);
         };
         // The execution's task interrupts the kernel and ends; its lock is free then.
-        let stopped = tokio::time::timeout(
-            INTERRUPT_GRACE * 2 + self.config.kernel_ready_timeout,
-            sandbox.exec_lock.clone().lock_owned(),
-        )
-        .await;
+        let stopped =
+            tokio::time::timeout(self.stop_within(), sandbox.exec_lock.clone().lock_owned()).await;
         if stopped.is_err() {
             return Err(EngineError::Busy {
                 id: id.to_string(),
@@ -379,17 +380,16 @@ impl Run {
     /// Interrupts the kernel and waits for the execution to end; restarts the kernel when it
     /// does not. Returns whether it restarted.
     async fn interrupt(&mut self, backend: &dyn Backend, ready_within: Duration) -> bool {
-        if self.kernel.interrupt(INTERRUPT_GRACE).await.is_ok() {
-            let settle = async {
-                loop {
-                    match self.execution.next().await {
-                        Ok(Some(KernelEvent::Done { .. })) | Ok(None) => return true,
-                        Ok(Some(_)) => {}
-                        Err(_) => return false,
-                    }
-                }
-            };
-            if tokio::time::timeout(INTERRUPT_GRACE, settle).await == Ok(true) {
+        // ipykernel ignores SIGINT between requests: a stop that comes right after the request
+        // can reach the kernel before it starts the code, and is lost. So the interrupt waits
+        // for the start; past the grace it is sent anyway (a silent execution announces none).
+        let start =
+            tokio::time::timeout(INTERRUPT_GRACE, self.execution.discard_until_started()).await;
+        let connected = !matches!(start, Ok(Err(_)));
+        if connected && self.kernel.interrupt(INTERRUPT_GRACE).await.is_ok() {
+            let settled =
+                tokio::time::timeout(INTERRUPT_GRACE, self.execution.discard_until_idle()).await;
+            if matches!(settled, Ok(Ok(()))) {
                 return false;
             }
         }

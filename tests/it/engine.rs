@@ -451,6 +451,48 @@ async fn timeout_interrupts_and_keeps_state() {
     assert_eq!(t.run(&id, "print(kept + 1)").await.stdout, "42\n");
 }
 
+/// A cancel sent the moment an execution starts may reach the kernel before the kernel has
+/// begun the code, when ipykernel ignores SIGINT; the interrupt must still stop the code and
+/// keep the state, not run into the grace and restart the kernel.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cancel_right_after_the_start_interrupts_and_keeps_state() {
+    let Some(t) = TestEngine::start("early-cancel").await else {
+        return;
+    };
+    let id = t.sandbox().await;
+    t.run(&id, "kept = 41").await;
+    for round in 0..30 {
+        let started = Instant::now();
+        let stream = t
+            .engine
+            .execute(
+                &id,
+                &Tenant::Local,
+                ExecuteRequest {
+                    code: "import time\nwhile True:\n    time.sleep(0.01)".into(),
+                    timeout: None,
+                },
+            )
+            .await
+            .expect("start");
+        let record = t
+            .engine
+            .cancel_execution(&stream.execution_id, &Tenant::Local)
+            .await
+            .expect("cancel");
+        let result = record.result.expect("ended");
+        assert_eq!(
+            result.outcome,
+            ExecutionOutcome::Cancelled {
+                kernel_restarted: false
+            },
+            "round {round}, after {:?}: {result:?}",
+            started.elapsed()
+        );
+    }
+    assert_eq!(t.run(&id, "print(kept + 1)").await.stdout, "42\n");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn unknown_sandbox_is_not_found() {
     let Some(t) = TestEngine::start("unknown").await else {
