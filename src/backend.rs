@@ -191,6 +191,9 @@ pub trait Backend: Send + Sync + 'static {
     async fn image_id(&self, image: &str) -> Result<Option<String>, BackendError>;
     /// Renames a container, at once and durably: a one-bit record that costs no command.
     async fn rename(&self, container_id: &str, name: &str) -> Result<(), BackendError>;
+    /// Sets a running sandbox's memory, CPU and process limits; they are in force, and kept
+    /// across restarts of the container, when this returns.
+    async fn update_limits(&self, container_id: &str, limits: &Limits) -> Result<(), BackendError>;
     /// Creates and starts a container; returns it with its kernel endpoint.
     async fn create(&self, spec: &ContainerSpec) -> Result<ContainerInfo, BackendError>;
     /// Containers (running or not) carrying every one of `labels`.

@@ -35,7 +35,8 @@ use bollard::container::LogOutput;
 use bollard::errors::Error as DockerError;
 use bollard::exec::{StartExecOptions, StartExecResults};
 use bollard::models::{
-    ContainerCreateBody, ContainerInspectResponse, ExecConfig, HostConfig, ImageInspect, Mount,
+    ContainerCreateBody, ContainerInspectResponse, ContainerUpdateBody, ExecConfig, HostConfig,
+    ImageInspect, Mount,
 };
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, ListContainersOptionsBuilder, ListNetworksOptionsBuilder,
@@ -51,7 +52,7 @@ use self::direct_channel::DirectChannelError;
 use self::network::NetworkOptions;
 use super::{
     AttachedExec, Backend, BackendError, ContainerInfo, ContainerSpec, ExecChunk, ExecOutput,
-    ExecSpec, MAX_RECORD_BYTES, StreamingExec,
+    ExecSpec, Limits, MAX_RECORD_BYTES, StreamingExec,
 };
 use crate::config::KernelChannelMode;
 use crate::egress::EgressPolicy;
@@ -512,7 +513,7 @@ impl DockerBackend {
         let connection = serde_json::to_string(&spec.connection).unwrap_or_default();
         let mut env = spec.env.clone();
         env.push(format!("{CONNECTION_ENV}={connection}"));
-        let memory = (spec.limits.memory_mb * 1024 * 1024) as i64;
+        let memory = memory_bytes(&spec.limits);
         let mut labels = spec.labels.clone();
         labels.insert(network::SIDECAR_LABEL.to_string(), sidecar.to_string());
         let mut body = ContainerCreateBody {
@@ -524,7 +525,7 @@ impl DockerBackend {
                 network_mode: Some(network::sandbox_network_mode(sidecar)),
                 memory: Some(memory),
                 memory_swap: Some(memory),
-                nano_cpus: Some((spec.limits.milli_cpus * 1_000_000) as i64),
+                nano_cpus: Some(nano_cpus(&spec.limits)),
                 pids_limit: Some(spec.limits.pids as i64),
                 cap_drop: Some(vec!["ALL".into()]),
                 security_opt: Some(vec!["no-new-privileges".into()]),
@@ -1167,6 +1168,22 @@ impl Backend for DockerBackend {
         Ok(removed)
     }
 
+    async fn update_limits(&self, container_id: &str, limits: &Limits) -> Result<(), BackendError> {
+        let memory = memory_bytes(limits);
+        let body = ContainerUpdateBody {
+            // No swap, as at create: the swap limit is memory plus swap.
+            memory: Some(memory),
+            memory_swap: Some(memory),
+            nano_cpus: Some(nano_cpus(limits)),
+            pids_limit: Some(limits.pids as i64),
+            ..Default::default()
+        };
+        self.docker
+            .update_container(container_id, body)
+            .await
+            .map_err(|error| classify("container update", "container", error))
+    }
+
     async fn destroy(&self, container_id: &str) -> Result<(), BackendError> {
         let sidecar = match self.sidecar_of(container_id).await {
             Ok(sidecar) => Some(sidecar),
@@ -1179,6 +1196,16 @@ impl Backend for DockerBackend {
         }
         Ok(())
     }
+}
+
+/// A sandbox's memory limit as Docker takes it.
+fn memory_bytes(limits: &Limits) -> i64 {
+    (limits.memory_mb * 1024 * 1024) as i64
+}
+
+/// A sandbox's CPU limit as Docker takes it (billionths of a CPU).
+fn nano_cpus(limits: &Limits) -> i64 {
+    (limits.milli_cpus * 1_000_000) as i64
 }
 
 #[cfg(test)]

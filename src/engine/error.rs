@@ -85,6 +85,16 @@ pub enum EngineError {
     Backend(BackendError),
     #[error("the server is shutting down")]
     ShuttingDown,
+    /// The sandbox is closed (gone from the server), but its containers could not be removed
+    /// yet; the engine keeps trying.
+    #[error(
+        "sandbox {id} is closed, but removing its containers failed ({source}); the server keeps trying"
+    )]
+    RemovalPending {
+        id: String,
+        #[source]
+        source: BackendError,
+    },
     /// A model asked for egress the operator's policy does not allow.
     #[error("network policy refused: {reason}; a session may only narrow the server's policy")]
     EgressWidening { reason: String },
@@ -162,6 +172,7 @@ impl EngineError {
             E::CommandTimeout { .. } => "timeout",
             E::ImageMissing { .. } => "image_missing",
             E::ShuttingDown => "shutting_down",
+            E::RemovalPending { .. } => "removal_pending",
             E::StartQueueTimeout { .. } => "start_queue_timeout",
             E::StartAbandoned => "start_abandoned",
             E::EgressWidening { .. } => "network_not_allowed",

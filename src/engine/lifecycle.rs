@@ -38,6 +38,10 @@ use crate::kernel::{ConnectionInfo, KernelError, Limits as MessageLimits};
 /// The version of the sandbox image this build expects (the image's `io.kernelbox.image-version`).
 pub const IMAGE_VERSION: &str = include_str!("../../docker/IMAGE_VERSION");
 /// How often kernels are checked.
+/// The first wait before removing again a sandbox whose removal failed; it doubles each time,
+/// up to [`REMOVAL_RETRY_MAX`].
+const REMOVAL_RETRY_FIRST: Duration = Duration::from_secs(1);
+const REMOVAL_RETRY_MAX: Duration = Duration::from_secs(60);
 const LIVENESS_INTERVAL: Duration = Duration::from_secs(5);
 /// Sandboxes checked (or reattached) at the same time.
 const PARALLEL_CHECKS: usize = 16;
@@ -365,7 +369,10 @@ impl Engine {
         let started = std::time::Instant::now();
         let slot = match slot {
             Some(slot) if self.fits_warm_pool(&request) => {
-                match self.claim_pooled(&request, timeout).await {
+                match self
+                    .claim_pooled(&request, timeout, &limits, &firewall)
+                    .await
+                {
                     Some(sandbox) => {
                         report(progress.as_ref(), CreateProgress::ContainerStarted);
                         report(progress.as_ref(), CreateProgress::KernelReady);
@@ -664,9 +671,58 @@ impl Engine {
         self.guests.forget_sandbox(id);
         self.processes.forget_sandbox(id);
         sandbox.cancel();
-        self.backend.destroy(sandbox.container_id()).await?;
+        if let Err(error) = self.backend.destroy(sandbox.container_id()).await {
+            tracing::warn!(sandbox_id = %id, %error, "could not remove the sandbox's containers; trying again in the background");
+            self.remove_in_background(id, sandbox.container_id());
+            return Err(EngineError::RemovalPending {
+                id: id.to_string(),
+                source: error,
+            });
+        }
         tracing::info!(sandbox_id = %id, "sandbox destroyed");
         Ok(())
+    }
+
+    /// Tries again to remove the containers of a sandbox the engine has already let go of,
+    /// waiting longer each time (up to a minute), until it works or the server shuts down (the
+    /// next start then removes what is left). A partly done destroy can leave the network
+    /// sidecar without its sandbox: once the sandbox container is gone, such leftovers of this
+    /// instance are swept too.
+    fn remove_in_background(&self, id: &str, container_id: &str) {
+        let backend = self.backend.clone();
+        let shutdown = self.shutdown.clone();
+        let instance = self.config.instance.clone();
+        let container_id = container_id.to_string();
+        let span = tracing::info_span!("removal", sandbox_id = %id);
+        self.tasks.spawn(
+            async move {
+                let mut delay = REMOVAL_RETRY_FIRST;
+                loop {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => {
+                            tracing::warn!(container = %container_id, "the server stops before the sandbox's containers were removed; its next start removes them");
+                            return;
+                        }
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                    match backend.destroy(&container_id).await {
+                        Ok(()) => break,
+                        Err(error) => {
+                            tracing::warn!(container = %container_id, %error, retry_in = ?delay * 2, "still cannot remove the sandbox's containers");
+                        }
+                    }
+                    delay = (delay * 2).min(REMOVAL_RETRY_MAX);
+                }
+                if let Err(error) = backend
+                    .collect_garbage(&[(labels::INSTANCE, instance.as_str())])
+                    .await
+                {
+                    tracing::warn!(%error, "could not sweep what the removal left behind");
+                }
+                tracing::info!("sandbox destroyed, after trying again");
+            }
+            .instrument(span),
+        );
     }
 
     /// Destroys a sandbox of `tenant` without waiting for it: for a connection that owned a

@@ -1,10 +1,12 @@
 //! The engine's side of the warm pool ([`super::warm_pool`]): `--warm-pool N` keeps N sandboxes
 //! of the default configuration started, kernels ready; a create that fits takes one.
 //!
-//! - **Fits**: no image but the default, no limits, no network policy, no dependencies, no env.
-//!   Env cannot be given faithfully to a kernel that already runs (what it imported at start
-//!   saw the old environment), so such a create starts cold. Tag, metadata and a lifetime are
-//!   given to a claimed sandbox like to a new one.
+//! - **Fits**: no image but the default, no dependencies, no env. Env cannot be given faithfully
+//!   to a kernel that already runs (what it imported at start saw the old environment), so such
+//!   a create starts cold. Tag, metadata and a lifetime are given to a claimed sandbox like to a
+//!   new one; so are limits (memory, CPUs, processes: `docker update`) and a network policy (the
+//!   sidecar's firewall), both in force before the caller has the sandbox. A claim that cannot
+//!   apply them removes the member and starts cold.
 //! - **Claiming** renames the container (one daemon call, durable at once) and then keeps the
 //!   binding (owner, tag, metadata, lifetime) in its `binding` record. A restarted server gives
 //!   an unclaimed member back to the pool, a claimed one with its binding back to its owner, and
@@ -22,13 +24,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::error::EngineError;
+use super::firewall::Firewall;
 use super::labels;
 use super::lifecycle::{CreateSandbox, Engine, pool_fingerprint, sandbox_name};
 use super::lifetimes::Lifetime;
 use super::sandbox::Sandbox;
 use super::tenant::Tenant;
 use super::warm_pool::{Created, PoolMember, Reattached};
-use crate::backend::ContainerInfo;
+use crate::backend::{ContainerInfo, Limits};
 
 /// The record that binds a claimed pool sandbox to its caller.
 const BINDING_RECORD: &str = "binding";
@@ -68,20 +71,18 @@ impl Engine {
                 .image
                 .as_deref()
                 .is_none_or(|image| image == self.config.image)
-            && request.memory_mb.is_none()
-            && request.cpus.is_none()
-            && request.pids.is_none()
-            && request.network.is_none()
             && request.dependencies.is_empty()
             && request.env.is_empty()
     }
 
-    /// Claims a ready pool member for `request`'s caller; `None` when none is ready (or none
-    /// could be claimed), and the create starts cold.
+    /// Claims a ready pool member for `request`'s caller, with its limits and firewall in
+    /// force; `None` when none is ready (or none could be claimed), and the create starts cold.
     pub(super) async fn claim_pooled(
         &self,
         request: &CreateSandbox,
         timeout: Option<Duration>,
+        limits: &Limits,
+        firewall: &Firewall,
     ) -> Option<Arc<Sandbox>> {
         while let Some(member) = self.pool.take() {
             let id = member.sandbox.id().to_string();
@@ -101,6 +102,14 @@ impl Engine {
                 self.discard_member(member);
                 continue;
             }
+            // What the caller asked for differently from the pool's configuration. A failure
+            // here would likely fail for every member alike: this one goes (it is renamed, so
+            // it is nobody's), and the create starts cold rather than try the next.
+            if let Err(error) = self.fit_member(&member, limits, firewall).await {
+                tracing::warn!(sandbox_id = %id, %error, "cannot give a pool member the limits or network asked for; removing it and starting cold");
+                self.discard_member(member);
+                return None;
+            }
             let created_at = chrono::Utc::now();
             let binding = labels::binding(&labels::SandboxLabels {
                 id: &id,
@@ -119,7 +128,7 @@ impl Engine {
                 &container,
                 &member.image,
                 self.kernel_link(),
-                member.firewall.clone(),
+                firewall.clone(),
             ) else {
                 self.discard_member(member);
                 continue;
@@ -131,6 +140,26 @@ impl Engine {
             return Some(sandbox);
         }
         None
+    }
+
+    /// Gives a claimed member the limits and the firewall its caller asked for, where they
+    /// differ from the ones it was started with.
+    async fn fit_member(
+        &self,
+        member: &PoolMember,
+        limits: &Limits,
+        firewall: &Firewall,
+    ) -> Result<(), EngineError> {
+        let container_id = &member.container.container_id;
+        if *limits != self.config.limits {
+            self.backend.update_limits(container_id, limits).await?;
+        }
+        if firewall.state() != member.firewall.state() {
+            self.backend
+                .apply_egress(container_id, &firewall.policy, &firewall.state())
+                .await?;
+        }
+        Ok(())
     }
 
     /// Stores a claimed sandbox's binding after the caller has its answer (the rename already

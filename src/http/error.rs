@@ -234,7 +234,8 @@ pub fn engine_status(error: &EngineError) -> StatusCode {
         | "operation_interrupted"
         | "spool_full"
         | "start_queue_timeout"
-        | "start_abandoned" => StatusCode::SERVICE_UNAVAILABLE,
+        | "start_abandoned"
+        | "removal_pending" => StatusCode::SERVICE_UNAVAILABLE,
         "mcp_server_exited" | "mcp_server_invalid_response" => StatusCode::BAD_GATEWAY,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     }

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kernelbox::backend::docker::DockerBackend;
+use kernelbox::backend::docker::network::{NETNS_OF_LABEL, ROLE_LABEL, ROLE_NETWORK};
 use kernelbox::config::EngineConfig;
 use kernelbox::engine::Tenant;
 use kernelbox::engine::commands::CommandRequest;
@@ -332,4 +333,153 @@ async fn instances_only_touch_their_own_sandboxes() {
         "untouched\n"
     );
     remove_instance_containers(mine.instance());
+}
+
+/// A file Docker cannot delete (`chattr +i`) in a container's writable layer, so that removing
+/// the container fails the way a daemon in trouble fails it ("failed to remove root
+/// filesystem"). Dropping it makes the file deletable again, even when the test panics.
+struct Undeletable {
+    path: std::path::PathBuf,
+}
+
+impl Undeletable {
+    fn plant(container: &str) -> Self {
+        let inspected = std::process::Command::new("docker")
+            .args(["inspect", "-f", "{{.GraphDriver.Data.UpperDir}}", container])
+            .output()
+            .expect("docker inspect");
+        let upper = String::from_utf8_lossy(&inspected.stdout)
+            .trim()
+            .to_string();
+        assert!(
+            upper.starts_with('/'),
+            "no writable layer for {container}: {upper:?}"
+        );
+        let path = std::path::Path::new(&upper).join("kernelbox-test-undeletable");
+        std::fs::write(&path, b"").expect("write into the container's layer");
+        let status = std::process::Command::new("chattr")
+            .arg("+i")
+            .arg(&path)
+            .status()
+            .expect("chattr");
+        assert!(status.success(), "chattr +i {}", path.display());
+        Self { path }
+    }
+}
+
+impl Drop for Undeletable {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("chattr")
+            .arg("-i")
+            .arg(&self.path)
+            .status();
+    }
+}
+
+/// Every container of an instance: sandboxes and network sidecars.
+fn instance_containers(instance: &str) -> Vec<String> {
+    let listed = std::process::Command::new("docker")
+        .args([
+            "ps",
+            "-aq",
+            "--filter",
+            &format!("label={}={instance}", kernelbox::engine::labels::INSTANCE),
+        ])
+        .output()
+        .expect("docker ps");
+    String::from_utf8_lossy(&listed.stdout)
+        .split_whitespace()
+        .map(String::from)
+        .collect()
+}
+
+/// The container of a sandbox with the given role: the sandbox itself, or its network sidecar.
+fn container_of(sandbox_id: &str, sidecar: bool) -> String {
+    let filter = if sidecar {
+        format!("label={NETNS_OF_LABEL}={sandbox_id}")
+    } else {
+        format!("label={}={sandbox_id}", kernelbox::engine::labels::ID)
+    };
+    let listed = std::process::Command::new("docker")
+        .args([
+            "ps",
+            "-a",
+            "--filter",
+            &filter,
+            "--format",
+            &format!("{{{{.ID}}}} {{{{.Label \"{ROLE_LABEL}\"}}}}"),
+        ])
+        .output()
+        .expect("docker ps");
+    String::from_utf8_lossy(&listed.stdout)
+        .lines()
+        .filter_map(|line| line.split_once(' ').or(Some((line, ""))))
+        .find(|(_, role)| (*role == ROLE_NETWORK) == sidecar)
+        .map(|(id, _)| id.trim().to_string())
+        .unwrap_or_else(|| {
+            panic!(
+                "no {} container for {sandbox_id}",
+                if sidecar { "sidecar" } else { "sandbox" }
+            )
+        })
+}
+
+/// Docker fails to remove a sandbox's container, or only its network sidecar: the DELETE says
+/// so (503 `removal_pending`), the sandbox is gone for its client, and once Docker can remove
+/// the containers again the server does, without being asked (no container is left behind).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_removal_is_reported_and_finished_in_the_background() {
+    let Some(server) = crate::common::TestServer::start("removal-retry", &[]).await else {
+        return;
+    };
+    for sidecar in [false, true] {
+        let created = server
+            .post("/containers")
+            .json(&serde_json::json!({}))
+            .send()
+            .await
+            .expect("create");
+        assert_eq!(created.status(), reqwest::StatusCode::CREATED);
+        let created: serde_json::Value = created.json().await.expect("created");
+        let id = created["id"].as_str().expect("id").to_string();
+        let stuck = Undeletable::plant(&container_of(&id, sidecar));
+
+        let deleted = server
+            .delete(&format!("/containers/{id}"))
+            .send()
+            .await
+            .expect("delete");
+        let status = deleted.status();
+        let body: serde_json::Value = deleted.json().await.expect("error body");
+        assert_eq!(
+            status,
+            reqwest::StatusCode::SERVICE_UNAVAILABLE,
+            "sidecar {sidecar}: {body}"
+        );
+        assert_eq!(body["error"]["code"], "removal_pending", "{body}");
+        let gone = server
+            .get(&format!("/containers/{id}"))
+            .send()
+            .await
+            .expect("get");
+        assert_eq!(gone.status(), reqwest::StatusCode::NOT_FOUND);
+        assert!(
+            !instance_containers(server.instance()).is_empty(),
+            "sidecar {sidecar}: every container is gone although Docker could not remove one"
+        );
+
+        drop(stuck);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let left = instance_containers(server.instance());
+            if left.is_empty() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "sidecar {sidecar}: containers left 30 s after Docker could remove them: {left:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
 }

@@ -11,6 +11,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::common::{TestServer, container_exists};
+use crate::net::{TestHost, TestNetwork};
 
 /// How long the pool may take to fill (each member is a container start and a kernel).
 const FILL_DEADLINE: Duration = Duration::from_secs(240);
@@ -241,11 +242,9 @@ async fn creates_that_do_not_fit_start_cold_and_leave_the_pool_alone() {
     server.engine().spawn_warm_pool();
     pool_holds(&server, 1).await;
     let member = unclaimed(server.instance());
-    for body in [
-        json!({"env": {"GREETING": "hello"}}),
-        json!({"memory_mb": 512}),
-        json!({"network": {"allowed_domains": [], "allowed_ips": []}}),
-    ] {
+    // Env cannot be given to a kernel that already runs (limits and a network policy can: see
+    // `a_claimed_sandbox_holds_the_limits_and_network_policy_asked_for`).
+    for body in [json!({"env": {"GREETING": "hello"}})] {
         let created = create(&server, "key-a", body.clone()).await;
         let id = created["id"].as_str().expect("id");
         assert!(!from_pool(id), "{body} took a pool member");
@@ -262,6 +261,101 @@ async fn creates_that_do_not_fit_start_cold_and_leave_the_pool_alone() {
     )
     .await;
     assert_eq!(answer["stdout"], "hello\n");
+}
+
+/// The limits a sandbox's own cgroup holds (v1 or v2), as JSON: memory in bytes, CPUs, processes.
+const CGROUP_LIMITS: &str = r#"
+import json, os
+def read(*paths):
+    for path in paths:
+        if os.path.exists(path):
+            return open(path).read().split()
+if os.path.exists("/sys/fs/cgroup/cgroup.controllers"):
+    memory = int(read("/sys/fs/cgroup/memory.max")[0])
+    quota, period = read("/sys/fs/cgroup/cpu.max")
+    pids = read("/sys/fs/cgroup/pids.max")[0]
+else:
+    memory = int(read("/sys/fs/cgroup/memory/memory.limit_in_bytes")[0])
+    quota = read("/sys/fs/cgroup/cpu/cpu.cfs_quota_us", "/sys/fs/cgroup/cpu,cpuacct/cpu.cfs_quota_us")[0]
+    period = read("/sys/fs/cgroup/cpu/cpu.cfs_period_us", "/sys/fs/cgroup/cpu,cpuacct/cpu.cfs_period_us")[0]
+    pids = read("/sys/fs/cgroup/pids/pids.max")[0]
+print(json.dumps({"memory": memory, "cpus": int(quota) / int(period), "pids": pids}))
+"#;
+
+/// A create with limits and a network policy takes a pool member, and the member it gets holds
+/// them before the caller can run anything: its cgroup says so, a memory bomb past the new limit
+/// kills its kernel, and of two hosts on the test network only the one allowed answers.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_claimed_sandbox_holds_the_limits_and_network_policy_asked_for() {
+    let network = TestNetwork::create("pool-fit");
+    let allowed = TestHost::web(&network, "allowed");
+    let other = TestHost::web(&network, "other");
+    let dns = TestHost::dns(&network, "dns", &[]);
+    let (network_name, resolver) = (network.name.clone(), dns.ip4);
+    let Some(server) = TestServer::start_with("pool-fit", &["key-a"], move |config| {
+        config.warm_pool = 1;
+        config.network = network_name;
+        config.dns = vec![std::net::IpAddr::V4(resolver)];
+    })
+    .await
+    else {
+        return;
+    };
+    server.engine().spawn_warm_pool();
+    pool_holds(&server, 1).await;
+    let started = Instant::now();
+    let created = create(
+        &server,
+        "key-a",
+        json!({
+            "memory_mb": 200,
+            "cpus": 0.5,
+            "pids": 96,
+            "network": {"allowed_ips": [allowed.ip4.to_string()]},
+        }),
+    )
+    .await;
+    eprintln!(
+        "pool claim with limits and a network policy: {:?}",
+        started.elapsed()
+    );
+    let id = created["id"].as_str().expect("id");
+    assert!(from_pool(id), "the create started cold");
+
+    let limits = run(&server, "key-a", id, CGROUP_LIMITS).await;
+    let limits: Value = serde_json::from_str(limits["stdout"].as_str().expect("stdout"))
+        .unwrap_or_else(|error| panic!("not the limits ({error}): {limits}"));
+    assert_eq!(limits["memory"], 200 * 1024 * 1024, "{limits}");
+    assert_eq!(limits["cpus"], 0.5, "{limits}");
+    assert_eq!(limits["pids"], "96", "{limits}");
+
+    let probe = format!(
+        "import socket\nfor host in ['{}', '{}']:\n    s = socket.socket()\n    s.settimeout(3)\n    try:\n        s.connect((host, 8000)); print(host, 'open')\n    except OSError as error:\n        print(host, 'closed', type(error).__name__)\n    finally:\n        s.close()",
+        allowed.ip4, other.ip4
+    );
+    let reached = run(&server, "key-a", id, &probe).await;
+    let stdout = reached["stdout"].as_str().unwrap_or_default();
+    assert!(
+        stdout.contains(&format!("{} open", allowed.ip4)),
+        "the allowed host is not reachable: {reached}"
+    );
+    assert!(
+        stdout.contains(&format!("{} closed", other.ip4)),
+        "a host the policy does not name answered: {reached}"
+    );
+
+    let bomb = run(
+        &server,
+        "key-a",
+        id,
+        "chunks = []\nfor _ in range(40):\n    chunks.append(bytearray(10 * 1024 * 1024))\nprint('survived')",
+    )
+    .await;
+    assert_eq!(bomb["status"], "failed", "{bomb}");
+    assert!(
+        bomb.to_string().contains("out of memory"),
+        "400 MiB fit in a 200 MiB sandbox: {bomb}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -300,7 +300,7 @@ pub(crate) async fn set_timeout(
         (status = 204, description = "Destroyed"),
         (status = 401, description = "Missing or wrong API key", body = ErrorBody),
         (status = 404, description = "No such container for this tenant", body = ErrorBody),
-        (status = 503, description = "Docker unreachable", body = ErrorBody),
+        (status = 503, description = "Docker unreachable, or (`removal_pending`) the sandbox is closed but Docker failed to remove its containers; the server keeps trying", body = ErrorBody),
     )
 )]
 pub(crate) async fn destroy(
