@@ -7,6 +7,7 @@
 //! | [`logging`] | the log formats: text, or one JSON object a line                       |
 //! | [`egress`]  | egress policies: what a sandbox may reach, and narrowing them          |
 //! | [`packages`]| the package policy: which Python packages installs may bring in        |
+//! | [`json_budget`] | how much JSON from a sandbox the server parses                     |
 //! | [`kernel`]  | the protocol client for kernels: Jupyter messaging                     |
 //! | [`guest`]   | the protocol client for guest servers: JSON-RPC over a process's stdio |
 //! | [`backend`] | where sandboxes run: the [`backend::Backend`] trait, and Docker        |
@@ -23,6 +24,7 @@ pub mod egress;
 pub mod engine;
 pub mod guest;
 pub mod http;
+pub mod json_budget;
 pub mod kernel;
 pub mod logging;
 pub mod mcp;

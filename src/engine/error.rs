@@ -235,6 +235,10 @@ pub enum GuestServerError {
     },
     #[error("MCP server {server:?} printed a line longer than {limit} bytes, and was stopped")]
     LineTooLong { server: String, limit: usize },
+    #[error(
+        "MCP server {server:?} printed a line of more than {limit} JSON values, and was stopped"
+    )]
+    LineTooComplex { server: String, limit: usize },
     #[error("MCP server {server:?} sent a response without {missing}")]
     InvalidResponse {
         server: String,
@@ -260,7 +264,9 @@ impl GuestServerError {
             G::InvalidMessage => "invalid_request",
             G::NotAnswering { .. } => "timeout",
             G::ProcessExited { .. } => "mcp_server_exited",
-            G::InvalidResponse { .. } | G::LineTooLong { .. } => "mcp_server_invalid_response",
+            G::InvalidResponse { .. } | G::LineTooLong { .. } | G::LineTooComplex { .. } => {
+                "mcp_server_invalid_response"
+            }
             G::Backend(error) => backend_code(error),
         }
     }

@@ -301,6 +301,9 @@ pub(crate) fn guest_error(server: &str, error: PeerError) -> GuestServerError {
             server: server.to_string(),
         },
         PeerError::LineTooLong { server, limit } => GuestServerError::LineTooLong { server, limit },
+        PeerError::LineTooComplex { server, limit } => {
+            GuestServerError::LineTooComplex { server, limit }
+        }
         PeerError::Timeout { server, waited } => GuestServerError::NotAnswering { server, waited },
         PeerError::InvalidMessage => GuestServerError::InvalidMessage,
     }

@@ -19,6 +19,8 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
+
+use crate::json_budget::{MAX_JSON_VALUES, within_budget};
 use tokio_util::task::AbortOnDropHandle;
 use tracing::Instrument;
 
@@ -39,6 +41,10 @@ pub enum PeerError {
     Exited { server: String },
     #[error("the MCP server {server:?} printed a line longer than {limit} bytes, and was stopped")]
     LineTooLong { server: String, limit: usize },
+    #[error(
+        "the MCP server {server:?} printed a line of more than {limit} JSON values, and was stopped"
+    )]
+    LineTooComplex { server: String, limit: usize },
     #[error("the MCP server {server:?} did not answer within {waited:?}")]
     Timeout { server: String, waited: Duration },
     #[error("the message cannot be encoded as JSON")]
@@ -68,6 +74,8 @@ struct Shared {
     /// The process printed a line past the limit: its output is no longer read, though it may
     /// still run.
     overflowed: std::sync::atomic::AtomicBool,
+    /// The line that overflowed was within the byte limit but held too many JSON values.
+    too_complex: std::sync::atomic::AtomicBool,
     stderr_tail: Mutex<Vec<u8>>,
     last_used: Mutex<Instant>,
 }
@@ -109,6 +117,7 @@ impl GuestPeer {
             in_flight: Mutex::new(HashMap::new()),
             exited: CancellationToken::new(),
             overflowed: std::sync::atomic::AtomicBool::new(false),
+            too_complex: std::sync::atomic::AtomicBool::new(false),
             stderr_tail: Mutex::new(Vec::new()),
             last_used: Mutex::new(Instant::now()),
         });
@@ -345,7 +354,12 @@ impl Shared {
     /// Why the process is gone for its callers.
     fn exited_error(&self) -> PeerError {
         let server = self.server.clone();
-        if self.overflowed.load(Ordering::SeqCst) {
+        if self.too_complex.load(Ordering::SeqCst) {
+            PeerError::LineTooComplex {
+                server,
+                limit: MAX_JSON_VALUES,
+            }
+        } else if self.overflowed.load(Ordering::SeqCst) {
             PeerError::LineTooLong {
                 server,
                 limit: MAX_LINE_BYTES,
@@ -449,6 +463,18 @@ async fn read_output(shared: Arc<Shared>, mut output: Output, mut lines: LineBuf
     let mut ended_by = "the process exited";
     'read: loop {
         while let Some(line) = lines.next_line() {
+            // Like a line past the byte limit: parsed, it would take many times its size.
+            if let Err(values) = within_budget(&line) {
+                tracing::warn!(
+                    values,
+                    limit = MAX_JSON_VALUES,
+                    "a guest server printed a line of more JSON values than the limit"
+                );
+                ended_by = "a line of more JSON values than the limit";
+                shared.too_complex.store(true, Ordering::SeqCst);
+                shared.overflowed.store(true, Ordering::SeqCst);
+                break 'read;
+            }
             match serde_json::from_slice::<Value>(&line) {
                 Ok(Value::Array(batch)) => {
                     for message in batch {
@@ -499,6 +525,7 @@ mod tests {
             in_flight: Mutex::new(HashMap::new()),
             exited: CancellationToken::new(),
             overflowed: std::sync::atomic::AtomicBool::new(false),
+            too_complex: std::sync::atomic::AtomicBool::new(false),
             stderr_tail: Mutex::new(Vec::new()),
             last_used: Mutex::new(Instant::now()),
         })

@@ -7,6 +7,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::Sha256;
 
+use crate::json_budget::{MAX_JSON_VALUES, within_budget};
+
 const DELIMITER: &[u8] = b"<IDS|MSG>";
 const PROTOCOL_VERSION: &str = "5.3";
 
@@ -25,6 +27,8 @@ pub enum WireError {
         #[source]
         source: serde_json::Error,
     },
+    #[error("message frame {frame} holds more than {MAX_JSON_VALUES} JSON values (about {values})")]
+    TooManyValues { frame: &'static str, values: usize },
 }
 
 /// A message header.
@@ -121,6 +125,7 @@ impl Codec {
         mac.verify_slice(&signature)
             .map_err(|_| WireError::BadSignature)?;
         let parse = |frame: &'static str, bytes: &Bytes| {
+            within_budget(bytes).map_err(|values| WireError::TooManyValues { frame, values })?;
             serde_json::from_slice::<Value>(bytes)
                 .map_err(|source| WireError::Json { frame, source })
         };
@@ -206,6 +211,31 @@ mod tests {
             codec.decode(tampered),
             Err(WireError::BadSignature)
         ));
+    }
+
+    #[test]
+    fn a_frame_of_countless_tiny_values_is_refused_before_it_is_parsed() {
+        let codec = Codec::new("secret");
+        let (request, _) = codec.request("execute_request", &json!({}));
+        // 3 bytes a value: about 1.5 MB of text, parsed it would be over 25 MB.
+        let tiny = vec![json!([]); MAX_JSON_VALUES * 2];
+        let flood = reply_to(&codec, &request, "display_data", json!({ "data": tiny }));
+        assert!(matches!(
+            codec.decode(flood),
+            Err(WireError::TooManyValues {
+                frame: "content",
+                ..
+            })
+        ));
+        // Large output of few values passes.
+        let text = "x".repeat(4 * 1024 * 1024);
+        let big = reply_to(
+            &codec,
+            &request,
+            "stream",
+            json!({"name": "stdout", "text": text}),
+        );
+        assert!(codec.decode(big).is_ok());
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! A hostile sandbox against the server: code that sends a 300 MB frame on its own kernel's
-//! iopub, and code that replaces its kernel with a peer announcing a 2^62-byte frame, before and
+//! iopub, or a signed message whose JSON would parse to many times its size, and code that
+//! replaces its kernel with a peer announcing a 2^62-byte frame, before and
 //! across a server restart. The server's memory stays put, the other sandbox keeps working, and
 //! the offending sandbox is restarted with an error that says why. And a guest MCP server that
 //! answers with a 300 MB line: the server reads 16 MiB of it, answers with an error that says
@@ -232,6 +233,33 @@ async fn a_hostile_kernel_cannot_inflate_or_stop_the_server() {
     let after = client.execute(&hostile, "print(2)").await;
     assert_eq!(after["stdout"], "2\n", "the restarted sandbox: {after}");
 
+    // A message signed with the kernel's key and within the byte limit (14 MB), whose content is
+    // 3.5 million empty lists: parsed, over 110 MB. It is dropped unparsed, and counted.
+    reset_peak(pid);
+    let before = status_kib(pid, "VmRSS:");
+    let swarm = client
+        .execute(
+            &hostile,
+            "k = get_ipython().kernel\nk.session.send(k.iopub_socket, 'display_data', {'data': {'application/json': [[]] * 3_500_000}, 'metadata': {}}, parent=k.get_parent())\nprint('sent')",
+        )
+        .await;
+    let growth_mib = status_kib(pid, "VmHWM:").saturating_sub(before) as f64 / 1024.0;
+    eprintln!("14 MB message of 3.5 million values: peak growth {growth_mib:.1} MiB");
+    assert!(growth_mib < 40.0, "the server grew by {growth_mib:.1} MiB");
+    assert_eq!(swarm["status"], "completed", "{swarm}");
+    assert_eq!(swarm["stdout"], "sent\n", "{swarm}");
+    assert!(
+        !swarm.to_string().contains("[[]"),
+        "the swarm reached the result: {swarm}"
+    );
+    let metrics = client.metrics().await;
+    assert!(
+        metrics.lines().any(|line| line
+            .starts_with("kernelbox_kernel_messages_rejected_total{reason=\"malformed\"}")
+            && !line.ends_with(" 0")),
+        "{metrics}"
+    );
+
     // A peer in the kernel's place announcing a 2^62-byte frame.
     reset_peak(pid);
     let before = status_kib(pid, "VmRSS:");
@@ -309,7 +337,10 @@ for line in sys.stdin:
     if method == "initialize":
         result = {"protocolVersion": message["params"]["protocolVersion"], "capabilities": {"tools": {}}, "serverInfo": {"name": "flood", "version": "1"}}
     elif method == "tools/list":
-        result = {"tools": [{"name": "flood", "inputSchema": {"type": "object"}}]}
+        result = {"tools": [{"name": "flood", "inputSchema": {"type": "object"}}, {"name": "swarm", "inputSchema": {"type": "object"}}]}
+    elif method == "tools/call" and message["params"]["name"] == "swarm":
+        # Within the byte limit (14 MB), but 3.5 million values: over 110 MB parsed.
+        result = {"content": [[]] * 3_500_000}
     elif method == "tools/call":
         try:
             chunk = "x" * 1_000_000
@@ -432,6 +463,24 @@ async fn a_hostile_guest_server_cannot_inflate_the_server() {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
+
+    // A line within the byte limit whose JSON, parsed, would take many times its size.
+    reset_peak(pid);
+    let before = status_kib(pid, "VmRSS:");
+    let response = client
+        .http
+        .post(format!("{}/containers/{id}/mcp/flood/swarm", client.base))
+        .json(&json!({}))
+        .send()
+        .await
+        .expect("call");
+    assert_eq!(response.status(), 502);
+    let answer: Value = response.json().await.expect("a JSON error");
+    let growth_mib = status_kib(pid, "VmHWM:").saturating_sub(before) as f64 / 1024.0;
+    eprintln!("14 MB line of 3.5 million values: peak growth {growth_mib:.1} MiB ({answer})");
+    assert!(growth_mib < 40.0, "the server grew by {growth_mib:.1} MiB");
+    let message = answer["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("JSON values"), "{answer}");
     assert_eq!(client.execute(&id, "print(5)").await["stdout"], "5\n");
     let _ = server.kill().await;
 }
