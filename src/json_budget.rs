@@ -1,5 +1,5 @@
-//! How much JSON from a sandbox the server parses: a bound on the values in one text, checked
-//! before parsing. A parsed value takes at least 32 bytes however short its text, so a frame of
+//! How much JSON from a sandbox the server parses and holds: a bound on the values in one
+//! text, checked before parsing, and the bytes a parsed value holds. A parsed value takes at least 32 bytes however short its text, so a frame of
 //! `[[],[],…]` within every byte limit (16 MiB) parsed to about 180 MB, twice that with the
 //! arrays' slack. Kernel messages and guest servers' lines are checked against it.
 
@@ -39,6 +39,25 @@ pub fn within_budget(text: &[u8]) -> Result<(), usize> {
     match json_value_count(text) {
         values if values > MAX_JSON_VALUES => Err(values),
         _ => Ok(()),
+    }
+}
+
+/// About the bytes a parsed JSON value holds: its text, and a `Value` (32 bytes) for every
+/// value in it, so that countless tiny values (`[[],[],…]`, about ten times their text once
+/// parsed) count as what they cost.
+pub fn value_footprint(value: &serde_json::Value) -> usize {
+    use serde_json::Value;
+    const NODE: usize = std::mem::size_of::<Value>();
+    match value {
+        Value::Null | Value::Bool(_) | Value::Number(_) => NODE,
+        Value::String(text) => NODE + text.len(),
+        Value::Array(items) => NODE + items.iter().map(value_footprint).sum::<usize>(),
+        Value::Object(fields) => {
+            NODE + fields
+                .iter()
+                .map(|(key, item)| NODE + key.len() + value_footprint(item))
+                .sum::<usize>()
+        }
     }
 }
 

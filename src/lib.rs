@@ -7,7 +7,7 @@
 //! | [`logging`] | the log formats: text, or one JSON object a line                       |
 //! | [`egress`]  | egress policies: what a sandbox may reach, and narrowing them          |
 //! | [`packages`]| the package policy: which Python packages installs may bring in        |
-//! | [`json_budget`] | how much JSON from a sandbox the server parses                     |
+//! | [`json_budget`] | how much JSON from a sandbox the server parses and holds          |
 //! | [`kernel`]  | the protocol client for kernels: Jupyter messaging                     |
 //! | [`guest`]   | the protocol client for guest servers: JSON-RPC over a process's stdio |
 //! | [`backend`] | where sandboxes run: the [`backend::Backend`] trait, and Docker        |

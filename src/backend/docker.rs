@@ -113,6 +113,10 @@ const ATTACH_START_TIMEOUT: Duration = Duration::from_secs(30);
 const STREAMING_START_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long, after an exec's output has ended, its process may take to exit.
 const EXEC_EXIT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long one of the backend's own short commands in a sandbox (a kill, a signal, reading the
+/// OOM count) may take. They run as the sandbox's user, whose code can stop them or hold their
+/// output open.
+const BACKEND_COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
 /// How much of an attached process's stderr explains a failed start.
 const START_STDERR_BYTES: usize = 4096;
 
@@ -577,6 +581,24 @@ impl DockerBackend {
     }
 
     /// Runs a command to completion, writing `input` (when given) to its stdin first.
+    /// Runs one of the backend's own short commands, within [`BACKEND_COMMAND_TIMEOUT`].
+    async fn backend_exec(
+        &self,
+        container_id: &str,
+        operation: &'static str,
+        argv: &[&str],
+    ) -> Result<ExecOutput, BackendError> {
+        tokio::time::timeout(
+            BACKEND_COMMAND_TIMEOUT,
+            self.exec_with_input(container_id, backend_command(argv), None),
+        )
+        .await
+        .map_err(|_| BackendError::Timeout {
+            operation,
+            waited: BACKEND_COMMAND_TIMEOUT,
+        })?
+    }
+
     async fn exec_with_input(
         &self,
         container_id: &str,
@@ -959,9 +981,10 @@ impl Backend for DockerBackend {
 
     async fn kill_process_group(&self, container_id: &str, pgid: u32) -> Result<(), BackendError> {
         let group = format!("-{pgid}");
-        self.exec(
+        self.backend_exec(
             container_id,
-            backend_command(&["/usr/bin/kill", "-KILL", "--", &group]),
+            "process group kill",
+            &["/usr/bin/kill", "-KILL", "--", &group],
         )
         .await
         .map(drop)
@@ -977,9 +1000,10 @@ impl Backend for DockerBackend {
         // util-linux kill takes `-TERM -- -pgid` (`-s TERM --` it refuses).
         let signal = format!("-{signal}");
         let output = self
-            .exec(
+            .backend_exec(
                 container_id,
-                backend_command(&["/usr/bin/kill", &signal, "--", &group]),
+                "process group signal",
+                &["/usr/bin/kill", &signal, "--", &group],
             )
             .await?;
         if output.exit_code != 0 {
@@ -990,7 +1014,7 @@ impl Backend for DockerBackend {
     }
 
     async fn kill_kernel(&self, container_id: &str) -> Result<(), BackendError> {
-        self.exec(container_id, backend_command(&KILL_KERNEL))
+        self.backend_exec(container_id, "kernel kill", &KILL_KERNEL)
             .await
             .map(drop)
     }
@@ -1007,9 +1031,10 @@ impl Backend for DockerBackend {
 
     async fn oom_kills(&self, container_id: &str) -> Result<u64, BackendError> {
         let output = self
-            .exec(
+            .backend_exec(
                 container_id,
-                backend_command(&["/bin/sh", "-c", READ_OOM_EVENTS]),
+                "OOM count read",
+                &["/bin/sh", "-c", READ_OOM_EVENTS],
             )
             .await?;
         Ok(String::from_utf8_lossy(&output.stdout)

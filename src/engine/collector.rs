@@ -1,9 +1,8 @@
 //! An execution's output under its caps: what is kept, what is forwarded to the consumer, and
 //! the marker that says how much was dropped.
 
-use serde_json::Value;
-
 use super::execution::{ExecEvent, ExecutionResult, Output, OutputKind, PythonError};
+use crate::json_budget::value_footprint;
 use crate::kernel::{KernelEvent, MimeBundle};
 
 /// An error's name is kept up to this many bytes even past the cap, so a result always says
@@ -128,10 +127,10 @@ impl Collector {
     }
 
     fn take_rich(&mut self, kind: OutputKind, data: MimeBundle) -> Option<ExecEvent> {
-        // Every value counts, whatever its JSON type: a nested object is as large as its text.
+        // Every value counts, whatever its JSON type, by what it holds in memory.
         let size: usize = data
             .iter()
-            .map(|(mime, value)| mime.len() + json_size(value))
+            .map(|(mime, value)| mime.len() + value_footprint(value))
             .sum();
         if self.rich_bytes + size > self.rich_limit {
             self.dropped_bytes += size;
@@ -177,22 +176,6 @@ fn truncate(text: &mut String, room: usize) -> usize {
     let dropped = text.len() - cut;
     text.truncate(cut);
     dropped
-}
-
-/// About the size of a JSON value as text, without writing it out.
-fn json_size(value: &Value) -> usize {
-    match value {
-        Value::Null | Value::Bool(_) => 5,
-        Value::Number(_) => 24,
-        Value::String(text) => text.len() + 2,
-        Value::Array(items) => 2 + items.iter().map(|item| json_size(item) + 1).sum::<usize>(),
-        Value::Object(fields) => {
-            2 + fields
-                .iter()
-                .map(|(key, item)| key.len() + 4 + json_size(item))
-                .sum::<usize>()
-        }
-    }
 }
 
 /// Removes ANSI escape sequences (IPython colours tracebacks).
@@ -302,7 +285,7 @@ mod tests {
                 .is_some_and(|line| line.contains("traceback lines dropped"))
         );
         // A nested JSON value is counted by its size, not as a token 64 bytes.
-        let big: Value = serde_json::json!({"rows": vec!["y".repeat(100); 20]});
+        let big: serde_json::Value = serde_json::json!({"rows": vec!["y".repeat(100); 20]});
         let mut bundle = MimeBundle::new();
         bundle.insert("application/json".into(), big);
         assert!(

@@ -11,6 +11,7 @@ use chrono::{DateTime, Utc};
 
 use super::execution::ExecutionResult;
 use super::tenant::Tenant;
+use crate::json_budget::value_footprint;
 
 /// One execution as the log knows it.
 #[derive(Debug, Clone)]
@@ -159,7 +160,7 @@ fn approximate_size(result: &ExecutionResult) -> usize {
         .outputs
         .iter()
         .flat_map(|output| output.data.iter())
-        .map(|(mime, value)| mime.len() + value.as_str().map_or(64, str::len))
+        .map(|(mime, value)| mime.len() + value_footprint(value))
         .sum();
     let error = result.error.as_ref().map_or(0, |error| {
         error.ename.len()
@@ -198,6 +199,22 @@ mod tests {
             duration_ms: 1,
             truncated: false,
         })
+    }
+
+    #[test]
+    fn a_result_of_countless_tiny_values_counts_what_it_holds() {
+        let mut data = serde_json::Map::new();
+        data.insert(
+            "application/json".into(),
+            serde_json::Value::Array(vec![serde_json::json!([]); 100_000]),
+        );
+        let mut tiny = (*result("a", 0)).clone();
+        tiny.outputs.push(crate::engine::execution::Output {
+            kind: crate::engine::execution::OutputKind::Display,
+            data,
+        });
+        // 300 KB as text, 3.2 MB parsed: it counted as 64 bytes.
+        assert!(approximate_size(&tiny) >= 100_000 * 32);
     }
 
     #[test]

@@ -20,7 +20,7 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::json_budget::{MAX_JSON_VALUES, within_budget};
+use crate::json_budget::{MAX_JSON_VALUES, value_footprint, within_budget};
 use tokio_util::task::AbortOnDropHandle;
 use tracing::Instrument;
 
@@ -30,7 +30,11 @@ use crate::backend::{BackendError, ExecChunk};
 /// How much of the server's stderr is kept to explain a failed start.
 const STDERR_TAIL_BYTES: usize = 4096;
 /// Events buffered per listening request; more are dropped (they are advisory).
-pub const EVENT_BUFFER: usize = 256;
+pub const EVENT_BUFFER: usize = 32;
+/// The largest event forwarded to a listening request (by [`value_footprint`]); larger ones
+/// are dropped. With [`EVENT_BUFFER`], a request whose client does not read holds at most
+/// 32 MiB of events.
+pub const MAX_EVENT_BYTES: usize = 1024 * 1024;
 /// How long a cancellation for a timed-out request may wait for the server's stdin.
 const CANCEL_WRITE_TIMEOUT: Duration = Duration::from_millis(500);
 
@@ -449,6 +453,13 @@ impl Shared {
                 .map(|(_, request)| request),
         };
         match target.and_then(|request| request.events.as_ref()) {
+            Some(_) if value_footprint(message) > MAX_EVENT_BYTES => {
+                tracing::debug!(
+                    limit = MAX_EVENT_BYTES,
+                    "dropping a guest server's event larger than the limit"
+                );
+                false
+            }
             Some(events) => events.try_send(message.clone()).is_ok(),
             None => false,
         }

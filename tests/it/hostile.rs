@@ -136,6 +136,24 @@ impl Client {
             .expect("result")
     }
 
+    /// Opens a session on a guest server's proxy (`initialize` in `protocol`); returns its id.
+    async fn proxy_session(&self, proxy: &str, protocol: &str) -> String {
+        let opened = self
+            .http
+            .post(proxy)
+            .header("accept", "application/json, text/event-stream")
+            .json(&json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {"protocolVersion": protocol, "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}))
+            .send()
+            .await
+            .expect("initialize");
+        opened
+            .headers()
+            .get("mcp-session-id")
+            .and_then(|value| value.to_str().ok())
+            .expect("a session")
+            .to_string()
+    }
+
     async fn metrics(&self) -> String {
         self.http
             .get(format!("{}/metrics", self.base))
@@ -337,7 +355,9 @@ for line in sys.stdin:
     if method == "initialize":
         result = {"protocolVersion": message["params"]["protocolVersion"], "capabilities": {"tools": {}}, "serverInfo": {"name": "flood", "version": "1"}}
     elif method == "tools/list":
-        result = {"tools": [{"name": "flood", "inputSchema": {"type": "object"}}, {"name": "swarm", "inputSchema": {"type": "object"}}]}
+        result = {"tools": [{"name": name, "inputSchema": {"type": "object"}} for name in ["flood", "swarm", "big"]]}
+    elif method == "tools/call" and message["params"]["name"] == "big":
+        result = {"content": [{"type": "text", "text": "x" * 10_000_000}]}
     elif method == "tools/call" and message["params"]["name"] == "swarm":
         # Within the byte limit (14 MB), but 3.5 million values: over 110 MB parsed.
         result = {"content": [[]] * 3_500_000}
@@ -420,20 +440,7 @@ async fn a_hostile_guest_server_cannot_inflate_the_server() {
             response.json().await.expect("a JSON error")
         } else {
             let proxy = format!("{}/containers/{id}/mcp-proxy/flood", client.base);
-            let opened = client
-                .http
-                .post(&proxy)
-                .header("accept", "application/json, text/event-stream")
-                .json(&json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}))
-                .send()
-                .await
-                .expect("initialize");
-            let session = opened
-                .headers()
-                .get("mcp-session-id")
-                .and_then(|value| value.to_str().ok())
-                .expect("a session")
-                .to_string();
+            let session = client.proxy_session(&proxy, "2025-06-18").await;
             let response = client
                 .http
                 .post(&proxy)
@@ -481,6 +488,56 @@ async fn a_hostile_guest_server_cannot_inflate_the_server() {
     assert!(growth_mib < 40.0, "the server grew by {growth_mib:.1} MiB");
     let message = answer["error"]["message"].as_str().unwrap_or_default();
     assert!(message.contains("JSON values"), "{answer}");
+
+    // Batches through a proxy session: one of more than 64 messages is refused; the answers to
+    // one of 40 calls answered with 10 MB each are held up to 32 MiB, the rest dropped as they
+    // come, each replaced by an error that says so.
+    let proxy = format!("{}/containers/{id}/mcp-proxy/flood", client.base);
+    let session = client.proxy_session(&proxy, "2025-03-26").await;
+    let batch = |count: usize| -> Value {
+        (1..=count)
+            .map(|n| json!({"jsonrpc": "2.0", "id": n, "method": "tools/call", "params": {"name": "big", "arguments": {}}}))
+            .collect()
+    };
+    let refused = client
+        .http
+        .post(&proxy)
+        .header("accept", "application/json")
+        .header("mcp-session-id", &session)
+        .json(&batch(65))
+        .send()
+        .await
+        .expect("batch");
+    assert_eq!(refused.status(), 400);
+    let refused: Value = refused.json().await.expect("JSON-RPC error");
+    assert_eq!(refused["error"]["code"], -32600, "{refused}");
+    reset_peak(pid);
+    let before = status_kib(pid, "VmRSS:");
+    let answered = client
+        .http
+        .post(&proxy)
+        .header("accept", "application/json")
+        .header("mcp-session-id", &session)
+        .json(&batch(40))
+        .send()
+        .await
+        .expect("batch");
+    assert_eq!(answered.status(), 200);
+    let answers: Vec<Value> = answered.json().await.expect("answers");
+    let growth_mib = status_kib(pid, "VmHWM:").saturating_sub(before) as f64 / 1024.0;
+    let dropped = answers
+        .iter()
+        .filter(|answer| {
+            answer["error"]["message"]
+                .as_str()
+                .is_some_and(|message| message.contains("passed 33554432 bytes"))
+        })
+        .count();
+    eprintln!("a batch of 40 answers of 10 MB: {dropped} dropped, peak growth {growth_mib:.1} MiB");
+    assert_eq!(answers.len(), 40);
+    assert!((36..40).contains(&dropped), "{dropped} of 40 dropped");
+    assert!(growth_mib < 150.0, "the server grew by {growth_mib:.1} MiB");
+
     assert_eq!(client.execute(&id, "print(5)").await["stdout"], "5\n");
     let _ = server.kill().await;
 }

@@ -19,6 +19,12 @@ pub enum ProxyError {
     MissingSession,
     #[error("Invalid Request: initialize must be sent alone, not in a batch")]
     InitializeInBatch,
+    /// The answers to one batch passed [`MAX_BATCH_ANSWER_BYTES`](super::routes::MAX_BATCH_ANSWER_BYTES);
+    /// the requests past it were sent, their answers dropped.
+    #[error(
+        "the answers to this batch passed {limit} bytes, so this one was dropped; send fewer requests at a time"
+    )]
+    BatchAnswersTooLarge { limit: usize },
     #[error(transparent)]
     Engine(#[from] EngineError),
 }
@@ -45,6 +51,8 @@ impl ProxyError {
             | ProxyError::InvalidRequest { .. }
             | ProxyError::MissingSession
             | ProxyError::InitializeInBatch => StatusCode::BAD_REQUEST,
+            // Only ever inside a batch's answer, whose status is that of the batch.
+            ProxyError::BatchAnswersTooLarge { .. } => StatusCode::OK,
             ProxyError::Engine(error) => engine_status(error),
         }
     }
@@ -57,6 +65,7 @@ impl ProxyError {
                 jsonrpc::INVALID_REQUEST
             }
             ProxyError::MissingSession => jsonrpc::BAD_REQUEST,
+            ProxyError::BatchAnswersTooLarge { .. } => jsonrpc::INTERNAL_ERROR,
             ProxyError::Engine(error) => engine_jsonrpc_code(error),
         };
         let message = match self {

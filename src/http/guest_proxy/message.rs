@@ -62,14 +62,23 @@ impl Incoming {
     }
 }
 
-/// Parses a POST body. Not JSON is a parse error; an empty batch or a single invalid message is
-/// an invalid request (an invalid message inside a batch gets an error answer of its own).
+/// Most messages one batch may hold: each request's answer is held until the last one comes,
+/// and each can be up to a guest server's line (16 MiB).
+pub const MAX_BATCH: usize = 64;
+
+/// Parses a POST body. Not JSON is a parse error; an empty batch, one of more than
+/// [`MAX_BATCH`] messages, or a single invalid message is an invalid request (an invalid
+/// message inside a batch gets an error answer of its own).
 pub fn parse(body: &[u8]) -> Result<Incoming, ProxyError> {
     let value: Value = serde_json::from_slice(body).map_err(|_| ProxyError::Parse)?;
     match value {
         Value::Array(items) if items.is_empty() => Err(ProxyError::InvalidRequest {
             id: Value::Null,
             reason: "an empty batch",
+        }),
+        Value::Array(items) if items.len() > MAX_BATCH => Err(ProxyError::InvalidRequest {
+            id: Value::Null,
+            reason: "a batch of more than 64 messages; send them in smaller batches",
         }),
         Value::Array(items) => Ok(Incoming::Batch(items.into_iter().map(classify).collect())),
         single => match classify(single) {
@@ -162,6 +171,19 @@ pub fn translate_shorthand(params: &mut Map<String, Value>) {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_batch_past_the_limit_is_refused_and_says_the_limit() {
+        let request = r#"{"jsonrpc": "2.0", "id": 1, "method": "ping"}"#;
+        let batch = |count: usize| format!("[{}]", vec![request; count].join(","));
+        assert!(matches!(parsed(&batch(MAX_BATCH)), Ok(Incoming::Batch(_))));
+        match parsed(&batch(MAX_BATCH + 1)) {
+            Err(ProxyError::InvalidRequest { reason, .. }) => {
+                assert!(reason.contains(&format!("more than {MAX_BATCH} messages")))
+            }
+            other => panic!("{:?}", other.map(|_| "parsed")),
+        }
+    }
 
     fn parsed(text: &str) -> Result<Incoming, ProxyError> {
         parse(text.as_bytes())

@@ -11,6 +11,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use axum::Extension;
@@ -38,9 +39,14 @@ use crate::guest::EVENT_BUFFER;
 use crate::http::error::{ApiError, ErrorBody};
 use crate::http::extract::{ApiPath, AppState};
 use crate::http::guard::json;
+use crate::json_budget::value_footprint;
 
 /// The header that names a proxy session.
 pub const SESSION_HEADER: &str = "mcp-session-id";
+/// The most the answers to one POST may hold together (by [`value_footprint`]). One answer is
+/// at most a guest server's line, within this; the answers of a batch that pass it are dropped
+/// as they come, each replaced by an error that says so.
+pub const MAX_BATCH_ANSWER_BYTES: usize = 32 * 1024 * 1024;
 
 type Answer = Pin<Box<dyn Future<Output = Option<Value>> + Send>>;
 
@@ -168,6 +174,7 @@ async fn answer(
         Incoming::Batch(messages) => messages,
     };
     let mut requests: Vec<Answer> = Vec::new();
+    let held = Arc::new(AtomicUsize::new(0));
     for message in messages {
         match message {
             Message::Notification { body, .. } => {
@@ -183,10 +190,23 @@ async fn answer(
             Message::Request { id, body, .. } => {
                 let process = process.clone();
                 let events = events.clone();
+                let held = held.clone();
                 requests.push(Box::pin(async move {
                     Some(
                         match process.peer().request_within(body, events, limit).await {
-                            Ok(answer) => answer,
+                            Ok(answer) => {
+                                let size = value_footprint(&answer);
+                                if held.fetch_add(size, Ordering::SeqCst) + size
+                                    > MAX_BATCH_ANSWER_BYTES
+                                {
+                                    ProxyError::BatchAnswersTooLarge {
+                                        limit: MAX_BATCH_ANSWER_BYTES,
+                                    }
+                                    .response_for(id)
+                                } else {
+                                    answer
+                                }
+                            }
                             Err(error) => ProxyError::from(guest_error(process.server(), error))
                                 .response_for(id),
                         },
