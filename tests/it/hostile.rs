@@ -541,3 +541,74 @@ async fn a_hostile_guest_server_cannot_inflate_the_server() {
     assert_eq!(client.execute(&id, "print(5)").await["stdout"], "5\n");
     let _ = server.kill().await;
 }
+
+/// A directory upload of a few hundred KB of gzip that inflates to a tar whose first record, a
+/// GNU long name, is 512 MiB (the tar reader reads such a record whole into memory): refused at
+/// its header with the reason, and the server's memory stays put.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hostile_archive_cannot_inflate_the_server() {
+    if !crate::cli::docker_available() && !docker_required() {
+        return;
+    }
+    ensure_image(&crate::common::sandbox_image());
+    let instance = format!(
+        "test-archive-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
+    struct Cleanup(String, std::path::PathBuf);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            remove_instance_containers(&self.0);
+            let _ = std::fs::remove_file(&self.1);
+        }
+    }
+    let header_file = std::env::temp_dir().join(format!("{instance}.tar-header"));
+    let _cleanup = Cleanup(instance.clone(), header_file.clone());
+    const LONG_NAME_BYTES: u64 = 512 * 1024 * 1024;
+    let mut header = tar::Header::new_gnu();
+    header.as_old_mut().name[..13].copy_from_slice(b"././@LongLink");
+    header.set_mode(0o644);
+    header.set_size(LONG_NAME_BYTES);
+    header.set_entry_type(tar::EntryType::GNULongName);
+    header.set_cksum();
+    std::fs::write(&header_file, header.as_bytes()).expect("header");
+    let compressed = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "(cat '{}'; head -c {LONG_NAME_BYTES} /dev/zero) | gzip -1",
+            header_file.display()
+        ))
+        .output()
+        .expect("gzip");
+    assert!(compressed.status.success());
+    let body = compressed.stdout;
+
+    let (mut server, client, _log) = start(&instance).await;
+    let pid = server.id().expect("pid");
+    let id = client.create().await;
+    reset_peak(pid);
+    let before = status_kib(pid, "VmRSS:");
+    let response = client
+        .http
+        .post(format!(
+            "{}/containers/{id}/directories/target",
+            client.base
+        ))
+        .body(body.clone())
+        .send()
+        .await
+        .expect("upload");
+    let status = response.status();
+    let answer: Value = response.json().await.expect("a JSON error");
+    let growth_mib = status_kib(pid, "VmHWM:").saturating_sub(before) as f64 / 1024.0;
+    eprintln!(
+        "{} KB of gzip, a 512 MiB long name: {status}, peak growth {growth_mib:.1} MiB ({answer})",
+        body.len() / 1000
+    );
+    assert_eq!(status, 422, "{answer}");
+    let message = answer["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("extension header"), "{answer}");
+    assert!(growth_mib < 64.0, "the server grew by {growth_mib:.1} MiB");
+    assert_eq!(client.execute(&id, "print(6)").await["stdout"], "6\n");
+    let _ = server.kill().await;
+}

@@ -27,10 +27,155 @@ fn safe_entry_path(name: &Path) -> Option<PathBuf> {
     Some(clean)
 }
 
+/// The largest extension record (a GNU long name or link name, a PAX header) an upload may
+/// hold. The tar reader reads each one whole into memory, so a gzip of a few MB could announce
+/// gigabytes; a path is at most 4 KiB, and real PAX headers are far smaller than this.
+const MAX_EXTENSION_BYTES: u64 = 64 * 1024;
+const BLOCK: usize = 512;
+
+/// Passes a tar stream through unchanged, reading each 512-byte header whole before handing it
+/// on, and fails the read at an extension record (GNU `L`/`K`, PAX `x`/`g`) larger than
+/// [`MAX_EXTENSION_BYTES`], before the tar reader would buffer it. It follows the entries' sizes
+/// as the tar reader does, a PAX `size` record included.
+struct ExtensionLimit<R> {
+    inner: R,
+    header: [u8; BLOCK],
+    /// Bytes of `header` read so far, and handed on so far.
+    filled: usize,
+    handed: usize,
+    /// Data bytes (padding included) before the next header.
+    data_left: u64,
+    /// The data of the PAX record being read, to find its `size`.
+    pax: Option<Vec<u8>>,
+    /// The size a PAX record gave the next entry.
+    next_size: Option<u64>,
+}
+
+impl<R: Read> ExtensionLimit<R> {
+    fn new(inner: R) -> Self {
+        Self {
+            inner,
+            header: [0; BLOCK],
+            filled: 0,
+            handed: 0,
+            data_left: 0,
+            pax: None,
+            next_size: None,
+        }
+    }
+
+    /// Checks the header just read and sets up the data that follows it.
+    fn enter_entry(&mut self) -> io::Result<()> {
+        let header = &self.header;
+        if header.iter().all(|&byte| byte == 0) {
+            return Ok(());
+        }
+        let size = entry_size(&header[124..136])
+            .ok_or_else(|| invalid("a tar header with an unreadable size".into()))?;
+        let kind = header[156];
+        let size = match kind {
+            b'L' | b'K' | b'x' | b'g' => {
+                if size > MAX_EXTENSION_BYTES {
+                    return Err(invalid(format!(
+                        "an extension header of {size} bytes (long names and PAX records may hold {MAX_EXTENSION_BYTES})"
+                    )));
+                }
+                if kind == b'x' {
+                    self.pax = Some(Vec::with_capacity(size as usize));
+                }
+                size
+            }
+            _ => self.next_size.take().unwrap_or(size),
+        };
+        self.data_left = size.div_ceil(BLOCK as u64) * BLOCK as u64;
+        Ok(())
+    }
+}
+
+impl<R: Read> Read for ExtensionLimit<R> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if out.is_empty() {
+            return Ok(0);
+        }
+        if self.data_left == 0 {
+            if let Some(pax) = self.pax.take() {
+                self.next_size = pax_size(&pax);
+            }
+            while self.filled < BLOCK {
+                let read = self.inner.read(&mut self.header[self.filled..])?;
+                if read == 0 {
+                    // The end of the stream: what was read of a header goes on as it is.
+                    break;
+                }
+                self.filled += read;
+            }
+            if self.filled == BLOCK && self.handed == 0 {
+                self.enter_entry()?;
+            }
+            if self.handed < self.filled {
+                let count = out.len().min(self.filled - self.handed);
+                out[..count].copy_from_slice(&self.header[self.handed..self.handed + count]);
+                self.handed += count;
+                if self.handed == BLOCK {
+                    self.filled = 0;
+                    self.handed = 0;
+                }
+                return Ok(count);
+            }
+            return Ok(0);
+        }
+        let room = out
+            .len()
+            .min(usize::try_from(self.data_left).unwrap_or(usize::MAX));
+        let read = self.inner.read(&mut out[..room])?;
+        self.data_left -= read as u64;
+        if let Some(pax) = &mut self.pax {
+            let keep = (MAX_EXTENSION_BYTES as usize)
+                .saturating_sub(pax.len())
+                .min(read);
+            pax.extend_from_slice(&out[..keep]);
+        }
+        Ok(read)
+    }
+}
+
+fn invalid(reason: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, reason)
+}
+
+/// A header's size field: octal digits, or GNU's base-256 for large sizes.
+fn entry_size(field: &[u8]) -> Option<u64> {
+    if field.first().is_some_and(|&byte| byte & 0x80 != 0) {
+        return field[1..]
+            .iter()
+            .try_fold(u64::from(field[0] & 0x7f), |size, &byte| {
+                size.checked_mul(256)?.checked_add(u64::from(byte))
+            });
+    }
+    let digits: Vec<u8> = field
+        .iter()
+        .copied()
+        .skip_while(|&byte| byte == b' ')
+        .take_while(|&byte| (b'0'..=b'7').contains(&byte))
+        .collect();
+    if digits.is_empty() {
+        return Some(0);
+    }
+    u64::from_str_radix(std::str::from_utf8(&digits).ok()?, 8).ok()
+}
+
+/// The `size` a PAX record gives the next entry (records are `LEN key=value\n`).
+fn pax_size(records: &[u8]) -> Option<u64> {
+    String::from_utf8_lossy(records).lines().find_map(|record| {
+        let (_, field) = record.split_once(' ')?;
+        field.strip_prefix("size=")?.parse().ok()
+    })
+}
+
 /// Copies a tar archive entry by entry, refusing unsafe entries and giving every entry to the
 /// sandbox user. Returns a reason on refusal.
 pub(super) fn sanitize_archive(input: impl Read, output: impl io::Write) -> Result<(), String> {
-    let mut archive = tar::Archive::new(input);
+    let mut archive = tar::Archive::new(ExtensionLimit::new(input));
     let mut builder = tar::Builder::new(output);
     let entries = archive
         .entries()
@@ -48,6 +193,8 @@ pub(super) fn sanitize_archive(input: impl Read, output: impl io::Write) -> Resu
         }
         let entry_type = entry.header().entry_type();
         let mut header = entry.header().clone();
+        // The size the reader used, which a PAX record may have set instead of the header.
+        header.set_size(entry.size());
         header.set_uid(SANDBOX_UID);
         header.set_gid(SANDBOX_UID);
         match entry_type {
@@ -137,6 +284,121 @@ mod tests {
             let entry = entry.expect("entry");
             assert_eq!(entry.header().uid().expect("uid"), SANDBOX_UID);
         }
+    }
+
+    /// A raw header block: `name`, `kind`, and `size` in the octal size field.
+    fn raw_header(name: &str, kind: u8, size: u64) -> [u8; BLOCK] {
+        let mut header = tar::Header::new_gnu();
+        header.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+        header.set_mode(0o644);
+        header.set_size(size);
+        header.set_entry_type(tar::EntryType::new(kind));
+        header.set_cksum();
+        let mut block = [0; BLOCK];
+        block.copy_from_slice(header.as_bytes());
+        block
+    }
+
+    fn padded(data: &[u8]) -> Vec<u8> {
+        let mut padded = data.to_vec();
+        padded.resize(data.len().div_ceil(BLOCK) * BLOCK, 0);
+        padded
+    }
+
+    #[test]
+    fn an_extension_record_past_the_limit_is_refused_before_it_is_read() {
+        // A GNU long name announcing 8 GiB, whose data never needs to come.
+        let mut input = raw_header("././@LongLink", b'L', 8 << 30).to_vec();
+        input.extend_from_slice(&[b'a'; 4 * BLOCK]);
+        let error = sanitize_archive(&input[..], &mut Vec::new()).expect_err("refused");
+        assert!(
+            error.contains("extension header of 8589934592 bytes"),
+            "{error}"
+        );
+        for kind in [b'K', b'x', b'g'] {
+            let mut input = raw_header("ext", kind, MAX_EXTENSION_BYTES + 1).to_vec();
+            input.extend_from_slice(&vec![
+                b'a';
+                (MAX_EXTENSION_BYTES as usize + 1).div_ceil(BLOCK)
+                    * BLOCK
+            ]);
+            assert!(sanitize_archive(&input[..], &mut Vec::new()).is_err());
+        }
+    }
+
+    #[test]
+    fn long_names_and_pax_sizes_are_followed() {
+        // A long name as the tar builder writes it (a GNU `L` record).
+        let long = format!("{}/file.txt", "d".repeat(300));
+        let input = archive_with(|b| {
+            let mut header = tar::Header::new_gnu();
+            header.set_size(2);
+            header.set_mode(0o644);
+            b.append_data(&mut header, &long, &b"hi"[..])
+                .expect("append");
+        });
+        let mut output = Vec::new();
+        sanitize_archive(&input[..], &mut output).expect("a long name passes");
+        let mut archive = tar::Archive::new(&output[..]);
+        let names: Vec<String> = archive
+            .entries()
+            .expect("entries")
+            .map(|entry| {
+                entry
+                    .expect("entry")
+                    .path()
+                    .expect("path")
+                    .display()
+                    .to_string()
+            })
+            .collect();
+        assert_eq!(names, [long]);
+
+        // A PAX record giving the next file a size its header does not: its data (which here
+        // looks like a huge long-name header) is data, not a header.
+        let data = padded(&raw_header("././@LongLink", b'L', 8 << 30));
+        // "LEN size=512\n", LEN counting itself: 12 bytes.
+        let record = format!("12 size={}\n", data.len());
+        assert_eq!(record.len(), 12);
+        let mut input = raw_header("pax", b'x', record.len() as u64).to_vec();
+        input.extend_from_slice(&padded(record.as_bytes()));
+        input.extend_from_slice(&raw_header("big.bin", b'0', 0));
+        input.extend_from_slice(&data);
+        input.extend_from_slice(&raw_header("after.txt", b'0', 2));
+        input.extend_from_slice(&padded(b"ok"));
+        input.extend_from_slice(&[0; 2 * BLOCK]);
+        let mut output = Vec::new();
+        sanitize_archive(&input[..], &mut output).expect("the PAX size is followed");
+        let mut archive = tar::Archive::new(&output[..]);
+        let sizes: Vec<(String, u64)> = archive
+            .entries()
+            .expect("entries")
+            .map(|entry| {
+                let entry = entry.expect("entry");
+                (
+                    entry.path().expect("path").display().to_string(),
+                    entry.size(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            sizes,
+            [
+                ("big.bin".to_string(), BLOCK as u64),
+                ("after.txt".to_string(), 2)
+            ]
+        );
+    }
+
+    #[test]
+    fn sizes_are_read_in_octal_and_base_256() {
+        assert_eq!(entry_size(b"00000001750\0"), Some(1000));
+        assert_eq!(entry_size(b"  1750 \0\0\0\0\0"), Some(1000));
+        assert_eq!(entry_size(&[0; 12]), Some(0));
+        let mut big = [0u8; 12];
+        big[0] = 0x80;
+        big[8..].copy_from_slice(&(8u32 << 28).to_be_bytes());
+        assert_eq!(entry_size(&big), Some(8 << 28));
     }
 
     #[test]
