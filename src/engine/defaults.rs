@@ -5,10 +5,14 @@
 //! destroys it after `default_sandbox_idle`, sooner than other sandboxes.
 //!
 //! When the server's cap on live sandboxes is reached, making a tenant's default sandbox
-//! reclaims the least recently used idle default sandbox of another tenant instead of refusing:
-//! default sandboxes are the reclaimable kind, and one tenant's calls are never refused because
-//! of another tenant's defaults.
+//! reclaims an idle default sandbox of another tenant instead of refusing: default sandboxes are
+//! the reclaimable kind, and one tenant's calls are never refused because of another tenant's
+//! defaults. Only a tenant holding less than its fair share of the cap (the cap over the tenants
+//! with live sandboxes, itself included) may reclaim, and the default taken is that of the tenant
+//! holding the most, the least recently used among theirs: a tenant that fills the cap with
+//! sandboxes of its own cannot take the others' defaults one after another.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -89,16 +93,35 @@ impl Engine {
             .min_by_key(|sandbox| sandbox.idle_for())
     }
 
-    /// Destroys the least recently used idle default sandbox of another tenant than `tenant`.
-    /// Returns whether one was destroyed.
+    /// Destroys an idle default sandbox of another tenant than `tenant`, when `tenant` holds less
+    /// than its fair share of the cap: of the tenant holding the most sandboxes, the least
+    /// recently used. Returns whether one was destroyed.
     async fn reclaim_one_default(&self, tenant: &Tenant) -> bool {
-        let victim = self
-            .all_sandboxes()
-            .into_iter()
+        let sandboxes = self.all_sandboxes();
+        let mut held: HashMap<&Tenant, usize> = HashMap::new();
+        for sandbox in &sandboxes {
+            *held.entry(sandbox.tenant()).or_default() += 1;
+        }
+        let own = held.get(tenant).copied().unwrap_or(0);
+        let tenants = held.len() + usize::from(own == 0);
+        let fair_share = self.config.max_sandboxes.div_ceil(tenants.max(1));
+        if own >= fair_share {
+            tracing::info!(%tenant, own, fair_share, "not reclaiming another tenant's default sandbox: this tenant holds its share of the cap");
+            return false;
+        }
+        let victim = sandboxes
+            .iter()
             .filter(|sandbox| {
                 sandbox.tenant() != tenant && is_default(sandbox) && !sandbox.is_busy()
             })
-            .max_by_key(|sandbox| sandbox.idle_for());
+            .max_by_key(|sandbox| {
+                (
+                    held.get(sandbox.tenant()).copied().unwrap_or(0),
+                    sandbox.idle_for(),
+                )
+            })
+            .cloned();
+        drop(sandboxes);
         let Some(victim) = victim else {
             return false;
         };

@@ -122,6 +122,75 @@ async fn many_tenants_many_calls_are_never_refused_and_stay_bounded() {
     assert!(live.contains(&facts["extra"].as_str().expect("id").to_string()));
 }
 
+/// An `execute_code` call without `session_id` (stateless era, no tasks): its tool result.
+async fn default_sandbox_call(server: &TestServer, key: &str, id: u64, code: &str) -> Value {
+    let body = serde_json::json!({
+        "jsonrpc": "2.0", "id": id, "method": "tools/call",
+        "params": {
+            "name": "execute_code",
+            "arguments": {"code": code},
+            "_meta": {
+                "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                "io.modelcontextprotocol/clientInfo": {"name": "raw-client", "version": "1"},
+                "io.modelcontextprotocol/clientCapabilities": {},
+            },
+        },
+    });
+    let text = server
+        .post("/mcp")
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", "2026-07-28")
+        .header("mcp-method", "tools/call")
+        .header("mcp-name", "execute_code")
+        .header("x-api-key", key)
+        .json(&body)
+        .send()
+        .await
+        .expect("request")
+        .text()
+        .await
+        .expect("body");
+    rpc_result(&text, id)
+}
+
+/// A tenant that fills the server's cap with sandboxes of its own, then calls without
+/// `session_id`, does not get another tenant's default sandbox reclaimed for it: its call is
+/// refused, and the other tenant's default keeps its state. A tenant under its share still gets
+/// one reclaimed (`many_tenants_many_calls_are_never_refused_and_stay_bounded`).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tenant_holding_its_share_cannot_reclaim_another_tenants_default() {
+    let Some(server) = TestServer::start_with("mcp-state-hog", &["hog", "victim"], |config| {
+        config.max_sandboxes = 3;
+    })
+    .await
+    else {
+        return;
+    };
+    let kept = default_sandbox_call(&server, "victim", 1, "kept = 'mine'").await;
+    assert_eq!(kept["isError"], false, "{kept}");
+    for _ in 0..2 {
+        let created = server
+            .post("/containers")
+            .header("x-api-key", "hog")
+            .json(&serde_json::json!({}))
+            .send()
+            .await
+            .expect("create");
+        assert_eq!(created.status(), 201);
+    }
+    // The cap is full: 2 of the hog's, the victim's default. The hog holds more than 3 / 2.
+    let refused = default_sandbox_call(&server, "hog", 2, "print('took it')").await;
+    assert_eq!(refused["isError"], true, "{refused}");
+    assert!(
+        refused.to_string().contains("too many sandboxes")
+            || refused.to_string().contains("too_many_sandboxes"),
+        "{refused}"
+    );
+    let still = default_sandbox_call(&server, "victim", 3, "print(kept)").await;
+    assert_eq!(still["isError"], false, "{still}");
+    assert!(still.to_string().contains("mine"), "{still}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn every_schema_passes_strict_conversion_and_null_arguments_work() {
     let Some(server) = TestServer::start("mcp-state-strict", &[]).await else {
