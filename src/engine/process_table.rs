@@ -234,9 +234,20 @@ pub(super) struct Slice {
     pub(super) ended: bool,
 }
 
+/// What a kept chunk costs beside its bytes (the chunk and its slot in the queue): counted
+/// toward the buffer's capacity, so that a process writing a byte at a time cannot make it hold
+/// millions of chunks.
+const CHUNK_OVERHEAD: usize = std::mem::size_of::<Chunk>() + 16;
+/// Reads smaller than this are copied out of the buffer Docker's stream was read into, so that
+/// a small chunk does not keep that whole buffer alive.
+const COPY_BELOW: usize = 4096;
+
 impl Log {
     pub(super) fn push(&mut self, stream: OutputStream, mut data: Bytes) {
         self.output_bytes += data.len() as u64;
+        if data.len() < COPY_BELOW {
+            data = Bytes::copy_from_slice(&data);
+        }
         if data.len() > self.capacity {
             // A read larger than the whole buffer (a fast writer, a slow reader): only its newest
             // bytes fit. Its front becomes an event of its own, dropped at once, so that readers
@@ -248,18 +259,19 @@ impl Log {
     }
 
     fn append(&mut self, stream: OutputStream, data: Bytes) {
-        self.kept_bytes += data.len();
+        self.kept_bytes += data.len() + CHUNK_OVERHEAD;
         self.chunks.push_back(Chunk {
             seq: self.next_seq,
             stream,
             data,
         });
         self.next_seq += 1;
-        while self.kept_bytes > self.capacity {
+        // The newest chunk stays, whatever its overhead.
+        while self.kept_bytes > self.capacity && self.chunks.len() > 1 {
             let Some(dropped) = self.chunks.pop_front() else {
                 break;
             };
-            self.kept_bytes -= dropped.data.len();
+            self.kept_bytes -= dropped.data.len() + CHUNK_OVERHEAD;
             self.first_seq = dropped.seq + 1;
         }
     }
@@ -686,7 +698,23 @@ mod tests {
             }
         );
         assert_eq!(log.output_bytes, 9);
-        assert_eq!(log.kept_bytes, 1);
+        assert_eq!(log.kept_bytes, 1 + CHUNK_OVERHEAD);
+    }
+
+    #[test]
+    fn a_byte_at_a_time_is_bounded_by_what_its_chunks_cost() {
+        let mut log = log(64 * 1024);
+        for _ in 0..100_000 {
+            log.push(OutputStream::Stdout, Bytes::from_static(b"x"));
+        }
+        // Counted by their bytes alone, 65,536 chunks would stay.
+        assert!(
+            log.chunks.len() <= 64 * 1024 / (1 + CHUNK_OVERHEAD) + 1,
+            "{}",
+            log.chunks.len()
+        );
+        assert!(log.kept_bytes <= 64 * 1024);
+        assert_eq!(log.output_bytes, 100_000);
     }
 
     #[test]
