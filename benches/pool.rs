@@ -1,7 +1,8 @@
 //! Create → first result from the warm pool against a cold start, in one run against real
 //! Docker: `--warm-pool 2`, each create claims a ready member (waiting first until one is ready,
-//! so the refill is never timed), runs `1+1`, and destroys it; the cold creates ask for an env
-//! variable, which the pool does not serve.
+//! so the refill is never timed), runs `1+1`, and destroys it; every fourth claim asks for limits
+//! and a network policy, which the claim applies; the cold creates ask for an env variable,
+//! which the pool does not serve.
 //! Run with `cargo bench --bench pool` (needs the sandbox image: `kernelbox image build`).
 
 use std::collections::HashMap;
@@ -10,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use kernelbox::backend::docker::DockerBackend;
 use kernelbox::config::EngineConfig;
-use kernelbox::engine::{CreateSandbox, Engine, ExecuteRequest, Tenant};
+use kernelbox::engine::{AllowList, CreateSandbox, EgressRequest, Engine, ExecuteRequest, Tenant};
 
 mod support;
 use support::{ms, percentile};
@@ -72,12 +73,29 @@ async fn first_result(
 async fn run(engine: &Arc<Engine>) -> anyhow::Result<()> {
     let mut ready = engine.warm_pool();
     let (mut pooled, mut pooled_creates) = (Vec::new(), Vec::new());
+    let (mut fitted, mut fitted_creates) = (Vec::new(), Vec::new());
     let mut cold = Vec::with_capacity(COLD);
     for index in 0..POOLED {
         tokio::time::timeout(REFILL, ready.wait_for(|ready| *ready >= 2)).await??;
-        let (created, took) = first_result(engine, CreateSandbox::new(Tenant::Local)).await?;
-        pooled_creates.push(created);
-        pooled.push(took);
+        let mut request = CreateSandbox::new(Tenant::Local);
+        let fit = index % 4 == 3;
+        if fit {
+            request.memory_mb = Some(512);
+            request.cpus = Some(0.5);
+            request.pids = Some(128);
+            request.network = Some(EgressRequest::Replace(AllowList {
+                allowed_domains: Vec::new(),
+                allowed_ips: Vec::new(),
+            }));
+        }
+        let (created, took) = first_result(engine, request).await?;
+        if fit {
+            fitted_creates.push(created);
+            fitted.push(took);
+        } else {
+            pooled_creates.push(created);
+            pooled.push(took);
+        }
         if index % (POOLED / COLD) == 0 {
             // A full pool first: the cold start is not timed against a refill either.
             tokio::time::timeout(REFILL, ready.wait_for(|ready| *ready >= 2)).await??;
@@ -98,6 +116,11 @@ async fn run(engine: &Arc<Engine>) -> anyhow::Result<()> {
     println!(
         "  of which the create (the claim):    p50 {:>8.1} ms",
         ms(percentile(&mut pooled_creates, 0.5))
+    );
+    line("pool+fit", &mut fitted);
+    println!(
+        "  of which the create (claim, limits, firewall): p50 {:>8.1} ms",
+        ms(percentile(&mut fitted_creates, 0.5))
     );
     line("cold", &mut cold);
     Ok(())

@@ -533,6 +533,7 @@ impl DockerBackend {
                 pids_limit: Some(spec.limits.pids as i64),
                 cap_drop: Some(vec!["ALL".into()]),
                 security_opt: Some(vec!["no-new-privileges".into()]),
+                log_config: Some(network::bounded_log()),
                 ..Default::default()
             }),
             ..Default::default()

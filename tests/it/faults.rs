@@ -483,3 +483,64 @@ async fn a_failed_removal_is_reported_and_finished_in_the_background() {
         }
     }
 }
+
+/// Sandbox code writing to its container's own stdout (the kernel's fd 1, which Docker logs)
+/// cannot fill the host's disk: 20 MB written leaves a log of about 1 MB.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sandbox_cannot_fill_the_disk_through_its_container_log() {
+    let Some(t) = TestEngine::start("log-flood").await else {
+        return;
+    };
+    let id = t.sandbox().await;
+    let flood = t
+        .run(
+            &id,
+            // ipykernel captures fd 1 for the execution's output; the container's own stdout
+            // is the copy it keeps of the original (or PID 1's).
+            "import os, sys\nfd = getattr(sys.stdout, '_original_stdstream_copy', None)\nif fd is None:\n    fd = os.open('/proc/1/fd/1', os.O_WRONLY)\nline = b'x' * 1023 + b'\\n'\nfor _ in range(20 * 1024):\n    os.write(fd, line)\nprint('written')",
+        )
+        .await;
+    assert_eq!(
+        flood.stdout,
+        "written\n",
+        "{} bytes of output, error {:?}",
+        flood.stdout.len(),
+        flood.error
+    );
+    let container = container_of(&id, false);
+    let inspected = std::process::Command::new("docker")
+        .args(["inspect", "-f", "{{.LogPath}}", &container])
+        .output()
+        .expect("docker inspect");
+    let log_path = String::from_utf8_lossy(&inspected.stdout)
+        .trim()
+        .to_string();
+    let size = std::fs::metadata(&log_path)
+        .unwrap_or_else(|error| panic!("the log {log_path:?}: {error}"))
+        .len();
+    eprintln!("20 MB written to the container's stdout: its log holds {size} bytes");
+    assert!(size <= 2 * 1024 * 1024, "the log holds {size} bytes");
+    // Whatever the daemon's defaults (here 3 files of 10 MB), both containers carry the cap.
+    for sidecar in [false, true] {
+        let inspected = std::process::Command::new("docker")
+            .args([
+                "inspect",
+                "-f",
+                "{{json .HostConfig.LogConfig}}",
+                &container_of(&id, sidecar),
+            ])
+            .output()
+            .expect("docker inspect");
+        let config: serde_json::Value =
+            serde_json::from_slice(&inspected.stdout).expect("the log config");
+        assert_eq!(config["Type"], "json-file", "sidecar {sidecar}: {config}");
+        assert_eq!(
+            config["Config"]["max-size"], "1m",
+            "sidecar {sidecar}: {config}"
+        );
+        assert_eq!(
+            config["Config"]["max-file"], "1",
+            "sidecar {sidecar}: {config}"
+        );
+    }
+}

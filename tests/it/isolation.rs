@@ -931,3 +931,78 @@ async fn the_shared_usr_is_read_only_to_everything_in_a_sandbox() {
         .await;
     assert_eq!(seen.stdout.trim(), "False False", "{seen:?}");
 }
+
+/// The resolver's user opens a flow to the upstream DNS server from a source port, as dnsmasq
+/// does for every lookup it forwards; then sandbox code binds that same port and sends its own
+/// query to the upstream server on that flow. The flow is the resolver's: the query is refused,
+/// though the connection tracker knows the flow as established (the established-flows rule came
+/// first, so such a query got through, and with it any name, to the host's resolvers).
+#[tokio::test(flavor = "multi_thread")]
+async fn sandbox_code_cannot_take_over_the_resolvers_flow_to_its_upstream() {
+    let network = TestNetwork::create("dns-flow");
+    let web = TestHost::web(&network, "a");
+    let dns = TestHost::dns(&network, "dns", &[("a.kb.test", web.ip4, web.ip6)]);
+    let Some(server) = firewall_server("dns-flow", &network, &dns).await else {
+        return;
+    };
+    let created = rest_json(
+        server
+            .post("/containers")
+            .json(&json!({"network": {"allowed_domains": ["a.kb.test"]}})),
+    )
+    .await;
+    let id = created["id"].as_str().expect("id").to_string();
+    let container = sandbox_container(&id);
+    let sidecar = crate::net::sidecar_of(&container);
+    const PORT: u16 = 40123;
+    let query = |who: &str| {
+        format!(
+            "import socket, sys\nquery = b'\\x12\\x34\\x01\\x00\\x00\\x01\\x00\\x00\\x00\\x00\\x00\\x00\\x01a\\x02kb\\x04test\\x00\\x00\\x01\\x00\\x01'\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\ns.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\ns.bind(('0.0.0.0', {PORT}))\ns.connect(('{}', 53))\ns.settimeout(3)\ntry:\n    s.send(query)\n    print('{who}', 'answered' if s.recv(512)[:2] == query[:2] else 'garbage')\nexcept OSError as error:\n    print('{who}', 'refused', type(error).__name__)\n",
+            dns.ip4
+        )
+    };
+    // The resolver's user (as dnsmasq) asks the upstream server from the port.
+    let resolver = crate::net::docker_ok(&[
+        "exec",
+        "-u",
+        kernelbox::backend::docker::firewall::DEFAULT_DNS_USER,
+        &sidecar,
+        "python3",
+        "-c",
+        &query("resolver"),
+    ]);
+    assert_eq!(resolver, "resolver answered", "the resolver's own lookup");
+    // Sandbox code on the same port, to the same server, on the same flow.
+    let execute = |code: String| {
+        rest_json(
+            server
+                .post(&format!("/containers/{id}/execute"))
+                .json(&json!({ "code": code })),
+        )
+    };
+    let result = execute(query("sandbox")).await;
+    let stdout = result["stdout"].as_str().unwrap_or_default();
+    assert!(
+        stdout.starts_with("sandbox refused"),
+        "sandbox code used the resolver's flow: {result}"
+    );
+    // Its own lookups through the resolver still work.
+    let through_resolver =
+        execute("import socket\nprint(socket.gethostbyname('a.kb.test'))".into()).await;
+    assert_eq!(
+        through_resolver["stdout"],
+        format!("{}\n", web.ip4),
+        "{through_resolver}"
+    );
+}
+
+/// The JSON answer to a request.
+async fn rest_json(request: reqwest::RequestBuilder) -> Value {
+    request
+        .send()
+        .await
+        .expect("request")
+        .json()
+        .await
+        .expect("a JSON answer")
+}

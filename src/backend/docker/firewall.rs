@@ -385,6 +385,9 @@ fn render_nft(layers: &[EgressLayer], config: &FirewallConfig) -> String {
         out,
         "    chain output {{
         type filter hook output priority mangle; policy drop;
+        meta skuid != {uid} meta l4proto {{ tcp, udp }} th dport {{ 53, 853 }} ip daddr != {RESOLVER} goto refuse
+        meta skuid != {uid} meta l4proto {{ tcp, udp }} th dport {{ 53, 853 }} meta nfproto ipv6 goto refuse
+        meta skuid != {uid} ip daddr {EMBEDDED_DNS} goto refuse
         ct state established,related accept
         meta skuid {uid} ip daddr @upstream_v4 meta l4proto {{ tcp, udp }} th dport 53 accept
         meta skuid {uid} ip6 daddr @upstream_v6 meta l4proto {{ tcp, udp }} th dport 53 accept
@@ -562,7 +565,9 @@ mod tests {
         "type filter hook input priority filter; policy drop;\n        iif \"lo\" accept\n        ct state established,related accept\n",
         "icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert } ip6 hoplimit 255 accept",
         "type filter hook forward priority filter; policy drop;",
-        "type filter hook output priority mangle; policy drop;\n        ct state established,related accept\n",
+        // Before the established rule: a flow the resolver opened to its upstream cannot be
+        // taken over by another user binding the same source port.
+        "type filter hook output priority mangle; policy drop;\n        meta skuid != 990 meta l4proto { tcp, udp } th dport { 53, 853 } ip daddr != 127.0.0.1 goto refuse\n        meta skuid != 990 meta l4proto { tcp, udp } th dport { 53, 853 } meta nfproto ipv6 goto refuse\n        meta skuid != 990 ip daddr 127.0.0.11 goto refuse\n        ct state established,related accept\n",
         "meta skuid 990 ip daddr @upstream_v4 meta l4proto { tcp, udp } th dport 53 accept",
         "meta skuid 990 ip6 daddr @upstream_v6 meta l4proto { tcp, udp } th dport 53 accept",
         "meta skuid 990 goto refuse",

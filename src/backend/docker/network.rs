@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 
-use bollard::models::{ContainerCreateBody, HostConfig, NetworkCreateRequest};
+use bollard::models::{ContainerCreateBody, HostConfig, HostConfigLogConfig, NetworkCreateRequest};
 
 use super::firewall::{ConfigError, DnsUser, EMBEDDED_DNS, FirewallConfig, NETD};
 use crate::config::EngineConfig;
@@ -31,6 +31,21 @@ pub const MANAGED_LABEL: &str = "io.kernelbox.managed";
 const SIDECAR_MEMORY: i64 = 64 * 1024 * 1024;
 /// The sidecar's processes: tini, netd, dnsmasq, and an apply now and then.
 const SIDECAR_PIDS: i64 = 32;
+/// The most a container's log (its main process's stdout and stderr, which sandbox code can
+/// write to) keeps on the host's disk: Docker's default keeps all of it.
+const LOG_MAX_SIZE: &str = "1m";
+
+/// The log settings of every container the backend makes: `json-file`, so `docker logs` still
+/// shows a kernel's last words, capped at [`LOG_MAX_SIZE`] in one file.
+pub fn bounded_log() -> HostConfigLogConfig {
+    HostConfigLogConfig {
+        typ: Some("json-file".into()),
+        config: Some(HashMap::from([
+            ("max-size".to_string(), LOG_MAX_SIZE.to_string()),
+            ("max-file".to_string(), "1".to_string()),
+        ])),
+    }
+}
 
 /// Where Docker sandboxes get their network, and how their firewall renders.
 #[derive(Debug, Clone)]
@@ -131,6 +146,7 @@ pub fn sidecar_body(
             memory: Some(SIDECAR_MEMORY),
             memory_swap: Some(SIDECAR_MEMORY),
             pids_limit: Some(SIDECAR_PIDS),
+            log_config: Some(bounded_log()),
             ..Default::default()
         }),
         ..Default::default()
