@@ -106,7 +106,7 @@ table inet kernelbox {
         meta skuid != $uid meta l4proto { tcp, udp } th dport { 53, 853 } ip daddr != 127.0.0.1 goto refuse
         meta skuid != $uid meta l4proto { tcp, udp } th dport { 53, 853 } meta nfproto ipv6 goto refuse
         meta skuid != $uid ip daddr 127.0.0.11 goto refuse
-        ct state established,related accept
+        meta skuid $uid ct state established,related accept
         meta skuid $uid ip daddr @upstream_v4 meta l4proto { tcp, udp } th dport 53 accept
         meta skuid $uid ip6 daddr @upstream_v6 meta l4proto { tcp, udp } th dport 53 accept
         meta skuid $uid goto refuse

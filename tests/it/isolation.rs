@@ -1006,3 +1006,52 @@ async fn rest_json(request: reqwest::RequestBuilder) -> Value {
         .await
         .expect("a JSON answer")
 }
+
+/// A connection opened while the policy allows its destination is cut when the policy is
+/// narrowed to exclude it: the policy is checked on every packet, not only on a flow's first.
+#[tokio::test(flavor = "multi_thread")]
+async fn narrowing_the_policy_cuts_the_connections_it_no_longer_allows() {
+    let network = TestNetwork::create("fw-cut");
+    let a = TestHost::web(&network, "a");
+    let dns = TestHost::dns(&network, "dns", &[]);
+    let Some(server) = firewall_server("fw-cut", &network, &dns).await else {
+        return;
+    };
+    let created = rest_json(
+        server
+            .post("/containers")
+            .json(&json!({"network": {"allowed_ips": [a.ip4.to_string()]}})),
+    )
+    .await;
+    let id = created["id"].as_str().expect("id").to_string();
+    let execute = |code: String| {
+        rest_json(
+            server
+                .post(&format!("/containers/{id}/execute"))
+                .json(&json!({ "code": code })),
+        )
+    };
+    // Opened while A is allowed; the request is not sent yet (the server waits for it).
+    let opened = execute(format!(
+        "import socket\nheld = socket.create_connection(('{}', 8000), timeout=3)\nprint('open')",
+        a.ip4
+    ))
+    .await;
+    assert_eq!(opened["stdout"], "open\n", "{opened}");
+    let narrowed = server
+        .post(&format!("/containers/{id}/firewall"))
+        .json(&json!({"allowed_domains": [], "allowed_ips": []}))
+        .send()
+        .await
+        .expect("firewall");
+    assert_eq!(narrowed.status(), StatusCode::OK);
+    let after = execute(
+        "try:\n    held.sendall(b'GET / HTTP/1.0\\r\\n\\r\\n')\n    body = held.recv(65536)\n    print('answered' if body else 'closed')\nexcept OSError as error:\n    print('cut', type(error).__name__)".into(),
+    )
+    .await;
+    let stdout = after["stdout"].as_str().unwrap_or_default();
+    assert!(
+        stdout.starts_with("cut"),
+        "the connection outlived the narrowed policy: {after}"
+    );
+}

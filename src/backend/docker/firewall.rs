@@ -388,7 +388,7 @@ fn render_nft(layers: &[EgressLayer], config: &FirewallConfig) -> String {
         meta skuid != {uid} meta l4proto {{ tcp, udp }} th dport {{ 53, 853 }} ip daddr != {RESOLVER} goto refuse
         meta skuid != {uid} meta l4proto {{ tcp, udp }} th dport {{ 53, 853 }} meta nfproto ipv6 goto refuse
         meta skuid != {uid} ip daddr {EMBEDDED_DNS} goto refuse
-        ct state established,related accept
+        meta skuid {uid} ct state established,related accept
         meta skuid {uid} ip daddr @upstream_v4 meta l4proto {{ tcp, udp }} th dport 53 accept
         meta skuid {uid} ip6 daddr @upstream_v6 meta l4proto {{ tcp, udp }} th dport 53 accept
         meta skuid {uid} goto refuse
@@ -567,7 +567,10 @@ mod tests {
         "type filter hook forward priority filter; policy drop;",
         // Before the established rule: a flow the resolver opened to its upstream cannot be
         // taken over by another user binding the same source port.
-        "type filter hook output priority mangle; policy drop;\n        meta skuid != 990 meta l4proto { tcp, udp } th dport { 53, 853 } ip daddr != 127.0.0.1 goto refuse\n        meta skuid != 990 meta l4proto { tcp, udp } th dport { 53, 853 } meta nfproto ipv6 goto refuse\n        meta skuid != 990 ip daddr 127.0.0.11 goto refuse\n        ct state established,related accept\n",
+        // Only the resolver's own flows are accepted as established: everyone else's packets
+        // go through the policy each time, so a narrowed policy cuts the flows it no longer
+        // allows.
+        "type filter hook output priority mangle; policy drop;\n        meta skuid != 990 meta l4proto { tcp, udp } th dport { 53, 853 } ip daddr != 127.0.0.1 goto refuse\n        meta skuid != 990 meta l4proto { tcp, udp } th dport { 53, 853 } meta nfproto ipv6 goto refuse\n        meta skuid != 990 ip daddr 127.0.0.11 goto refuse\n        meta skuid 990 ct state established,related accept\n",
         "meta skuid 990 ip daddr @upstream_v4 meta l4proto { tcp, udp } th dport 53 accept",
         "meta skuid 990 ip6 daddr @upstream_v6 meta l4proto { tcp, udp } th dport 53 accept",
         "meta skuid 990 goto refuse",
