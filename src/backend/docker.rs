@@ -52,7 +52,7 @@ use self::direct_channel::DirectChannelError;
 use self::network::NetworkOptions;
 use super::{
     AttachedExec, Backend, BackendError, ContainerInfo, ContainerSpec, ExecChunk, ExecOutput,
-    ExecSpec, Limits, MAX_RECORD_BYTES, StreamingExec,
+    ExecSpec, Limits, MAX_RECORD_BYTES, SANDBOX_UID, StreamingExec,
 };
 use crate::config::KernelChannelMode;
 use crate::egress::EgressPolicy;
@@ -522,7 +522,14 @@ impl DockerBackend {
         labels.insert(network::SIDECAR_LABEL.to_string(), sidecar.to_string());
         let mut body = ContainerCreateBody {
             image: Some(root.image.clone()),
-            cmd: Some(vec!["sh".into(), "-c".into(), KERNEL_SUPERVISOR.into()]),
+            cmd: Some(vec![
+                "/bin/sh".into(),
+                "-c".into(),
+                KERNEL_SUPERVISOR.into(),
+            ]),
+            // The sandbox user whatever the image says: the kernel's channel and the file
+            // helper are checked against this uid.
+            user: Some(format!("{SANDBOX_UID}:{SANDBOX_UID}")),
             env: Some(env),
             labels: Some(labels),
             host_config: Some(HostConfig {
@@ -1058,7 +1065,9 @@ impl Backend for DockerBackend {
     async fn egress_state(&self, container_id: &str) -> Result<Option<Vec<u8>>, BackendError> {
         let sidecar = self.sidecar_of(container_id).await?;
         let spec = ExecSpec {
-            argv: ["cat", firewall::STATE_PATH].map(String::from).to_vec(),
+            argv: ["/bin/cat", firewall::STATE_PATH]
+                .map(String::from)
+                .to_vec(),
             workdir: "/".into(),
             env: Vec::new(),
             user: Some("0".into()),

@@ -27,9 +27,9 @@ pub fn path(name: &str) -> String {
 /// document or the new one, never part of one). The path is an argument, not part of the script.
 pub fn write_argv(name: &str) -> Vec<String> {
     [
-        "sh",
+        "/bin/sh",
         "-c",
-        "umask 077 && mkdir -p \"$1\" && cat > \"$2.new\" && mv -f \"$2.new\" \"$2\"",
+        "PATH=/usr/bin:/bin && umask 077 && mkdir -p \"$1\" && cat > \"$2.new\" && mv -f \"$2.new\" \"$2\"",
         "sh",
         DIR,
         &path(name),
@@ -41,9 +41,9 @@ pub fn write_argv(name: &str) -> Vec<String> {
 /// Prints the record's file, or exits 3 without a word when there is none.
 pub fn read_argv(name: &str) -> Vec<String> {
     [
-        "sh",
+        "/bin/sh",
         "-c",
-        "if [ -e \"$1\" ]; then exec cat \"$1\"; else exit 3; fi",
+        "PATH=/usr/bin:/bin; if [ -e \"$1\" ]; then exec cat \"$1\"; else exit 3; fi",
         "sh",
         &path(name),
     ]
