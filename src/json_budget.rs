@@ -1,7 +1,8 @@
-//! How much JSON from a sandbox the server parses and holds: a bound on the values in one
-//! text, checked before parsing, and the bytes a parsed value holds. A parsed value takes at least 32 bytes however short its text, so a frame of
-//! `[[],[],…]` within every byte limit (16 MiB) parsed to about 180 MB, twice that with the
-//! arrays' slack. Kernel messages and guest servers' lines are checked against it.
+//! How much JSON from a sandbox the server parses and holds: a bound on the values in one text,
+//! checked before parsing, and the bytes a parsed value holds. A parsed value takes at least 32
+//! bytes however short its text, so a frame of `[[],[],…]` within every byte limit (16 MiB)
+//! parsed to about 180 MB, twice that with the arrays' slack. Kernel messages and guest
+//! servers' lines are checked against it.
 
 /// Most JSON values one text from a sandbox may hold: at this bound it parses to at most about
 /// 16 MiB of values beside its strings. Real output (text, HTML, images, tool results) is a

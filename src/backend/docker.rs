@@ -588,7 +588,6 @@ impl DockerBackend {
         self.inspect(&created).await
     }
 
-    /// Runs a command to completion, writing `input` (when given) to its stdin first.
     /// Runs one of the backend's own short commands, within [`BACKEND_COMMAND_TIMEOUT`].
     async fn backend_exec(
         &self,
@@ -607,6 +606,7 @@ impl DockerBackend {
         })?
     }
 
+    /// Runs a command to completion, writing `input` (when given) to its stdin first.
     async fn exec_with_input(
         &self,
         container_id: &str,

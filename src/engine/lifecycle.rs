@@ -37,11 +37,11 @@ use crate::kernel::{ConnectionInfo, KernelError, Limits as MessageLimits};
 
 /// The version of the sandbox image this build expects (the image's `io.kernelbox.image-version`).
 pub const IMAGE_VERSION: &str = include_str!("../../docker/IMAGE_VERSION");
-/// How often kernels are checked.
 /// The first wait before removing again a sandbox whose removal failed; it doubles each time,
 /// up to [`REMOVAL_RETRY_MAX`].
 const REMOVAL_RETRY_FIRST: Duration = Duration::from_secs(1);
 const REMOVAL_RETRY_MAX: Duration = Duration::from_secs(60);
+/// How often kernels are checked.
 const LIVENESS_INTERVAL: Duration = Duration::from_secs(5);
 /// Sandboxes checked (or reattached) at the same time.
 const PARALLEL_CHECKS: usize = 16;

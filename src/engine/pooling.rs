@@ -154,9 +154,10 @@ impl Engine {
         if *limits != self.config.limits {
             self.backend.update_limits(container_id, limits).await?;
         }
-        if firewall.state() != member.firewall.state() {
+        let state = firewall.state();
+        if state != member.firewall.state() {
             self.backend
-                .apply_egress(container_id, &firewall.policy, &firewall.state())
+                .apply_egress(container_id, &firewall.policy, &state)
                 .await?;
         }
         Ok(())

@@ -19,13 +19,12 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
-
-use crate::json_budget::{MAX_JSON_VALUES, value_footprint, within_budget};
 use tokio_util::task::AbortOnDropHandle;
 use tracing::Instrument;
 
 use super::lines::{LineBuffer, MAX_LINE_BYTES};
 use crate::backend::{BackendError, ExecChunk};
+use crate::json_budget::{MAX_JSON_VALUES, value_footprint, within_budget};
 
 /// How much of the server's stderr is kept to explain a failed start.
 const STDERR_TAIL_BYTES: usize = 4096;
@@ -65,6 +64,16 @@ struct InFlight {
     events: Option<mpsc::Sender<Value>>,
 }
 
+/// Which limit a line passed.
+#[derive(Debug, Clone, Copy)]
+enum Overflow {
+    /// Longer than [`MAX_LINE_BYTES`].
+    TooLong,
+    /// Within the byte limit, but more JSON values than [`MAX_JSON_VALUES`]: parsed, it would
+    /// take many times its size.
+    TooManyValues,
+}
+
 /// The state the reader task shares with callers.
 struct Shared {
     sandbox_id: String,
@@ -75,11 +84,9 @@ struct Shared {
     torn: std::sync::atomic::AtomicBool,
     in_flight: Mutex<HashMap<u64, InFlight>>,
     exited: CancellationToken,
-    /// The process printed a line past the limit: its output is no longer read, though it may
+    /// The process printed a line past a limit: its output is no longer read, though it may
     /// still run.
-    overflowed: std::sync::atomic::AtomicBool,
-    /// The line that overflowed was within the byte limit but held too many JSON values.
-    too_complex: std::sync::atomic::AtomicBool,
+    overflow: std::sync::OnceLock<Overflow>,
     stderr_tail: Mutex<Vec<u8>>,
     last_used: Mutex<Instant>,
 }
@@ -120,8 +127,7 @@ impl GuestPeer {
             torn: std::sync::atomic::AtomicBool::new(false),
             in_flight: Mutex::new(HashMap::new()),
             exited: CancellationToken::new(),
-            overflowed: std::sync::atomic::AtomicBool::new(false),
-            too_complex: std::sync::atomic::AtomicBool::new(false),
+            overflow: std::sync::OnceLock::new(),
             stderr_tail: Mutex::new(Vec::new()),
             last_used: Mutex::new(Instant::now()),
         });
@@ -147,7 +153,7 @@ impl GuestPeer {
         let shared = self.shared.clone();
         async move {
             shared.exited.cancelled().await;
-            shared.overflowed.load(Ordering::SeqCst)
+            shared.overflow.get().is_some()
         }
     }
 
@@ -358,18 +364,16 @@ impl Shared {
     /// Why the process is gone for its callers.
     fn exited_error(&self) -> PeerError {
         let server = self.server.clone();
-        if self.too_complex.load(Ordering::SeqCst) {
-            PeerError::LineTooComplex {
-                server,
-                limit: MAX_JSON_VALUES,
-            }
-        } else if self.overflowed.load(Ordering::SeqCst) {
-            PeerError::LineTooLong {
+        match self.overflow.get() {
+            Some(Overflow::TooLong) => PeerError::LineTooLong {
                 server,
                 limit: MAX_LINE_BYTES,
-            }
-        } else {
-            PeerError::Exited { server }
+            },
+            Some(Overflow::TooManyValues) => PeerError::LineTooComplex {
+                server,
+                limit: MAX_JSON_VALUES,
+            },
+            None => PeerError::Exited { server },
         }
     }
 
@@ -482,8 +486,7 @@ async fn read_output(shared: Arc<Shared>, mut output: Output, mut lines: LineBuf
                     "a guest server printed a line of more JSON values than the limit"
                 );
                 ended_by = "a line of more JSON values than the limit";
-                shared.too_complex.store(true, Ordering::SeqCst);
-                shared.overflowed.store(true, Ordering::SeqCst);
+                let _ = shared.overflow.set(Overflow::TooManyValues);
                 break 'read;
             }
             match serde_json::from_slice::<Value>(&line) {
@@ -500,7 +503,7 @@ async fn read_output(shared: Arc<Shared>, mut output: Output, mut lines: LineBuf
         }
         if lines.overflowed() {
             ended_by = "a line longer than the limit";
-            shared.overflowed.store(true, Ordering::SeqCst);
+            let _ = shared.overflow.set(Overflow::TooLong);
             break 'read;
         }
         match output.next().await {
@@ -518,7 +521,7 @@ async fn read_output(shared: Arc<Shared>, mut output: Output, mut lines: LineBuf
     shared.exited.cancel();
     // Dropping the reply senders wakes every waiting request with an error.
     shared.lock_in_flight().clear();
-    if shared.overflowed.load(Ordering::SeqCst) {
+    if shared.overflow.get().is_some() {
         while let Some(Ok(_)) = output.next().await {}
     }
 }
@@ -535,8 +538,7 @@ mod tests {
             torn: std::sync::atomic::AtomicBool::new(false),
             in_flight: Mutex::new(HashMap::new()),
             exited: CancellationToken::new(),
-            overflowed: std::sync::atomic::AtomicBool::new(false),
-            too_complex: std::sync::atomic::AtomicBool::new(false),
+            overflow: std::sync::OnceLock::new(),
             stderr_tail: Mutex::new(Vec::new()),
             last_used: Mutex::new(Instant::now()),
         })

@@ -64,28 +64,32 @@ impl<R: Read> ExtensionLimit<R> {
         }
     }
 
-    /// Checks the header just read and sets up the data that follows it.
+    /// Checks the header just read and sets up the data that follows it, reading the header
+    /// with the tar reader's own parser so that both see the same sizes.
     fn enter_entry(&mut self) -> io::Result<()> {
-        let header = &self.header;
-        if header.iter().all(|&byte| byte == 0) {
+        if self.header.iter().all(|&byte| byte == 0) {
             return Ok(());
         }
-        let size = entry_size(&header[124..136])
+        let header = tar::Header::from_byte_slice(&self.header);
+        let size = entry_size(&self.header)
             .ok_or_else(|| invalid("a tar header with an unreadable size".into()))?;
-        let kind = header[156];
-        let size = match kind {
-            b'L' | b'K' | b'x' | b'g' => {
-                if size > MAX_EXTENSION_BYTES {
-                    return Err(invalid(format!(
-                        "an extension header of {size} bytes (long names and PAX records may hold {MAX_EXTENSION_BYTES})"
-                    )));
-                }
-                if kind == b'x' {
-                    self.pax = Some(Vec::with_capacity(size as usize));
-                }
-                size
+        let kind = header.entry_type();
+        let size = if kind.is_gnu_longname()
+            || kind.is_gnu_longlink()
+            || kind.is_pax_local_extensions()
+            || kind.is_pax_global_extensions()
+        {
+            if size > MAX_EXTENSION_BYTES {
+                return Err(invalid(format!(
+                    "an extension header of {size} bytes (long names and PAX records may hold {MAX_EXTENSION_BYTES})"
+                )));
             }
-            _ => self.next_size.take().unwrap_or(size),
+            if kind.is_pax_local_extensions() {
+                self.pax = Some(Vec::with_capacity(size as usize));
+            }
+            size
+        } else {
+            self.next_size.take().unwrap_or(size)
         };
         self.data_left = size.div_ceil(BLOCK as u64) * BLOCK as u64;
         Ok(())
@@ -143,32 +147,20 @@ fn invalid(reason: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, reason)
 }
 
-/// A header's size field: octal digits, or GNU's base-256 for large sizes.
-fn entry_size(field: &[u8]) -> Option<u64> {
-    if field.first().is_some_and(|&byte| byte & 0x80 != 0) {
-        return field[1..]
-            .iter()
-            .try_fold(u64::from(field[0] & 0x7f), |size, &byte| {
-                size.checked_mul(256)?.checked_add(u64::from(byte))
-            });
-    }
-    let digits: Vec<u8> = field
-        .iter()
-        .copied()
-        .skip_while(|&byte| byte == b' ')
-        .take_while(|&byte| (b'0'..=b'7').contains(&byte))
-        .collect();
-    if digits.is_empty() {
-        return Some(0);
-    }
-    u64::from_str_radix(std::str::from_utf8(&digits).ok()?, 8).ok()
+/// A header block's data size (octal, or GNU's base-256 for large sizes), as the tar reader
+/// reads it; `None` when the field is not a number.
+fn entry_size(header: &[u8; BLOCK]) -> Option<u64> {
+    tar::Header::from_byte_slice(header).entry_size().ok()
 }
 
-/// The `size` a PAX record gives the next entry (records are `LEN key=value\n`).
+/// The `size` a PAX record gives the next entry, read as the tar reader reads it.
 fn pax_size(records: &[u8]) -> Option<u64> {
-    String::from_utf8_lossy(records).lines().find_map(|record| {
-        let (_, field) = record.split_once(' ')?;
-        field.strip_prefix("size=")?.parse().ok()
+    tar::PaxExtensions::new(records).find_map(|extension| {
+        let extension = extension.ok()?;
+        match extension.key() {
+            Ok("size") => extension.value().ok()?.parse().ok(),
+            _ => None,
+        }
     })
 }
 
@@ -392,13 +384,22 @@ mod tests {
 
     #[test]
     fn sizes_are_read_in_octal_and_base_256() {
-        assert_eq!(entry_size(b"00000001750\0"), Some(1000));
-        assert_eq!(entry_size(b"  1750 \0\0\0\0\0"), Some(1000));
-        assert_eq!(entry_size(&[0; 12]), Some(0));
+        let with_size_field = |field: &[u8; 12]| {
+            let mut block = raw_header("f", b'0', 0);
+            block[124..136].copy_from_slice(field);
+            block
+        };
+        assert_eq!(entry_size(&with_size_field(b"00000001750\0")), Some(1000));
+        assert_eq!(
+            entry_size(&with_size_field(b"  1750 \0\0\0\0\0")),
+            Some(1000)
+        );
+        // No number at all: the tar reader refuses it, and so does the guard.
+        assert_eq!(entry_size(&with_size_field(&[0; 12])), None);
         let mut big = [0u8; 12];
         big[0] = 0x80;
         big[8..].copy_from_slice(&(8u32 << 28).to_be_bytes());
-        assert_eq!(entry_size(&big), Some(8 << 28));
+        assert_eq!(entry_size(&with_size_field(&big)), Some(8 << 28));
     }
 
     #[test]
