@@ -145,9 +145,9 @@ impl Drop for TestEngine {
     }
 }
 
-/// Removes every container of an instance with the docker CLI (works from `Drop`, in or out of
-/// a runtime, even while a test panics).
-pub(crate) fn remove_instance_containers(instance: &str) {
+/// Every container of an instance, sandboxes and network sidecars (none when Docker cannot be
+/// asked).
+pub(crate) fn instance_containers(instance: &str) -> Vec<String> {
     let listed = Command::new("docker")
         .args([
             "ps",
@@ -156,18 +156,41 @@ pub(crate) fn remove_instance_containers(instance: &str) {
             &format!("label={}={instance}", labels::INSTANCE),
         ])
         .output();
-    if let Ok(listed) = listed {
-        let ids: Vec<String> = String::from_utf8_lossy(&listed.stdout)
-            .split_whitespace()
-            .map(String::from)
-            .collect();
-        if !ids.is_empty() {
-            let _ = Command::new("docker")
-                .args(["rm", "-f", "-v"])
-                .args(&ids)
-                .output();
-        }
+    listed
+        .map(|listed| {
+            String::from_utf8_lossy(&listed.stdout)
+                .split_whitespace()
+                .map(String::from)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Removes every container of an instance with the docker CLI (works from `Drop`, in or out of
+/// a runtime, even while a test panics).
+pub(crate) fn remove_instance_containers(instance: &str) {
+    let ids = instance_containers(instance);
+    if !ids.is_empty() {
+        let _ = Command::new("docker")
+            .args(["rm", "-f", "-v"])
+            .args(&ids)
+            .output();
     }
+}
+
+/// A running sandbox's container id, as Docker names it.
+pub(crate) fn sandbox_container(id: &str) -> String {
+    let listed = Command::new("docker")
+        .args([
+            "ps",
+            "-q",
+            "--no-trunc",
+            "--filter",
+            &format!("label={}={id}", labels::ID),
+        ])
+        .output()
+        .expect("docker ps");
+    String::from_utf8_lossy(&listed.stdout).trim().to_string()
 }
 
 /// A Python with the official MCP SDK, fastmcp and openai-agents, in a venv under the target

@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kernelbox::backend::docker::DockerBackend;
-use kernelbox::backend::docker::network::{NETNS_OF_LABEL, ROLE_LABEL, ROLE_NETWORK};
 use kernelbox::config::EngineConfig;
 use kernelbox::engine::Tenant;
 use kernelbox::engine::commands::CommandRequest;
@@ -13,7 +12,10 @@ use kernelbox::engine::{
     CreateSandbox, Engine, EngineError, ExecEvent, ExecuteRequest, ExecutionOutcome, SandboxStatus,
 };
 
-use crate::common::{TestEngine, remove_instance_containers};
+use crate::common::{
+    TestEngine, instance_containers, remove_instance_containers, sandbox_container,
+};
+use crate::net::docker_ok;
 
 fn code(code: &str, timeout_secs: u64) -> ExecuteRequest {
     ExecuteRequest {
@@ -344,13 +346,7 @@ struct Undeletable {
 
 impl Undeletable {
     fn plant(container: &str) -> Self {
-        let inspected = std::process::Command::new("docker")
-            .args(["inspect", "-f", "{{.GraphDriver.Data.UpperDir}}", container])
-            .output()
-            .expect("docker inspect");
-        let upper = String::from_utf8_lossy(&inspected.stdout)
-            .trim()
-            .to_string();
+        let upper = docker_ok(&["inspect", "-f", "{{.GraphDriver.Data.UpperDir}}", container]);
         assert!(
             upper.starts_with('/'),
             "no writable layer for {container}: {upper:?}"
@@ -376,52 +372,15 @@ impl Drop for Undeletable {
     }
 }
 
-/// Every container of an instance: sandboxes and network sidecars.
-fn instance_containers(instance: &str) -> Vec<String> {
-    let listed = std::process::Command::new("docker")
-        .args([
-            "ps",
-            "-aq",
-            "--filter",
-            &format!("label={}={instance}", kernelbox::engine::labels::INSTANCE),
-        ])
-        .output()
-        .expect("docker ps");
-    String::from_utf8_lossy(&listed.stdout)
-        .split_whitespace()
-        .map(String::from)
-        .collect()
-}
-
-/// The container of a sandbox with the given role: the sandbox itself, or its network sidecar.
+/// The container of a sandbox, or of its network sidecar.
 fn container_of(sandbox_id: &str, sidecar: bool) -> String {
-    let filter = if sidecar {
-        format!("label={NETNS_OF_LABEL}={sandbox_id}")
+    let container = sandbox_container(sandbox_id);
+    assert!(!container.is_empty(), "no container for {sandbox_id}");
+    if sidecar {
+        crate::net::sidecar_of(&container)
     } else {
-        format!("label={}={sandbox_id}", kernelbox::engine::labels::ID)
-    };
-    let listed = std::process::Command::new("docker")
-        .args([
-            "ps",
-            "-a",
-            "--filter",
-            &filter,
-            "--format",
-            &format!("{{{{.ID}}}} {{{{.Label \"{ROLE_LABEL}\"}}}}"),
-        ])
-        .output()
-        .expect("docker ps");
-    String::from_utf8_lossy(&listed.stdout)
-        .lines()
-        .filter_map(|line| line.split_once(' ').or(Some((line, ""))))
-        .find(|(_, role)| (*role == ROLE_NETWORK) == sidecar)
-        .map(|(id, _)| id.trim().to_string())
-        .unwrap_or_else(|| {
-            panic!(
-                "no {} container for {sandbox_id}",
-                if sidecar { "sidecar" } else { "sandbox" }
-            )
-        })
+        container
+    }
 }
 
 /// Docker fails to remove a sandbox's container, or only its network sidecar: the DELETE says
@@ -507,14 +466,7 @@ async fn a_sandbox_cannot_fill_the_disk_through_its_container_log() {
         flood.stdout.len(),
         flood.error
     );
-    let container = container_of(&id, false);
-    let inspected = std::process::Command::new("docker")
-        .args(["inspect", "-f", "{{.LogPath}}", &container])
-        .output()
-        .expect("docker inspect");
-    let log_path = String::from_utf8_lossy(&inspected.stdout)
-        .trim()
-        .to_string();
+    let log_path = docker_ok(&["inspect", "-f", "{{.LogPath}}", &container_of(&id, false)]);
     let size = std::fs::metadata(&log_path)
         .unwrap_or_else(|error| panic!("the log {log_path:?}: {error}"))
         .len();
@@ -522,17 +474,13 @@ async fn a_sandbox_cannot_fill_the_disk_through_its_container_log() {
     assert!(size <= 2 * 1024 * 1024, "the log holds {size} bytes");
     // Whatever the daemon's defaults (here 3 files of 10 MB), both containers carry the cap.
     for sidecar in [false, true] {
-        let inspected = std::process::Command::new("docker")
-            .args([
-                "inspect",
-                "-f",
-                "{{json .HostConfig.LogConfig}}",
-                &container_of(&id, sidecar),
-            ])
-            .output()
-            .expect("docker inspect");
-        let config: serde_json::Value =
-            serde_json::from_slice(&inspected.stdout).expect("the log config");
+        let config: serde_json::Value = serde_json::from_str(&docker_ok(&[
+            "inspect",
+            "-f",
+            "{{json .HostConfig.LogConfig}}",
+            &container_of(&id, sidecar),
+        ]))
+        .expect("the log config");
         assert_eq!(config["Type"], "json-file", "sidecar {sidecar}: {config}");
         assert_eq!(
             config["Config"]["max-size"], "1m",

@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use kernelbox::engine::{Tenant, labels};
+use kernelbox::engine::Tenant;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -87,17 +87,7 @@ async fn execute(server: &TestServer, id: &str, code: &str) -> String {
 
 /// The sandbox's container (not its network sidecar).
 fn container_of(sandbox_id: &str) -> String {
-    let listed = Command::new("docker")
-        .args([
-            "ps",
-            "-q",
-            "--no-trunc",
-            "--filter",
-            &format!("label={}={sandbox_id}", labels::ID),
-        ])
-        .output()
-        .expect("docker ps");
-    let id = String::from_utf8_lossy(&listed.stdout).trim().to_string();
+    let id = crate::common::sandbox_container(sandbox_id);
     assert!(
         !id.is_empty() && !id.contains('\n'),
         "one container: {id:?}"

@@ -494,34 +494,26 @@ async fn a_hostile_guest_server_cannot_inflate_the_server() {
     // come, each replaced by an error that says so.
     let proxy = format!("{}/containers/{id}/mcp-proxy/flood", client.base);
     let session = client.proxy_session(&proxy, "2025-03-26").await;
-    let batch = |count: usize| -> Value {
-        (1..=count)
+    // A batch of `count` calls of the 10 MB tool, posted in the session.
+    let post_batch = |count: usize| {
+        let calls: Value = (1..=count)
             .map(|n| json!({"jsonrpc": "2.0", "id": n, "method": "tools/call", "params": {"name": "big", "arguments": {}}}))
-            .collect()
+            .collect();
+        client
+            .http
+            .post(&proxy)
+            .header("accept", "application/json")
+            .header("mcp-session-id", &session)
+            .json(&calls)
+            .send()
     };
-    let refused = client
-        .http
-        .post(&proxy)
-        .header("accept", "application/json")
-        .header("mcp-session-id", &session)
-        .json(&batch(65))
-        .send()
-        .await
-        .expect("batch");
+    let refused = post_batch(65).await.expect("batch");
     assert_eq!(refused.status(), 400);
     let refused: Value = refused.json().await.expect("JSON-RPC error");
     assert_eq!(refused["error"]["code"], -32600, "{refused}");
     reset_peak(pid);
     let before = status_kib(pid, "VmRSS:");
-    let answered = client
-        .http
-        .post(&proxy)
-        .header("accept", "application/json")
-        .header("mcp-session-id", &session)
-        .json(&batch(40))
-        .send()
-        .await
-        .expect("batch");
+    let answered = post_batch(40).await.expect("batch");
     assert_eq!(answered.status(), 200);
     let answers: Vec<Value> = answered.json().await.expect("answers");
     let growth_mib = status_kib(pid, "VmHWM:").saturating_sub(before) as f64 / 1024.0;

@@ -11,7 +11,7 @@ use kernelbox::engine::{EngineError, ExecuteRequest, Tenant};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::common::{TestEngine, TestServer};
+use crate::common::{TestEngine, TestServer, sandbox_container};
 use crate::net::{TestHost, TestNetwork, ruleset, sandbox_ip};
 
 /// Probes run inside a sandbox; each prints one JSON line.
@@ -543,21 +543,6 @@ print("route=%d" % -struct.unpack("i", answer[16:20])[0])
     refused(&after[1], "B after the lift attempts");
     let rules = ruleset(&sandbox_container(&id));
     assert!(rules.to_string().contains("kernelbox"), "the table is gone");
-}
-
-/// A sandbox's container id, as Docker names it.
-fn sandbox_container(id: &str) -> String {
-    let listed = std::process::Command::new("docker")
-        .args([
-            "ps",
-            "-q",
-            "--no-trunc",
-            "--filter",
-            &format!("label=io.kernelbox.id={id}"),
-        ])
-        .output()
-        .expect("docker ps");
-    String::from_utf8_lossy(&listed.stdout).trim().to_string()
 }
 
 #[tokio::test(flavor = "multi_thread")]
